@@ -1,0 +1,93 @@
+"""`lepton node start`: the long-lived trainer daemon plus the node's SuperNode.
+
+Order matters: the data, the model engine and the ledger are loaded and checked first, so a
+bad data file or an unreadable ledger stops the node before it ever joins a federation;
+then the trainer serves its socket; then the SuperNode connects to the SuperLink.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import torch
+
+from client_node.ledger import Ledger
+from client_node.settings import NodeSettings
+from client_node.supernode import start_supernode
+from client_node.trainer.core import NodeTrainer
+from client_node.trainer.dp_sgd import resolve_device
+from client_node.trainer.service import TrainerServer
+from lepton_fl.datasets import load_partition
+from lepton_fl.processes import ProcessError
+
+log = logging.getLogger("lepton.node")
+
+UNREGISTERED_KEY_EXIT = 305  # flower-supernode's exit code when the SuperLink refuses its key
+
+
+def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
+    stop = stop or threading.Event()
+    settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    split = load_partition(
+        settings.data.task,
+        settings.data.partition,
+        seed=settings.data.seed,
+        test_fraction=settings.data.test_fraction,
+    )
+    device = resolve_device(settings.node.device)
+    torch.set_num_threads(settings.node.torch_threads)
+    ledger = Ledger(settings.ledger_path)
+    trainer = NodeTrainer(settings=settings, split=split, ledger=ledger, device=device)
+    server = TrainerServer(trainer, settings.trainer_socket)
+    server.start()
+    log.info(
+        "node %s: trainer ready on %s (%d train / %d test rows of %s, device %s)",
+        settings.node.name,
+        settings.trainer_socket,
+        len(split.y_train),
+        len(split.y_test),
+        settings.dataset_id,
+        device,
+    )
+    _install_signal_handlers(stop)
+    supernode = None
+    try:
+        supernode = start_supernode(settings)
+        while not stop.wait(0.5):
+            code = supernode.poll()
+            if code is not None:
+                raise ProcessError(_supernode_exit_message(settings, code, supernode.log_tail()))
+        return 0
+    finally:
+        if supernode is not None:
+            supernode.stop()
+        server.stop()
+        ledger.close()
+
+
+def _supernode_exit_message(settings: NodeSettings, code: int, tail: str) -> str:
+    if code == UNREGISTERED_KEY_EXIT:
+        return (
+            f"The SuperLink at {settings.superlink.address} refused node {settings.node.name!r}: "
+            f"its key {settings.auth.private_key} is not registered (flower-supernode exit "
+            f"{code}). Ask the coordinator to register the matching .pub key, then restart."
+        )
+    return (
+        f"flower-supernode for node {settings.node.name!r} exited with code {code}. "
+        f"Last lines of its log:\n{tail}"
+    )
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

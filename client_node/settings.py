@@ -1,0 +1,173 @@
+"""A node's own configuration, read from node.toml.
+
+Relative paths in the file are relative to the file's directory. Every problem (missing
+file, bad TOML, unknown key, wrong type, missing certificate) is reported in one message
+that names the file and the field, so an institution's IT knows what to fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lepton_fl.config import AccountantName
+
+
+class NodeConfigError(ValueError):
+    """node.toml is missing, malformed, or points at files that are not there."""
+
+    def __init__(self, message: str, *, code: str = "invalid_node_config") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeSection(_Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    state_dir: Path
+    device: str = "auto"
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1,
+        description="CPU threads for torch. 1 is fastest for small models (measured 24x "
+        "faster than 2 threads for the tabular MLP on 2 cores); raise it for large CPU models.",
+    )
+
+
+class DataSection(_Section):
+    task: str
+    partition: str
+    dataset_id: str | None = None
+    seed: int = 0
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+
+
+class PrivacySection(_Section):
+    """The site's own floor: the trainer refuses anything looser than this."""
+
+    epsilon_budget: Annotated[float, Field(gt=0)]
+    accountant: AccountantName = "rdp"
+    max_delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    federations: tuple[str, ...] = Field(
+        default=(), description="Federations this node accepts; empty accepts none."
+    )
+
+
+class SuperLinkSection(_Section):
+    address: str
+    root_certificates: Path
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (for example 127.0.0.1:9093)")
+        return value
+
+
+class AuthSection(_Section):
+    private_key: Path
+
+
+class FlowerSection(_Section):
+    clientappio_port: Annotated[int, Field(gt=0, lt=65536)] = 9094
+    trainer_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class NodeSettings(_Section):
+    """Everything `lepton node start` needs."""
+
+    node: NodeSection
+    data: DataSection
+    privacy: PrivacySection
+    superlink: SuperLinkSection
+    auth: AuthSection
+    flower: FlowerSection = FlowerSection()
+
+    @property
+    def dataset_id(self) -> str:
+        """The key of this node's privacy ledger: one accountant history per dataset."""
+        return self.data.dataset_id or f"{self.data.task}:{self.data.partition}"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The node's persistent privacy ledger."""
+        return self.node.state_dir / "ledger.db"
+
+    @property
+    def trainer_socket(self) -> Path:
+        """Unix socket of the trainer daemon (only this node's relay connects)."""
+        return self.node.state_dir / "trainer.sock"
+
+    @property
+    def flwr_home(self) -> Path:
+        """FLWR_HOME of this node's SuperNode."""
+        return self.node.state_dir / "flwr"
+
+
+def load_node_settings(path: Path) -> NodeSettings:
+    """Read and validate node.toml; raise NodeConfigError with an actionable message."""
+    if not path.is_file():
+        raise NodeConfigError(
+            f"The node config {path} does not exist. Write one (see deploy/node.example.toml) "
+            "and pass it with --config.",
+            code="missing_node_config",
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise NodeConfigError(f"The node config {path} is not valid TOML: {err}.") from err
+    base = path.parent.resolve()
+    try:
+        settings = NodeSettings.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"[{'.'.join(str(p) for p in e['loc'])}] {e['msg']}" for e in err.errors()
+        )
+        raise NodeConfigError(f"The node config {path} has problems: {problems}.") from err
+    settings = _resolve_paths(settings, base)
+    _check_files(settings, path)
+    return settings
+
+
+def _resolve_paths(settings: NodeSettings, base: Path) -> NodeSettings:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    return settings.model_copy(
+        update={
+            "node": settings.node.model_copy(
+                update={"state_dir": resolve(settings.node.state_dir)}
+            ),
+            "superlink": settings.superlink.model_copy(
+                update={"root_certificates": resolve(settings.superlink.root_certificates)}
+            ),
+            "auth": settings.auth.model_copy(
+                update={"private_key": resolve(settings.auth.private_key)}
+            ),
+        }
+    )
+
+
+def _check_files(settings: NodeSettings, path: Path) -> None:
+    for field, file in (
+        ("superlink.root_certificates", settings.superlink.root_certificates),
+        ("auth.private_key", settings.auth.private_key),
+    ):
+        if not file.is_file():
+            raise NodeConfigError(
+                f"The node config {path} sets {field} = {file}, but that file does not exist. "
+                "Fix the path (relative paths are relative to the config file).",
+                code="missing_file",
+            )
+    if settings.node.state_dir.exists() and not settings.node.state_dir.is_dir():
+        raise NodeConfigError(
+            f"The node config {path} sets node.state_dir = {settings.node.state_dir}, which is "
+            "a file, not a directory.",
+        )

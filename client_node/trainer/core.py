@@ -1,0 +1,271 @@
+"""The node's trainer: site policy, privacy budget, DP-SGD training, local ledger.
+
+One `NodeTrainer` lives as long as the node. It holds the local data split, one model and
+one Opacus DP-SGD engine per model configuration, and the ledger. For every train request
+it checks the request against the site policy and the remaining budget **before** training,
+trains, records the round's `(noise_multiplier, sample_rate, steps)` in the ledger **before**
+replying, and reports the epsilon its recorded history gives under the named accountant.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client_node.ledger import Ledger
+from client_node.settings import NodeSettings
+from client_node.trainer.dp_sgd import DPTrainer
+from client_node.trainer.evaluation import evaluate
+from lepton_fl.config import AccountantName, FederationSpec
+from lepton_fl.datasets import TabularSplit
+from lepton_fl.models import ModelSpec, build_model, get_weights, set_weights
+from lepton_fl.privacy import (
+    AccountantStep,
+    PrivacyAccountingError,
+    calibrate_noise_multiplier,
+    check_round,
+    epsilon_spent,
+)
+from lepton_fl.wire import (
+    Envelope,
+    EvalMetrics,
+    EvaluateReply,
+    PrivacyCharge,
+    RoundInstruction,
+    TrainReply,
+)
+
+
+class RequestRefusedError(Exception):
+    """A request the site policy or budget does not allow; the reason goes back to the run."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _EngineKey:
+    model: ModelSpec
+    batch_size: int
+    learning_rate: float
+    max_grad_norm: float
+    seed: int
+
+
+class NodeTrainer:
+    """Handles train and evaluate requests for one node and one local dataset."""
+
+    def __init__(
+        self, *, settings: NodeSettings, split: TabularSplit, ledger: Ledger, device: torch.device
+    ) -> None:
+        self.settings = settings
+        self.split = split
+        self.ledger = ledger
+        self.device = device
+        self._lock = threading.Lock()
+        self._engines: dict[_EngineKey, tuple[DPTrainer, list[np.ndarray]]] = {}
+        self._noise: dict[tuple[int, str], float] = {}
+        self._replies: dict[tuple[int, int], TrainReply] = {}
+
+    # -- requests -------------------------------------------------------------------------
+
+    def train(self, envelope: Envelope, instruction: RoundInstruction) -> TrainReply:
+        """One DP-SGD round, or a refusal with a reason. Never trains twice per round."""
+        with self._lock:
+            key = (envelope.run_id, instruction.round)
+            if key in self._replies:  # a redelivered message: same answer, no new charge
+                return self._replies[key]
+            try:
+                reply = self._train(envelope, instruction)
+            except RequestRefusedError as refusal:
+                return TrainReply(status="refused", code=refusal.code, reason=refusal.reason)
+            self._replies = {k: v for k, v in self._replies.items() if k[0] == envelope.run_id}
+            self._replies[key] = reply
+            return reply
+
+    def evaluate(self, envelope: Envelope, instruction: RoundInstruction) -> EvaluateReply:
+        """Evaluate the given model on this node's held-out split."""
+        with self._lock:
+            try:
+                self._check_policy(instruction.federation)
+                engine, initial = self._engine(instruction.federation)
+            except RequestRefusedError as refusal:
+                return EvaluateReply(status="refused", code=refusal.code, reason=refusal.reason)
+            set_weights(engine.model, instruction.weights or initial)
+            privacy = instruction.federation.privacy
+            return EvaluateReply(
+                status="ok",
+                evaluation=self._evaluate(engine),
+                epsilon=self.epsilon(delta=privacy.delta, accountant=privacy.accountant),
+                epsilon_budget=self.settings.privacy.epsilon_budget,
+            )
+
+    def epsilon(self, *, delta: float, accountant: str) -> float:
+        """Epsilon of this dataset's whole recorded history."""
+        history = self.ledger.history(self.settings.dataset_id)
+        return epsilon_spent(history, delta=delta, accountant=_accountant(accountant))
+
+    # -- the round ------------------------------------------------------------------------
+
+    def _train(self, envelope: Envelope, instruction: RoundInstruction) -> TrainReply:
+        fed = instruction.federation
+        self._check_policy(fed)
+        if not 1 <= instruction.round <= fed.rounds:
+            raise RequestRefusedError(
+                "bad_round", f"Round {instruction.round} is outside the run's 1..{fed.rounds}."
+            )
+        dataset_id = self.settings.dataset_id
+        run_id = str(envelope.run_id)
+        if self.ledger.entry_for(dataset_id, run_id, instruction.round) is not None:
+            raise RequestRefusedError(
+                "already_trained",
+                f"This node already trained round {instruction.round} of run {run_id} and "
+                "recorded its privacy cost; it will not train (and spend budget) twice.",
+            )
+        engine, initial = self._engine(fed)
+        set_weights(engine.model, instruction.weights or initial)
+        before = self._evaluate(engine)  # the model as received (round 1: the seed init)
+
+        privacy = fed.privacy
+        accountant = _accountant(privacy.accountant)
+        steps = engine.steps_per_epoch() * fed.training.local_epochs
+        sigma = self._noise_for_run(envelope.run_id, fed, steps_per_round=steps)
+        planned = AccountantStep(
+            noise_multiplier=sigma, sample_rate=engine.sample_rate, steps=steps
+        )
+        history = self.ledger.history(dataset_id)
+        decision = check_round(
+            history,
+            planned,
+            budget=self.settings.privacy.epsilon_budget,
+            delta=privacy.delta,
+            accountant=accountant,
+        )
+        if not decision.allowed:
+            raise RequestRefusedError("budget_exhausted", decision.reason)
+
+        result = engine.train(epochs=fed.training.local_epochs, noise_multiplier=sigma)
+        taken = AccountantStep(
+            noise_multiplier=sigma, sample_rate=result.sample_rate, steps=result.steps
+        )
+        epsilon = epsilon_spent([*history, taken], delta=privacy.delta, accountant=accountant)
+        self.ledger.record(  # recorded before the reply leaves the node
+            dataset_id=dataset_id,
+            run_id=run_id,
+            round=instruction.round,
+            step=taken,
+            accountant=accountant,
+            delta=privacy.delta,
+            epsilon_after=epsilon,
+            num_examples=result.num_examples,
+        )
+        return TrainReply(
+            status="ok",
+            weights=get_weights(engine.model),
+            num_examples=result.num_examples,
+            train_loss=result.train_loss,
+            train_seconds=result.seconds,
+            evaluation=before,
+            charge=PrivacyCharge(
+                noise_multiplier=sigma,
+                sample_rate=result.sample_rate,
+                steps=result.steps,
+                delta=privacy.delta,
+                accountant=accountant,
+                epsilon=epsilon,
+                epsilon_budget=self.settings.privacy.epsilon_budget,
+            ),
+        )
+
+    def _check_policy(self, fed: FederationSpec) -> None:
+        policy = self.settings.privacy
+        if fed.name not in policy.federations:
+            raise RequestRefusedError(
+                "federation_not_accepted",
+                f"This node does not accept federation {fed.name!r}; its site policy accepts "
+                f"{list(policy.federations) or 'none'}. Add it to [privacy].federations.",
+            )
+        if fed.task != self.settings.data.task:
+            raise RequestRefusedError(
+                "task_mismatch",
+                f"The federation trains task {fed.task!r} but this node serves "
+                f"{self.settings.data.task!r}.",
+            )
+        if fed.privacy.delta > policy.max_delta:
+            raise RequestRefusedError(
+                "delta_too_large",
+                f"The federation asks for delta={fed.privacy.delta:g}, above this site's "
+                f"maximum of {policy.max_delta:g}.",
+            )
+
+    def _noise_for_run(self, run_id: int, fed: FederationSpec, *, steps_per_round: int) -> float:
+        """Calibrate once per run: sigma such that all planned rounds meet the target."""
+        key = (run_id, fed.digest())
+        if key not in self._noise:
+            engine, _ = self._engine(fed)
+            try:
+                self._noise[key] = calibrate_noise_multiplier(
+                    sample_rate=engine.sample_rate,
+                    steps=steps_per_round * fed.rounds,
+                    target_epsilon=fed.privacy.target_epsilon,
+                    delta=fed.privacy.delta,
+                    accountant=_accountant(fed.privacy.accountant),
+                )
+            except PrivacyAccountingError as err:
+                raise RequestRefusedError("calibration_failed", str(err)) from err
+        return self._noise[key]
+
+    def _engine(self, fed: FederationSpec) -> tuple[DPTrainer, list[np.ndarray]]:
+        """The DP engine for this model configuration, built once and reused every round."""
+        spec = ModelSpec(
+            name=fed.model.name, hidden=tuple(fed.model.hidden), dropout=fed.model.dropout
+        )
+        key = _EngineKey(
+            model=spec,
+            batch_size=fed.training.batch_size,
+            learning_rate=fed.training.learning_rate,
+            max_grad_norm=fed.privacy.max_grad_norm,
+            seed=fed.seed,
+        )
+        if key not in self._engines:
+            model = build_model(
+                spec,
+                num_features=self.split.num_features,
+                num_classes=self.split.num_classes,
+                seed=fed.seed,
+            )
+            initial = get_weights(model)
+            engine = DPTrainer(
+                model=model,
+                x=self.split.x_train,
+                y=self.split.y_train,
+                batch_size=min(fed.training.batch_size, len(self.split.y_train)),
+                learning_rate=fed.training.learning_rate,
+                max_grad_norm=fed.privacy.max_grad_norm,
+                device=self.device,
+                seed=fed.seed,
+            )
+            self._engines[key] = (engine, initial)
+        return self._engines[key]
+
+    def _evaluate(self, engine: DPTrainer) -> EvalMetrics:
+        result = evaluate(engine.model, self.split.x_test, self.split.y_test, device=self.device)
+        return EvalMetrics(
+            num_examples=result.num_examples,
+            loss=result.loss,
+            accuracy=result.accuracy,
+            roc_auc=result.roc_auc,
+        )
+
+
+def _accountant(name: str) -> AccountantName:
+    if name == "rdp":
+        return "rdp"
+    if name == "prv":
+        return "prv"
+    raise RequestRefusedError("unknown_accountant", f"Accountant {name!r} is not 'rdp' or 'prv'.")

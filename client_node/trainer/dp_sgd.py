@@ -1,0 +1,333 @@
+"""The node's DP-SGD training loop (Opacus, Poisson sampling), built once and reused every round.
+
+Privacy mechanics, per step: every example of the local data set is included independently with
+probability ``q = batch_size / n`` (Poisson sampling, Opacus ``DPDataLoader``); per-sample
+gradients are computed exactly (Opacus ``GradSampleModule``, hooks mode), each is clipped to L2
+norm ``max_grad_norm`` (flat clipping over all parameters), their sum gets Gaussian noise of
+standard deviation ``noise_multiplier * max_grad_norm`` and is divided by the expected batch size
+``q * n = batch_size`` (Opacus ``DPOptimizer``). An epoch is ``len(DPDataLoader)`` steps
+(``int(1 / q)``, i.e. ``floor(n / batch_size)`` up to floating point), a fixed number even though
+batch sizes vary. Accounting is not done here: the node's ledger charges
+``(sample_rate, noise_multiplier, steps)`` from :class:`TrainResult`.
+
+Why the three Opacus objects are built directly instead of through
+``PrivacyEngine.make_private(..., poisson_sampling=True)``: ``make_private`` derives the sampling
+rate from the length of a plain loader (``1 / ceil(n / batch_size)``, not ``batch_size / n``) and
+truncates the expected batch size to an int; building ``GradSampleModule``, ``DPOptimizer`` and
+``DPDataLoader`` ourselves (exactly what ``make_private`` builds, with the same strict module
+validation and the same ban on gradient accumulation) makes ``sample_rate`` and the step count
+exactly those the ledger is told. It also avoids attaching an accountant we do not use.
+
+Randomness: ``secure_mode`` stays False (it needs ``torchcsprng``, which cannot be installed
+here), so sampling and noise come from torch's Mersenne Twister. By default those two generators
+are seeded from the OS (``os.urandom``), *not* from ``seed``: a seed taken from a federation's
+configuration is known to the coordinator, which could otherwise regenerate the noise and strip
+it. ``reproducible_noise=True`` derives them from ``seed`` as well: for tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = ["DPTrainer", "OptimizerName", "TrainResult", "resolve_device"]
+
+OptimizerName = Literal["sgd", "adam"]
+
+# Opacus's backward hooks fire on module outputs because the inputs do not require gradients;
+# torch warns about it once. Expected and harmless here.
+_BACKWARD_HOOK_WARNING = "Full backward hook is firing when gradients are computed"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one call to :meth:`DPTrainer.train` (or ``train_non_private``) did.
+
+    ``num_examples`` is the size of the local training set (the FedAvg weight), ``steps`` the
+    optimizer steps actually taken, ``train_loss`` the mean per-example loss over all the round's
+    batches, ``seconds`` the wall time of the training loop alone.
+    """
+
+    num_examples: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    train_loss: float
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; ``"cpu"``; ``"cuda"`` or ``"cuda:<i>"``.
+
+    Raises ``ValueError`` for an unknown name or a CUDA device this machine does not have.
+    """
+    key = name.strip().lower()
+    if key == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if key == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", key)
+    if match is None:
+        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} requested but CUDA is not available "
+            f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'}); "
+            "use 'cpu' or 'auto'"
+        )
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return torch.device(key)
+
+
+def _positive(name: str, value: float) -> float:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def _os_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") & _SEED_MASK
+
+
+class DPTrainer:
+    """Owns one local dataset + model on one device; built ONCE and reused every round.
+
+    The Opacus wrappers (``GradSampleModule``, ``DPOptimizer``, ``DPDataLoader``) are made once in
+    ``__init__`` and kept; between rounds the caller loads the global model with
+    ``set_weights(trainer.model, weights)`` (in place, so the wrappers see it), and each
+    :meth:`train` call may use a different noise multiplier. Optimizer state (Adam moments, if
+    Adam is chosen) is reset at the start of every call: a round depends only on its start weights.
+
+    Optimizer: plain SGD (no momentum) by default. Measured on the heart-disease hospitals
+    (tabular MLP, batch 32, C=1, 4 seeds): SGD at lr 0.3 matched or beat Adam at every setting
+    tried (5 and 20 epochs, sigma 1 and 2), and Adam fell behind as noise grew (Hungary, 5 epochs,
+    sigma 2: accuracy 0.84 with SGD, 0.64 with Adam at lr 0.01). Under DP, Adam divides each
+    coordinate by a second-moment estimate dominated by the noise, so coordinates that carry only
+    noise take full-size steps. SGD also keeps no state across rounds. ``optimizer="adam"`` is
+    available; applying it to the privatised gradient is post-processing (same guarantee).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        x: npt.NDArray[np.floating],
+        y: npt.NDArray[np.integer],
+        batch_size: int,
+        learning_rate: float,
+        max_grad_norm: float,
+        device: torch.device,
+        seed: int,
+        optimizer: OptimizerName = "sgd",
+        reproducible_noise: bool = False,
+    ) -> None:
+        x_arr, y_arr = np.asarray(x), np.asarray(y)
+        if x_arr.ndim != 2 or y_arr.ndim != 1 or len(x_arr) != len(y_arr):
+            raise ValueError(f"x must be (n, d) and y (n,), got {x_arr.shape} and {y_arr.shape}")
+        n = len(y_arr)
+        if n == 0:
+            raise ValueError("the local training set is empty")
+        if not np.isfinite(x_arr).all():
+            raise ValueError("x contains NaN or infinite values")
+        if not np.issubdtype(y_arr.dtype, np.integer) or (y_arr < 0).any():
+            raise ValueError("y must hold non-negative integer class labels")
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+            raise ValueError(
+                f"batch_size must be an int in [1, {n}] (the number of local examples), "
+                f"got {batch_size!r}"
+            )
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        self._lr = _positive("learning_rate", learning_rate)
+        self._max_grad_norm = _positive("max_grad_norm", max_grad_norm)
+        self._batch_size = batch_size
+        self._n = n
+        self._device = device
+        self._seed = int(seed)
+        self._optimizer_name: OptimizerName = optimizer
+        self._calls = 0
+        self._criterion = nn.CrossEntropyLoss()
+
+        errors = ModuleValidator.validate(model, strict=False)
+        if errors:
+            raise ValueError(
+                "the model cannot be trained with DP-SGD: "
+                + "; ".join(str(e) for e in errors)
+                + " (replace BatchNorm by GroupNorm, or see opacus ModuleValidator.fix)"
+            )
+        model.to(device)
+        # A hook-free twin for the non-private baseline: Opacus's hooks stay registered on the
+        # wrapped module, so reusing it would slow the baseline down and flatter DP's overhead.
+        self._plain_model = copy.deepcopy(model)
+        self._plain_optimizer = self._make_optimizer(self._plain_model)
+
+        features = torch.as_tensor(x_arr, dtype=torch.float32)
+        labels = torch.as_tensor(y_arr, dtype=torch.int64)
+        self._dataset = TensorDataset(features, labels)
+
+        sampling_seed = self._seed if reproducible_noise else _os_seed()
+        noise_seed = self._seed + 1 if reproducible_noise else _os_seed()
+        self._sampling_generator = torch.Generator().manual_seed(sampling_seed & _SEED_MASK)
+        self._noise_generator = torch.Generator(device=device).manual_seed(noise_seed & _SEED_MASK)
+        self._shuffle_generator = torch.Generator().manual_seed((self._seed + 2) & _SEED_MASK)
+
+        self._sample_rate = batch_size / n
+        self._module = model
+        self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+        self._gsm.forbid_grad_accumulation()
+        self._dp_optimizer = DPOptimizer(
+            self._make_optimizer(model),
+            noise_multiplier=1.0,
+            max_grad_norm=self._max_grad_norm,
+            expected_batch_size=batch_size,
+            loss_reduction="mean",
+            generator=self._noise_generator,
+            secure_mode=False,
+        )
+        self._dp_loader = DPDataLoader(
+            self._dataset, sample_rate=self._sample_rate, generator=self._sampling_generator
+        )
+        self._plain_loader = DataLoader(
+            self._dataset, batch_size=batch_size, shuffle=True, generator=self._shuffle_generator
+        )
+
+    def _make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        if self._optimizer_name == "adam":
+            return torch.optim.Adam(module.parameters(), lr=self._lr)
+        return torch.optim.SGD(module.parameters(), lr=self._lr)
+
+    @property
+    def model(self) -> nn.Module:
+        """The unwrapped module (load and read weights through it)."""
+        return self._module
+
+    @property
+    def num_examples(self) -> int:
+        """Size of the local training set."""
+        return self._n
+
+    @property
+    def sample_rate(self) -> float:
+        """Poisson sampling rate ``q = batch_size / n``."""
+        return self._sample_rate
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one DP epoch: exactly ``len(DPDataLoader)`` (``int(1 / q)``)."""
+        return len(self._dp_loader)
+
+    @contextmanager
+    def _round_scope(self) -> Iterator[None]:
+        """Seeded global RNG (dropout) for this call, restored afterwards; quiet Opacus hooks."""
+        devices = [self._device.index or 0] if self._device.type == "cuda" else []
+        self._calls += 1
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
+            warnings.filterwarnings("ignore", message=_BACKWARD_HOOK_WARNING)
+            torch.manual_seed((self._seed * 1_000_003 + self._calls) & _SEED_MASK)
+            yield
+
+    def _dp_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        """One DP-SGD step on a Poisson batch; returns the batch's summed loss (0 if empty)."""
+        optimizer = self._dp_optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss = self._criterion(self._gsm(xb), yb)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()) * len(yb) if len(yb) else 0.0
+
+    def _plain_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        """One ordinary minibatch step on the hook-free twin; returns the batch's summed loss."""
+        optimizer = self._plain_optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss = self._criterion(self._plain_model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()) * len(yb)
+
+    def train(self, *, epochs: int, noise_multiplier: float) -> TrainResult:
+        """Run ``epochs`` epochs of DP-SGD at ``noise_multiplier`` from the current weights."""
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        sigma = _positive("noise_multiplier", noise_multiplier)
+        optimizer = self._dp_optimizer
+        optimizer.noise_multiplier = sigma
+        optimizer.original_optimizer.state.clear()
+        self._gsm.train()
+        steps, seen, loss_sum = 0, 0, 0.0
+        with self._round_scope():
+            start = time.perf_counter()
+            for _ in range(epochs):
+                for xb, yb in self._dp_loader:
+                    loss_sum += self._dp_step(xb.to(self._device), yb.to(self._device))
+                    seen += len(yb)
+                    steps += 1
+            seconds = time.perf_counter() - start
+        expected = epochs * self.steps_per_epoch()
+        if steps != expected:  # pragma: no cover - would mean Opacus changed its loader
+            raise RuntimeError(f"took {steps} DP steps, expected {expected}")
+        return TrainResult(
+            num_examples=self._n,
+            steps=steps,
+            sample_rate=self._sample_rate,
+            noise_multiplier=sigma,
+            max_grad_norm=self._max_grad_norm,
+            train_loss=loss_sum / seen if seen else float("nan"),
+            seconds=seconds,
+        )
+
+    def train_non_private(self, *, epochs: int) -> TrainResult:
+        """Same model and optimizer without DP (baseline, benchmarks): shuffled minibatches.
+
+        Trains a hook-free copy of :attr:`model` from its current weights and copies the result
+        back into :attr:`model`. The result has ``noise_multiplier=0.0``; ``sample_rate`` is the
+        nominal ``batch_size / n`` and ``max_grad_norm`` the configured (unapplied) bound.
+        Never report such a round as private.
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        self._plain_model.load_state_dict(self._module.state_dict())
+        self._plain_optimizer.state.clear()
+        self._plain_model.train()
+        steps, seen, loss_sum = 0, 0, 0.0
+        with self._round_scope():
+            start = time.perf_counter()
+            for _ in range(epochs):
+                for xb, yb in self._plain_loader:
+                    loss_sum += self._plain_step(xb.to(self._device), yb.to(self._device))
+                    seen += len(yb)
+                    steps += 1
+            seconds = time.perf_counter() - start
+        self._module.load_state_dict(self._plain_model.state_dict())
+        return TrainResult(
+            num_examples=self._n,
+            steps=steps,
+            sample_rate=self._sample_rate,
+            noise_multiplier=0.0,
+            max_grad_norm=self._max_grad_norm,
+            train_loss=loss_sum / seen,
+            seconds=seconds,
+        )

@@ -1,0 +1,46 @@
+"""The relay-trainer contract: a versioned gRPC service over a local Unix socket.
+
+The relay (the ClientApp Flower spawns per message) calls `Handle` with the message content
+and its envelope; the trainer answers with the reply content. Both are Flower `RecordDict`
+protobuf bytes (see `lepton_fl.wire`), so no code generation is needed and the relay never
+imports torch. Only processes that can open the socket file (mode 0600, in the node's state
+directory) can reach the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+SERVICE = "lepton.trainer.v1.Trainer"
+HANDLE = f"/{SERVICE}/Handle"
+PING = f"/{SERVICE}/Ping"
+
+
+def target(socket_path: Path) -> str:
+    """gRPC target string for a Unix domain socket."""
+    return f"unix://{socket_path.resolve()}"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def call(socket_path: Path, method: str, payload: bytes, *, timeout: float) -> bytes:
+    """One unary call to the trainer; raises grpc.RpcError on failure or deadline."""
+    with grpc.insecure_channel(target(socket_path)) as channel:
+        stub = channel.unary_unary(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )
+        return bytes(stub(payload, timeout=timeout, wait_for_ready=False))
+
+
+def ping(socket_path: Path, *, timeout: float = 2.0) -> bool:
+    """True if a trainer answers on the socket."""
+    if not socket_path.exists():
+        return False
+    try:
+        return call(socket_path, PING, b"", timeout=timeout) == b"ready"
+    except grpc.RpcError:
+        return False

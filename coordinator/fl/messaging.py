@@ -1,0 +1,54 @@
+"""Sending messages to a set of nodes and collecting their replies.
+
+Flower's `Grid.send_and_receive` sleeps 3 s between pulls; a round here is a handful of
+seconds, so we push once and pull at a short interval instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+PULL_INTERVAL_S = 0.1
+
+
+def exchange(
+    grid: Grid,
+    contents: Mapping[int, RecordDict],
+    *,
+    message_type: str,
+    group_id: str,
+    timeout: float,
+) -> dict[int, Message]:
+    """Send one message per node id and wait up to `timeout` for the replies.
+
+    Returns the replies that arrived, keyed by node id; a node missing from the result
+    did not answer in time.
+    """
+    node_ids = list(contents)
+    messages = [
+        Message(
+            contents[node_id], dst_node_id=node_id, message_type=message_type, group_id=group_id
+        )
+        for node_id in node_ids
+    ]
+    message_ids = list(grid.push_messages(messages))
+    pending = {mid: node_id for mid, node_id in zip(message_ids, node_ids, strict=True) if mid}
+    replies: dict[int, Message] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            node_id = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node_id is not None:
+                replies[node_id] = reply
+        if pending:
+            time.sleep(PULL_INTERVAL_S)
+    return replies
+
+
+def online_node_ids(grid: Grid) -> set[int]:
+    """Node ids the SuperLink currently reports for this run's federation."""
+    return {int(node_id) for node_id in grid.get_node_ids()}

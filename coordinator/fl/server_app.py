@@ -1,0 +1,199 @@
+"""The Lepton ServerApp: drives the rounds of one run on Flower's Message API.
+
+Flower starts it (`flwr-serverapp`) once per run. It reads the `RunSpec` from the run
+config, sends train and evaluate messages only to the run's members (Flower node ids the
+coordinator got by registering each member's key), aggregates through a `RoundProtocol`,
+and records every round in the run journal. It imports no torch: nodes initialise the
+model from the federation's seed, and aggregation is numpy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.fl.journal import RunJournal
+from coordinator.fl.messaging import exchange, online_node_ids
+from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
+from lepton_fl.config import Member, RunSpec
+from lepton_fl.wire import (
+    RoundInstruction,
+    WireError,
+    evaluate_reply_from_records,
+    instruction_to_records,
+)
+
+app = ServerApp()
+
+
+class RunAbortedError(RuntimeError):
+    """The run cannot go on (too few participants, no usable update)."""
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point."""
+    raw = context.run_config.get("lepton-run")
+    if not isinstance(raw, str) or not raw:
+        raise RunAbortedError("The run config has no 'lepton-run' spec; submit runs via Lepton.")
+    run = RunSpec.model_validate_json(raw)
+    journal = RunJournal(Path(run.journal_path))
+    try:
+        drive_run(grid, run, journal, protocol=PlainFedAvg())
+    except Exception as err:
+        journal.write("run_failed", reason=str(err), kind=type(err).__name__)
+        raise
+
+
+def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundProtocol) -> None:
+    """All rounds of one run, then a final evaluation of the global model."""
+    fed = run.federation
+    journal.write(
+        "run_started",
+        flower_run_id=grid.run.run_id,
+        federation=fed.name,
+        federation_digest=fed.digest(),
+        rounds=fed.rounds,
+        members=[m.model_dump() for m in run.members],
+        aggregation=protocol.name,
+    )
+    members = wait_for_members(grid, run)
+    weights: list[np.ndarray] = []
+    for rnd in range(1, fed.rounds + 1):
+        journal.write("round_started", round=rnd, nodes=[m.name for m in members])
+        instruction = RoundInstruction(federation=fed, round=rnd, weights=weights)
+        outcome = protocol.run_round(grid, members, instruction, timeout=run.round_timeout_s)
+        journal.write("round", **round_record(outcome))
+        if len(outcome.participants) < fed.min_participants or outcome.weights is None:
+            raise RunAbortedError(
+                f"Round {rnd} had {len(outcome.participants)} usable updates, fewer than the "
+                f"federation's minimum of {fed.min_participants}: "
+                + "; ".join(f"{o.member.name}: {o.reason}" for o in outcome.outcomes if o.reason)
+            )
+        weights = outcome.weights
+        save_checkpoint(Path(run.journal_path).with_name("checkpoint.npz"), weights, rnd)
+    evaluation = evaluate(grid, members, RoundInstruction(fed, fed.rounds, weights), run)
+    journal.write("evaluation", round=fed.rounds, nodes=evaluation)
+    journal.write("run_finished", rounds_completed=fed.rounds)
+
+
+def wait_for_members(grid: Grid, run: RunSpec) -> list[Member]:
+    """Wait until every member is online (or the connect timeout), return those online."""
+    wanted = {m.node_id for m in run.members}
+    deadline = time.monotonic() + run.connect_timeout_s
+    online: set[int] = set()
+    while time.monotonic() < deadline:
+        online = online_node_ids(grid) & wanted
+        if online == wanted:
+            break
+        time.sleep(0.2)
+    present = [m for m in run.members if m.node_id in online]
+    if len(present) < run.federation.min_participants:
+        missing = sorted(m.name for m in run.members if m.node_id not in online)
+        raise RunAbortedError(
+            f"Only {len(present)} of {len(run.members)} members came online within "
+            f"{run.connect_timeout_s:.0f} s (missing: {', '.join(missing)}); the federation "
+            f"needs {run.federation.min_participants}."
+        )
+    return present
+
+
+def round_record(outcome: RoundOutcome) -> dict[str, object]:
+    """The journal entry of a round: participants, refusals and aggregate-safe metrics."""
+    nodes: dict[str, dict[str, object]] = {}
+    for o in outcome.outcomes:
+        nodes[o.member.name] = node_record(o)
+    participants = outcome.participants
+    total = sum(o.reply.num_examples for o in participants if o.reply)
+    train_loss = (
+        sum(o.reply.train_loss * o.reply.num_examples for o in participants if o.reply) / total
+        if total
+        else None
+    )
+    return {
+        "round": outcome.round,
+        "seconds": outcome.seconds,
+        "participants": [o.member.name for o in participants],
+        "num_examples": total,
+        "train_loss": train_loss,
+        "nodes": nodes,
+    }
+
+
+def node_record(o: NodeOutcome) -> dict[str, object]:
+    """One node's part of a round record."""
+    record: dict[str, object] = {"status": o.status, "code": o.code, "reason": o.reason}
+    reply = o.reply
+    if reply is None or o.status != "ok":
+        return record
+    record.update(
+        num_examples=reply.num_examples,
+        train_loss=reply.train_loss,
+        train_seconds=reply.train_seconds,
+    )
+    if reply.evaluation is not None:
+        record["pre_round_eval"] = {
+            "accuracy": reply.evaluation.accuracy,
+            "roc_auc": reply.evaluation.roc_auc,
+            "loss": reply.evaluation.loss,
+        }
+    if reply.charge is not None:
+        c = reply.charge
+        record["charge"] = {
+            "noise_multiplier": c.noise_multiplier,
+            "sample_rate": c.sample_rate,
+            "steps": c.steps,
+            "delta": c.delta,
+            "accountant": c.accountant,
+            "epsilon": c.epsilon,
+            "epsilon_budget": c.epsilon_budget,
+        }
+    return record
+
+
+def evaluate(
+    grid: Grid, members: Sequence[Member], instruction: RoundInstruction, run: RunSpec
+) -> dict[str, dict[str, object]]:
+    """Ask every member to evaluate the final model on its own held-out split."""
+    replies = exchange(
+        grid,
+        {m.node_id: instruction_to_records(instruction) for m in members},
+        message_type="evaluate",
+        group_id="final",
+        timeout=run.round_timeout_s,
+    )
+    results: dict[str, dict[str, object]] = {}
+    for m in members:
+        message = replies.get(m.node_id)
+        if message is None:
+            results[m.name] = {"status": "dropped", "reason": "The node did not answer in time."}
+            continue
+        if message.has_error():
+            results[m.name] = {"status": "error", "reason": message.error.reason}
+            continue
+        try:
+            reply = evaluate_reply_from_records(message.content)
+        except WireError as err:
+            results[m.name] = {"status": "error", "reason": str(err)}
+            continue
+        entry: dict[str, object] = {"status": reply.status, "reason": reply.reason}
+        if reply.evaluation is not None:
+            ev = reply.evaluation
+            entry.update(
+                num_examples=ev.num_examples, accuracy=ev.accuracy, roc_auc=ev.roc_auc, loss=ev.loss
+            )
+        entry.update(epsilon=reply.epsilon, epsilon_budget=reply.epsilon_budget)
+        results[m.name] = entry
+    return results
+
+
+def save_checkpoint(path: Path, weights: Sequence[np.ndarray], rnd: int) -> None:
+    """Write the global model atomically (a crash never leaves a half-written file)."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, *weights, round=np.array(rnd))
+    tmp.replace(path)

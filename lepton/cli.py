@@ -1,0 +1,171 @@
+"""`lepton`: demo, coordinator, node and certificate commands.
+
+Known failures (a bad node.toml, a missing certificate, a port in use, an unregistered
+key, a malformed data file) end in one paragraph that says what to fix and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator's SuperLink.")
+node_app = typer.Typer(no_args_is_help=True, help="Run an institution's node.")
+certs_app = typer.Typer(no_args_is_help=True, help="Create and inspect the PKI.")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(node_app, name="node")
+app.add_typer(certs_app, name="certs")
+
+EXIT_USER_ERROR = 2
+
+
+@app.command()
+def demo(
+    summary: Annotated[
+        Path | None, typer.Option(help="Write the JSON summary of the run to this file.")
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, max=50, help="Federated rounds.")] = 5,
+    target_epsilon: Annotated[
+        float, typer.Option(min=0.1, max=50, help="Epsilon the run is calibrated to.")
+    ] = 3.0,
+    epsilon_budget: Annotated[
+        float, typer.Option(min=0.1, max=100, help="Each hospital's lifetime budget.")
+    ] = 8.0,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep certificates, ledgers and logs here.")
+    ] = None,
+) -> None:
+    """Four hospitals train a heart-disease model with DP-SGD over a TLS SuperLink."""
+    from lepton.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            rounds=rounds,
+            target_epsilon=target_epsilon,
+            epsilon_budget=epsilon_budget,
+            summary_path=summary,
+            workdir=workdir,
+        )
+    )
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    data_dir: Annotated[Path, typer.Option(help="SuperLink state, logs and run journals.")],
+    pki_dir: Annotated[Path, typer.Option(help="Directory made by `lepton certs init`.")],
+    host: str = "127.0.0.1",
+    port: int = 9093,
+) -> None:
+    """Start the SuperLink (TLS, SuperNode authentication, persistent state)."""
+    from coordinator.runner import run_coordinator
+
+    raise typer.Exit(run_coordinator(_superlink_settings(data_dir, pki_dir, host, port)))
+
+
+@coordinator_app.command("register-node")
+def coordinator_register_node(
+    public_key: Annotated[Path, typer.Argument(help="The node's OpenSSH public key (.pub).")],
+    name: Annotated[str, typer.Option(help="The node's name.")],
+    data_dir: Annotated[Path, typer.Option()],
+    pki_dir: Annotated[Path, typer.Option()],
+    host: str = "127.0.0.1",
+    port: int = 9093,
+) -> None:
+    """Register a node's key with the running SuperLink and print its node id."""
+    from coordinator.superlink import SuperLink
+
+    superlink = SuperLink(_superlink_settings(data_dir, pki_dir, host, port))
+    superlink.write_connection_config()
+    typer.echo(superlink.register_node(public_key, name=name))
+
+
+@node_app.command("start")
+def node_start(
+    config: Annotated[Path, typer.Option(help="The node's node.toml.")],
+) -> None:
+    """Start the trainer daemon and the SuperNode of one institution."""
+    from client_node.settings import load_node_settings
+
+    settings = load_node_settings(config)  # fail fast, before torch is imported
+    from client_node.runner import run_node
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    raise typer.Exit(run_node(settings))
+
+
+@certs_app.command("init")
+def certs_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the PKI.")],
+    node: Annotated[list[str], typer.Option(help="A node name; repeat for each node.")],
+    host: Annotated[
+        list[str] | None, typer.Option(help="A SuperLink host name or IP; repeatable.")
+    ] = None,
+    overwrite: bool = False,
+) -> None:
+    """Create a CA, the SuperLink's server certificate and one key pair per node."""
+    from lepton_fl.crypto import create_pki, describe_pki
+
+    paths = create_pki(
+        directory,
+        node_names=node,
+        hosts=tuple(host or ("127.0.0.1", "localhost")),
+        overwrite=overwrite,
+    )
+    typer.echo(describe_pki(paths))
+
+
+@certs_app.command("show")
+def certs_show(directory: Annotated[Path, typer.Option("--dir")]) -> None:
+    """Describe an existing PKI."""
+    from lepton_fl.crypto import describe_pki, load_pki
+
+    typer.echo(describe_pki(load_pki(directory)))
+
+
+def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int):  # type: ignore[no-untyped-def]
+    from coordinator.superlink import SuperLinkSettings
+    from lepton_fl.crypto import load_pki
+
+    pki = load_pki(pki_dir)
+    return SuperLinkSettings(
+        data_dir=data_dir.resolve(),
+        ca_certificate=pki.ca_certificate,
+        server_certificate=pki.server_certificate,
+        server_key=pki.server_key,
+        host=host,
+        port=port,
+    )
+
+
+def main() -> None:
+    """Console entry point: known errors become one actionable paragraph, exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001
+        code = getattr(err, "code", None)
+        if isinstance(code, str) and code:
+            typer.echo(f"error [{code}]: {err}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        if _is_click_usage_error(err):
+            typer.echo(f"error: {err}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+
+
+def _is_click_usage_error(err: Exception) -> bool:
+    import click
+
+    if isinstance(err, click.exceptions.ClickException):
+        err.show()
+        return True
+    return False

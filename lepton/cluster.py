@@ -1,0 +1,254 @@
+"""A whole Lepton deployment on one host: one coordinator and N nodes on 127.0.0.1.
+
+Used by `lepton demo`, the end-to-end tests and the benchmarks. Every part is the real
+process a deployment runs (`lepton coordinator start`, `lepton node start`), started with
+the real CLI and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from client_node.trainer_channel import ping
+from coordinator.fl.journal import JournalView, read_journal
+from coordinator.superlink import SuperLink, SuperLinkSettings
+from lepton_fl.config import Member, RunSpec
+from lepton_fl.crypto import PKIPaths, create_pki
+from lepton_fl.processes import (
+    ManagedProcess,
+    ProcessError,
+    executable,
+    flower_env,
+    free_port,
+    port_accepts,
+    wait_until,
+)
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node to start: who it is, what data it serves, what its site policy allows."""
+
+    name: str
+    task: str
+    partition: str
+    epsilon_budget: float
+    federations: tuple[str, ...]
+    register: bool = True
+
+
+@dataclass
+class RunningNode:
+    """A started node process and where its state lives."""
+
+    plan: NodePlan
+    state_dir: Path
+    config_path: Path
+    process: ManagedProcess
+    member: Member | None
+
+    @property
+    def ledger_path(self) -> Path:
+        """The node's own privacy ledger."""
+        return self.state_dir / "ledger.db"
+
+
+def lepton_command(*args: str) -> list[str]:
+    """argv for the installed `lepton` console script."""
+    return [executable("lepton"), *args]
+
+
+def node_toml(plan: NodePlan, *, state_dir: Path, superlink: SuperLinkSettings, key: Path) -> str:
+    """A node's node.toml, as an institution's IT would write it."""
+    federations = ", ".join(json.dumps(f) for f in plan.federations)
+    return (
+        f'[node]\nname = "{plan.name}"\nstate_dir = {json.dumps(str(state_dir))}\n'
+        'device = "auto"\n\n'
+        f'[data]\ntask = "{plan.task}"\npartition = "{plan.partition}"\n\n'
+        f"[privacy]\nepsilon_budget = {plan.epsilon_budget}\nfederations = [{federations}]\n\n"
+        f'[superlink]\naddress = "{superlink.address}"\n'
+        f"root_certificates = {json.dumps(str(superlink.ca_certificate))}\n\n"
+        f"[auth]\nprivate_key = {json.dumps(str(key))}\n\n"
+        f"[flower]\nclientappio_port = {free_port()}\n"
+    )
+
+
+class LocalCluster:
+    """Start, drive and stop a coordinator plus nodes under one root directory."""
+
+    def __init__(self, root: Path, plans: list[NodePlan]) -> None:
+        self.root = root
+        self.plans = plans
+        self.pki: PKIPaths | None = None
+        self.superlink: SuperLink | None = None
+        self.nodes: dict[str, RunningNode] = {}
+        self._processes: list[ManagedProcess] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, *, node_ready_timeout: float = 120.0) -> LocalCluster:
+        """PKI, coordinator, key registration, nodes; returns once every trainer answers."""
+        self.pki = create_pki(
+            self.root / "pki", node_names=[p.name for p in self.plans], overwrite=True
+        )
+        self.superlink = self._start_coordinator(self.pki)
+        members = self._register([p for p in self.plans if p.register])
+        for plan in self.plans:
+            self.nodes[plan.name] = self._start_node(plan, members.get(plan.name))
+        for node in self.nodes.values():
+            if node.plan.register:
+                socket_path = node.state_dir / "trainer.sock"
+                wait_until(
+                    lambda s=socket_path: ping(s),  # type: ignore[misc]
+                    timeout=node_ready_timeout,
+                    what=f"the trainer of {node.plan.name}",
+                    process=node.process,
+                )
+        return self
+
+    def stop(self) -> None:
+        """Stop nodes first, then the coordinator, each by the PID we started."""
+        for process in reversed(self._processes):
+            process.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def check_alive(self) -> None:
+        """Raise (with its log) if a coordinator or registered node process died."""
+        for process in self._processes:
+            if process.name.startswith("lepton node") and not self._is_registered(process):
+                continue
+            process.check_alive()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def members(self, names: list[str] | None = None) -> tuple[Member, ...]:
+        """The registered nodes (optionally only those named), as run members."""
+        chosen = [n for n in self.nodes.values() if n.member is not None]
+        if names is not None:
+            chosen = [n for n in chosen if n.plan.name in names]
+        return tuple(n.member for n in chosen if n.member is not None)
+
+    def submit(self, run: RunSpec) -> int:
+        """Submit a run to the SuperLink; return Flower's run id."""
+        assert self.superlink is not None
+        return self.superlink.submit_run(run, work_dir=Path(run.journal_path).parent)
+
+    def journal_path(self, name: str) -> Path:
+        """Where a run's journal goes."""
+        return self.root / "coordinator" / "runs" / f"{name}.jsonl"
+
+    def wait_for_run(self, journal: Path, *, timeout: float) -> JournalView:
+        """Wait until the run's journal says it ended; fail if a process dies first."""
+        view = read_journal(journal)
+
+        def ended() -> bool:
+            nonlocal view
+            self.check_alive()
+            view = read_journal(journal)
+            return view.finished
+
+        wait_until(ended, timeout=timeout, what=f"the run journal {journal} to end")
+        return view
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _track(self, process: ManagedProcess) -> ManagedProcess:
+        self._processes.append(process.start())
+        return process
+
+    def _is_registered(self, process: ManagedProcess) -> bool:
+        return any(n.process is process and n.plan.register for n in self.nodes.values())
+
+    def _start_coordinator(self, pki: PKIPaths) -> SuperLink:
+        settings = SuperLinkSettings(
+            data_dir=self.root / "coordinator",
+            ca_certificate=pki.ca_certificate,
+            server_certificate=pki.server_certificate,
+            server_key=pki.server_key,
+            port=free_port(),
+        )
+        process = self._track(
+            ManagedProcess(
+                name="lepton coordinator",
+                argv=lepton_command(
+                    "coordinator",
+                    "start",
+                    "--data-dir",
+                    str(settings.data_dir),
+                    "--pki-dir",
+                    str(pki.directory),
+                    "--port",
+                    str(settings.port),
+                ),
+                log_path=self.root / "logs" / "coordinator.log",
+                env=flower_env(settings.flwr_home),
+            )
+        )
+        wait_until(
+            lambda: port_accepts(settings.host, settings.port),
+            timeout=60,
+            what="the coordinator's SuperLink",
+            process=process,
+        )
+        superlink = SuperLink(settings)
+        superlink.write_connection_config()
+        return superlink
+
+    def _register(self, plans: list[NodePlan]) -> dict[str, Member]:
+        """Register keys; the node ids the SuperLink returns are the authenticated mapping."""
+        assert self.superlink is not None
+        assert self.pki is not None
+        superlink, pki = self.superlink, self.pki
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            ids = list(
+                pool.map(
+                    lambda p: superlink.register_node(pki.nodes[p.name].public_key, name=p.name),
+                    plans,
+                )
+            )
+        return {p.name: Member(name=p.name, node_id=i) for p, i in zip(plans, ids, strict=True)}
+
+    def _start_node(self, plan: NodePlan, member: Member | None) -> RunningNode:
+        assert self.superlink is not None
+        assert self.pki is not None
+        state_dir = self.root / "nodes" / plan.name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        config = state_dir / "node.toml"
+        config.write_text(
+            node_toml(
+                plan,
+                state_dir=state_dir,
+                superlink=self.superlink.settings,
+                key=self.pki.nodes[plan.name].private_key,
+            )
+        )
+        process = self._track(
+            ManagedProcess(
+                name=f"lepton node ({plan.name})",
+                argv=lepton_command("node", "start", "--config", str(config)),
+                log_path=self.root / "logs" / f"node-{plan.name}.log",
+                env=flower_env(state_dir / "flwr"),
+            )
+        )
+        return RunningNode(plan, state_dir, config, process, member)
+
+
+def stop_quietly(cluster: LocalCluster) -> None:
+    """Stop a cluster, ignoring processes that already ended."""
+    with contextlib.suppress(ProcessError):
+        cluster.stop()

@@ -1,0 +1,121 @@
+"""Frozen specs shared by the coordinator and the nodes.
+
+A `FederationSpec` is what an admin defines once (task, model, privacy policy, rounds);
+a `RunSpec` is one execution of it on the SuperLink (which Flower nodes take part, where the
+run journal goes). Both are validated on construction and serialised as canonical JSON, so
+the coordinator and every node agree byte for byte on what was asked and can hash it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+AccountantName = Literal["rdp", "prv"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_slug(value: str, what: str) -> str:
+    if not _SLUG.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-63 characters of lower-case letters, digits, "
+            "'-' or '_', starting with a letter or digit."
+        )
+    return value
+
+
+class PrivacySpec(_Frozen):
+    """Sample-level DP-SGD parameters every node of the federation applies."""
+
+    target_epsilon: Annotated[float, Field(gt=0, le=100)] = Field(
+        description="Epsilon the whole planned run is calibrated to, at each node."
+    )
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    accountant: AccountantName = "rdp"
+
+
+class TrainingSpec(_Frozen):
+    """Local optimisation at each node, per round."""
+
+    local_epochs: Annotated[int, Field(ge=1, le=100)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 32
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.05
+
+
+class ModelConfig(_Frozen):
+    """Which registered model to build, and its size."""
+
+    name: Literal["tabular_mlp"] = "tabular_mlp"
+    hidden: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = (32,)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class FederationSpec(_Frozen):
+    """A federation: the task its members train on and the rules every run follows."""
+
+    name: str
+    task: str = Field(description="Dataset task id known to every member, e.g. heart_disease.")
+    model: ModelConfig = ModelConfig()
+    rounds: Annotated[int, Field(ge=1, le=1000)] = 5
+    min_participants: Annotated[int, Field(ge=1)] = 2
+    privacy: PrivacySpec
+    training: TrainingSpec = TrainingSpec()
+    seed: int = 0
+
+    @field_validator("name", "task")
+    @classmethod
+    def _slugs(cls, value: str) -> str:
+        return _check_slug(value, "name")
+
+    def canonical_json(self) -> str:
+        """JSON with sorted keys: the form that is hashed and sent to nodes."""
+        return self.model_dump_json(round_trip=True)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON, hex."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+class Member(_Frozen):
+    """A node taking part in a run: its enrolled name and the Flower node id the
+    coordinator obtained when it registered the node's key (never self-asserted)."""
+
+    name: str
+    node_id: Annotated[int, Field(ge=0)]
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        return _check_slug(value, "node name")
+
+
+class RunSpec(_Frozen):
+    """One run of a federation on the SuperLink."""
+
+    federation: FederationSpec
+    members: tuple[Member, ...]
+    journal_path: str = Field(description="Where the ServerApp appends the run journal.")
+    round_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+
+    @model_validator(mode="after")
+    def _members_unique(self) -> RunSpec:
+        names = [m.name for m in self.members]
+        ids = [m.node_id for m in self.members]
+        if len(set(names)) != len(names) or len(set(ids)) != len(ids):
+            raise ValueError("Each member must appear once, by name and by node id.")
+        if len(self.members) < self.federation.min_participants:
+            raise ValueError(
+                f"The run has {len(self.members)} members but the federation needs at least "
+                f"{self.federation.min_participants} participants per round."
+            )
+        return self

@@ -1,0 +1,26 @@
+"""Demo data: agreed per-task tabular encodings, real partitions, seeded stratified splits."""
+
+from lepton_fl.datasets.heart_disease import HEART_DISEASE_SCHEMA, HEART_DISEASE_SITES
+from lepton_fl.datasets.registry import (
+    TASKS,
+    TaskInfo,
+    get_task,
+    list_partitions,
+    list_tasks,
+    load_partition,
+)
+from lepton_fl.datasets.tabular import DatasetError, TabularSchema, TabularSplit
+
+__all__ = [
+    "HEART_DISEASE_SCHEMA",
+    "HEART_DISEASE_SITES",
+    "TASKS",
+    "DatasetError",
+    "TabularSchema",
+    "TabularSplit",
+    "TaskInfo",
+    "get_task",
+    "list_partitions",
+    "list_tasks",
+    "load_partition",
+]

@@ -1,0 +1,285 @@
+"""Privacy accounting: the epsilon of a node's DP-SGD history, computed by Opacus.
+
+A node's history is a list of :class:`AccountantStep` entries, each exactly one entry of
+an Opacus accountant's ``history`` (``(noise_multiplier, sample_rate, steps)``).
+Epsilon is always computed by Opacus's own accountants; this module validates inputs,
+normalises the history the way Opacus itself does, and turns Opacus's failures into
+:class:`PrivacyAccountingError` with a message that says what to fix.
+
+Opacus (and so torch) is imported lazily, on the first computation, so that importing
+this module (for example from the node's ledger or a progress reporter) stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+AccountantName = Literal["rdp", "prv"]
+ACCOUNTANTS: tuple[AccountantName, ...] = ("rdp", "prv")
+
+#: Opacus's default epsilon error for the PRV accountant (``get_epsilon(eps_error=...)``).
+PRV_EPS_ERROR = 0.01
+#: The largest PRV discretisation (number of grid points) we let Opacus build. Opacus
+#: allocates several float64 arrays of this size; about 7.5 million points already take
+#: about 1.6 GB and 14 s on one CPU, and a history with very little noise can ask for
+#: billions, which kills the process instead of raising.
+PRV_MAX_DOMAIN_SIZE = 2**23
+
+_OpacusEntry = tuple[float, float, int]
+
+
+class PrivacyAccountingError(ValueError):
+    """Invalid accounting input, or an accountant that could not compute epsilon.
+
+    ``code`` is a stable, machine-readable reason (for example ``"invalid_delta"``,
+    ``"budget_exhausted"``); the message is a full sentence that says what to fix.
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[Callable[..., PrivacyAccountingError], tuple[Any, ...]]:
+        return (_rebuild_error, (type(self), str(self), self.code))
+
+
+def _rebuild_error(
+    cls: type[PrivacyAccountingError], message: str, code: str
+) -> PrivacyAccountingError:
+    return cls(message, code=code)
+
+
+def _finite_real(value: object, *, name: str, code: str, rule: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PrivacyAccountingError(
+            f"{name} must be {rule}, got {value!r} of type {type(value).__name__}.", code=code
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise PrivacyAccountingError(f"{name} must be {rule}, got {value!r}.", code=code)
+    return number
+
+
+def check_delta(delta: object) -> float:
+    """Validate delta: a finite number strictly between 0 and 1."""
+    rule = "a number strictly between 0 and 1 (typically below 1/num_examples, e.g. 1e-5)"
+    value = _finite_real(delta, name="delta", code="invalid_delta", rule=rule)
+    if not 0.0 < value < 1.0:
+        raise PrivacyAccountingError(f"delta must be {rule}, got {delta!r}.", code="invalid_delta")
+    return value
+
+
+def check_accountant(accountant: object) -> AccountantName:
+    """Validate an accountant name: ``"rdp"`` or ``"prv"``."""
+    if accountant == "rdp":
+        return "rdp"
+    if accountant == "prv":
+        return "prv"
+    raise PrivacyAccountingError(
+        f"accountant must be 'rdp' or 'prv', got {accountant!r}.", code="unknown_accountant"
+    )
+
+
+@dataclass(frozen=True)
+class AccountantStep:
+    """One round of DP-SGD at one node: exactly one entry of an Opacus accountant history.
+
+    ``steps`` optimiser steps, each with Poisson sampling at ``sample_rate`` and Gaussian
+    noise of ``noise_multiplier`` times the clipping norm. Values are validated on
+    construction (a :class:`PrivacyAccountingError` says which one is wrong) and
+    normalised to ``float``/``float``/``int``.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        sigma = _finite_real(
+            self.noise_multiplier,
+            name="noise_multiplier",
+            code="invalid_noise_multiplier",
+            rule="a finite number greater than 0 (DP-SGD without noise has no privacy)",
+        )
+        if sigma <= 0.0:
+            raise PrivacyAccountingError(
+                "noise_multiplier must be a finite number greater than 0 (DP-SGD without "
+                f"noise has no privacy), got {self.noise_multiplier!r}.",
+                code="invalid_noise_multiplier",
+            )
+        rate_rule = "a number in (0, 1] (the Poisson sampling probability, batch_size/num_examples)"
+        rate = _finite_real(
+            self.sample_rate, name="sample_rate", code="invalid_sample_rate", rule=rate_rule
+        )
+        if not 0.0 < rate <= 1.0:
+            raise PrivacyAccountingError(
+                f"sample_rate must be {rate_rule}, got {self.sample_rate!r}.",
+                code="invalid_sample_rate",
+            )
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
+            raise PrivacyAccountingError(
+                f"steps must be a whole number >= 0, got {self.steps!r} of type "
+                f"{type(self.steps).__name__}.",
+                code="invalid_steps",
+            )
+        count = int(self.steps)
+        if count < 0:
+            raise PrivacyAccountingError(
+                f"steps must be a whole number >= 0, got {self.steps!r}.", code="invalid_steps"
+            )
+        object.__setattr__(self, "noise_multiplier", sigma)
+        object.__setattr__(self, "sample_rate", rate)
+        object.__setattr__(self, "steps", count)
+
+
+def opacus_history(history: Sequence[AccountantStep]) -> list[_OpacusEntry]:
+    """Return ``history`` as the Opacus accountant history that stepping one would build.
+
+    Consecutive entries with the same ``(noise_multiplier, sample_rate)`` are merged by
+    adding their steps, exactly as ``RDPAccountant.step``/``PRVAccountant.step`` do, and
+    entries with zero steps (no data touched) are dropped.
+    """
+    if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+        raise PrivacyAccountingError(
+            f"history must be a sequence of AccountantStep, got {type(history).__name__}.",
+            code="invalid_history",
+        )
+    merged: list[_OpacusEntry] = []
+    for index, step in enumerate(history):
+        if not isinstance(step, AccountantStep):
+            raise PrivacyAccountingError(
+                f"history[{index}] must be an AccountantStep, got {step!r}; build entries "
+                "with AccountantStep(noise_multiplier, sample_rate, steps).",
+                code="invalid_history",
+            )
+        if step.steps == 0:
+            continue
+        if merged and merged[-1][0] == step.noise_multiplier and merged[-1][1] == step.sample_rate:
+            sigma, rate, count = merged[-1]
+            merged[-1] = (sigma, rate, count + step.steps)
+        else:
+            merged.append((step.noise_multiplier, step.sample_rate, step.steps))
+    return merged
+
+
+def epsilon_spent(
+    history: Sequence[AccountantStep], *, delta: float, accountant: AccountantName
+) -> float:
+    """Return the epsilon that ``history`` has spent at ``delta``, computed by Opacus.
+
+    Builds ``opacus.accountants.RDPAccountant`` or ``PRVAccountant``, sets its ``history``
+    (merged as in :func:`opacus_history`) and returns ``get_epsilon(delta=delta)``,
+    clamped below at 0. An empty history (or one with only zero-step entries) is 0.0.
+    The result may be ``inf`` when the history gives no privacy at all.
+
+    Raises:
+        PrivacyAccountingError: an invalid input, or Opacus could not compute epsilon.
+    """
+    name = check_accountant(accountant)
+    delta_value = check_delta(delta)
+    entries = opacus_history(history)
+    if not entries:
+        return 0.0
+    if name == "rdp":
+        epsilon = _rdp_epsilon(entries, delta=delta_value)
+    else:
+        epsilon = _prv_epsilon(entries, delta=delta_value)
+    if math.isnan(epsilon):
+        raise PrivacyAccountingError(
+            f"Opacus's {name} accountant returned NaN for this history at delta={delta_value:g}; "
+            "check the history entries for extreme values.",
+            code="accounting_failed",
+        )
+    return max(0.0, epsilon)
+
+
+def rdp_epsilon_floor(
+    history: Sequence[AccountantStep], *, sample_rate: float, delta: float
+) -> float:
+    """Return the RDP epsilon of ``history`` plus one more step with unbounded noise.
+
+    The RDP accountant's conversion to (epsilon, delta) has a floor that no amount of
+    noise goes below (about 0.103 at delta=1e-5 with Opacus's default orders). This
+    asks Opacus for it by appending a zero-step entry, whose RDP is zero at every order.
+    """
+    from opacus.accountants import RDPAccountant
+
+    delta_value = check_delta(delta)
+    entries = [*opacus_history(history), (1.0, float(sample_rate), 0)]
+    accountant = RDPAccountant()
+    accountant.history = entries
+    return max(0.0, float(accountant.get_epsilon(delta=delta_value)))
+
+
+def _rdp_epsilon(entries: list[_OpacusEntry], *, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = entries
+    try:
+        return float(accountant.get_epsilon(delta=delta))
+    except (ValueError, ArithmeticError) as exc:
+        raise PrivacyAccountingError(
+            f"Opacus's RDP accountant could not compute epsilon at delta={delta:g} ({exc}); "
+            "check the history entries for extreme values.",
+            code="accounting_failed",
+        ) from exc
+
+
+def _prv_epsilon(entries: list[_OpacusEntry], *, delta: float) -> float:
+    accountant = _guarded_prv_accountant_class()()
+    accountant.history = entries
+    try:
+        return float(
+            accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR, delta_error=delta / 1000)
+        )
+    except _DomainTooLargeError as exc:
+        raise PrivacyAccountingError(
+            f"The PRV accountant would need a grid of {exc.size:,} points for this history "
+            f"at delta={delta:g} (the limit is {PRV_MAX_DOMAIN_SIZE:,}), which needs too "
+            "much memory; this happens with very little noise or very many steps. "
+            "Use the 'rdp' accountant for this dataset, or train with more noise.",
+            code="prv_domain_too_large",
+        ) from None
+    except (RuntimeError, ValueError, ArithmeticError, MemoryError) as exc:
+        raise PrivacyAccountingError(
+            f"Opacus's PRV accountant could not compute epsilon for this history at "
+            f"delta={delta:g} ({exc or type(exc).__name__}). Use the 'rdp' accountant, "
+            "or check that delta is small (typically below 1/num_examples).",
+            code="prv_failed",
+        ) from exc
+
+
+class _DomainTooLargeError(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+@functools.cache
+def _guarded_prv_accountant_class() -> type[Any]:
+    """Opacus's PRVAccountant, refusing grids above PRV_MAX_DOMAIN_SIZE before allocating.
+
+    Opacus sizes the grid in its private ``_get_domain`` and then allocates it; checking
+    the size there lets a history with very little noise raise instead of exhausting
+    memory. Everything else is Opacus's own ``get_epsilon``.
+    """
+    from opacus.accountants import PRVAccountant
+
+    class GuardedPRVAccountant(PRVAccountant):  # type: ignore[misc]
+        def _get_domain(self, *args: Any, **kwargs: Any) -> Any:
+            domain = super()._get_domain(*args, **kwargs)
+            if int(domain.size) > PRV_MAX_DOMAIN_SIZE:
+                raise _DomainTooLargeError(int(domain.size))
+            return domain
+
+    return GuardedPRVAccountant

@@ -1,0 +1,379 @@
+"""The one place that converts Lepton's typed messages to and from Flower records.
+
+Everything else passes the dataclasses below. The same encoding travels twice: between the
+ServerApp and a node's relay (as Flower `RecordDict`s inside Flower messages) and between
+the relay and the node's trainer daemon (as serialised `RecordDict` protobuf bytes over a
+local gRPC socket), so the relay never needs to understand the content it forwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from google.protobuf.message import DecodeError
+
+from lepton_fl.config import FederationSpec
+
+WIRE_VERSION = 1
+
+T = TypeVar("T")
+
+MessageKind = Literal["train", "evaluate"]
+ReplyStatus = Literal["ok", "refused", "error"]
+
+_ARRAYS = "arrays"
+_CONFIG = "config"
+_METRICS = "metrics"
+_STATUS = "status"
+_CHARGE = "privacy"
+_ENVELOPE = "lepton.envelope"
+
+
+class WireError(ValueError):
+    """A message that does not follow the Lepton wire contract."""
+
+    code = "malformed_message"
+
+
+@dataclass(frozen=True)
+class RoundInstruction:
+    """What the ServerApp asks of a node: train (or evaluate) this model for this round."""
+
+    federation: FederationSpec
+    round: int
+    weights: list[np.ndarray] = field(default_factory=list)  # empty: initialise from the seed
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """Aggregate-safe evaluation figures of one model on one node's held-out split."""
+
+    num_examples: int
+    loss: float
+    accuracy: float
+    roc_auc: float | None
+
+
+@dataclass(frozen=True)
+class PrivacyCharge:
+    """What one round cost a node, and where its ledger stands after recording it."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    epsilon: float  # the node's total epsilon on this dataset, history included
+    epsilon_budget: float
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A node's answer to a train instruction."""
+
+    status: ReplyStatus
+    code: str = ""
+    reason: str = ""
+    weights: list[np.ndarray] = field(default_factory=list)
+    num_examples: int = 0
+    train_loss: float = float("nan")
+    train_seconds: float = 0.0
+    evaluation: EvalMetrics | None = None  # of the model the node received, before training
+    charge: PrivacyCharge | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """A node's answer to an evaluate instruction."""
+
+    status: ReplyStatus
+    code: str = ""
+    reason: str = ""
+    evaluation: EvalMetrics | None = None
+    epsilon: float | None = None
+    epsilon_budget: float | None = None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who sent a message to the trainer, as the relay saw it in Flower's metadata."""
+
+    kind: MessageKind
+    run_id: int
+    message_id: str
+    node_id: int
+
+
+# --- instructions -------------------------------------------------------------------------
+
+
+def instruction_to_records(instruction: RoundInstruction) -> RecordDict:
+    """Encode a train/evaluate instruction as a Flower RecordDict."""
+    config = ConfigRecord(
+        {
+            "wire-version": WIRE_VERSION,
+            "federation": instruction.federation.canonical_json(),
+            "federation-digest": instruction.federation.digest(),
+            "round": instruction.round,
+        }
+    )
+    return RecordDict({_ARRAYS: ArrayRecord(list(instruction.weights)), _CONFIG: config})
+
+
+def instruction_from_records(records: RecordDict) -> RoundInstruction:
+    """Decode and validate an instruction; a tampered or foreign message raises WireError."""
+    config = _config(records, _CONFIG)
+    _check_version(config)
+    raw = _get(config, "federation", str)
+    try:
+        federation = FederationSpec.model_validate_json(raw)
+    except ValueError as err:
+        raise WireError(f"The federation spec in the message is invalid: {err}") from err
+    if federation.digest() != _get(config, "federation-digest", str):
+        raise WireError("The federation spec does not match its digest; the message was altered.")
+    weights = _arrays(records)
+    return RoundInstruction(
+        federation=federation, round=_get(config, "round", int), weights=weights
+    )
+
+
+# --- replies ------------------------------------------------------------------------------
+
+
+def train_reply_to_records(reply: TrainReply) -> RecordDict:
+    """Encode a train reply. Only aggregate-safe numbers leave the node."""
+    records = RecordDict({_STATUS: _status_record(reply.status, reply.code, reply.reason)})
+    if reply.status != "ok":
+        return records
+    records[_ARRAYS] = ArrayRecord(list(reply.weights))
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": reply.num_examples,
+        "train-loss": reply.train_loss,
+        "train-seconds": reply.train_seconds,
+    }
+    if reply.evaluation is not None:
+        metrics.update(_eval_metrics(reply.evaluation))
+    records[_METRICS] = MetricRecord(metrics)
+    if reply.charge is not None:
+        records[_CHARGE] = _charge_record(reply.charge)
+    return records
+
+
+def train_reply_from_records(records: RecordDict) -> TrainReply:
+    """Decode a train reply."""
+    status, code, reason = _status(records)
+    if status != "ok":
+        return TrainReply(status=status, code=code, reason=reason)
+    metrics = _metrics(records)
+    charge = _charge(records) if _CHARGE in records else None
+    return TrainReply(
+        status=status,
+        weights=_arrays(records),
+        num_examples=int(metrics["num-examples"]),
+        train_loss=float(metrics["train-loss"]),
+        train_seconds=float(metrics["train-seconds"]),
+        evaluation=_eval_from(metrics),
+        charge=charge,
+    )
+
+
+def evaluate_reply_to_records(reply: EvaluateReply) -> RecordDict:
+    """Encode an evaluate reply."""
+    records = RecordDict({_STATUS: _status_record(reply.status, reply.code, reply.reason)})
+    metrics: dict[str, MetricRecordValues] = {}
+    if reply.evaluation is not None:
+        metrics.update(_eval_metrics(reply.evaluation))
+    if reply.epsilon is not None:
+        metrics["epsilon"] = reply.epsilon
+    if reply.epsilon_budget is not None:
+        metrics["epsilon-budget"] = reply.epsilon_budget
+    records[_METRICS] = MetricRecord(metrics)
+    return records
+
+
+def evaluate_reply_from_records(records: RecordDict) -> EvaluateReply:
+    """Decode an evaluate reply."""
+    status, code, reason = _status(records)
+    metrics = _metrics(records) if _METRICS in records else {}
+    epsilon = metrics.get("epsilon")
+    budget = metrics.get("epsilon-budget")
+    return EvaluateReply(
+        status=status,
+        code=code,
+        reason=reason,
+        evaluation=_eval_from(metrics),
+        epsilon=None if epsilon is None else float(epsilon),
+        epsilon_budget=None if budget is None else float(budget),
+    )
+
+
+# --- relay <-> trainer bytes --------------------------------------------------------------
+
+
+def envelope_request(envelope: Envelope, content: RecordDict) -> bytes:
+    """Serialise a Flower message's content plus its envelope for the trainer socket."""
+    records = RecordDict(dict(content.items()))
+    records[_ENVELOPE] = ConfigRecord(
+        {
+            "wire-version": WIRE_VERSION,
+            "kind": envelope.kind,
+            "run-id": str(envelope.run_id),
+            "message-id": envelope.message_id,
+            "node-id": str(envelope.node_id),
+        }
+    )
+    return records_to_bytes(records)
+
+
+def envelope_from_request(data: bytes) -> tuple[Envelope, RecordDict]:
+    """Split bytes from the relay into the envelope and the original content."""
+    records = records_from_bytes(data)
+    config = _config(records, _ENVELOPE)
+    _check_version(config)
+    kind = _get(config, "kind", str)
+    if kind not in ("train", "evaluate"):
+        raise WireError(f"Unknown message kind {kind!r}; expected 'train' or 'evaluate'.")
+    envelope = Envelope(
+        kind="train" if kind == "train" else "evaluate",
+        run_id=int(_get(config, "run-id", str)),
+        message_id=_get(config, "message-id", str),
+        node_id=int(_get(config, "node-id", str)),
+    )
+    del records[_ENVELOPE]
+    return envelope, records
+
+
+def records_to_bytes(records: RecordDict) -> bytes:
+    """Serialise a RecordDict with Flower's own protobuf schema."""
+    return bytes(recorddict_to_proto(records).SerializeToString())
+
+
+def records_from_bytes(data: bytes) -> RecordDict:
+    """Parse bytes produced by `records_to_bytes`."""
+    try:
+        return recorddict_from_proto(ProtoRecordDict.FromString(data))
+    except (DecodeError, ValueError, TypeError) as err:
+        raise WireError(f"Could not decode a RecordDict: {err}") from err
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _status_record(status: ReplyStatus, code: str, reason: str) -> ConfigRecord:
+    return ConfigRecord({"status": status, "code": code, "reason": reason})
+
+
+def _status(records: RecordDict) -> tuple[ReplyStatus, str, str]:
+    config = _config(records, _STATUS)
+    status = _get(config, "status", str)
+    if status not in ("ok", "refused", "error"):
+        raise WireError(f"Unknown reply status {status!r}.")
+    typed: ReplyStatus = "ok" if status == "ok" else ("refused" if status == "refused" else "error")
+    return typed, _get(config, "code", str), _get(config, "reason", str)
+
+
+def _eval_metrics(evaluation: EvalMetrics) -> dict[str, int | float]:
+    metrics: dict[str, int | float] = {
+        "eval-num-examples": evaluation.num_examples,
+        "eval-loss": evaluation.loss,
+        "eval-accuracy": evaluation.accuracy,
+    }
+    if evaluation.roc_auc is not None:
+        metrics["eval-roc-auc"] = evaluation.roc_auc
+    return metrics
+
+
+def _eval_from(metrics: dict[str, float]) -> EvalMetrics | None:
+    if "eval-accuracy" not in metrics:
+        return None
+    roc = metrics.get("eval-roc-auc")
+    return EvalMetrics(
+        num_examples=int(metrics["eval-num-examples"]),
+        loss=float(metrics["eval-loss"]),
+        accuracy=float(metrics["eval-accuracy"]),
+        roc_auc=None if roc is None else float(roc),
+    )
+
+
+def _charge_record(charge: PrivacyCharge) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "noise-multiplier": charge.noise_multiplier,
+            "sample-rate": charge.sample_rate,
+            "steps": charge.steps,
+            "delta": charge.delta,
+            "accountant": charge.accountant,
+            "epsilon": charge.epsilon,
+            "epsilon-budget": charge.epsilon_budget,
+        }
+    )
+
+
+def _charge(records: RecordDict) -> PrivacyCharge:
+    config = _config(records, _CHARGE)
+    return PrivacyCharge(
+        noise_multiplier=float(_get(config, "noise-multiplier", float)),
+        sample_rate=float(_get(config, "sample-rate", float)),
+        steps=_get(config, "steps", int),
+        delta=float(_get(config, "delta", float)),
+        accountant=_get(config, "accountant", str),
+        epsilon=float(_get(config, "epsilon", float)),
+        epsilon_budget=float(_get(config, "epsilon-budget", float)),
+    )
+
+
+def _arrays(records: RecordDict) -> list[np.ndarray]:
+    record = records.get(_ARRAYS)
+    if record is None:
+        return []
+    if not isinstance(record, ArrayRecord):
+        raise WireError(f"Record {_ARRAYS!r} must be an ArrayRecord.")
+    return list(record.to_numpy_ndarrays())
+
+
+def _metrics(records: RecordDict) -> dict[str, float]:
+    record = records.get(_METRICS)
+    if not isinstance(record, MetricRecord):
+        raise WireError(f"Record {_METRICS!r} is missing or not a MetricRecord.")
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, int | float):
+            out[key] = float(value)
+    return out
+
+
+def _config(records: RecordDict, name: str) -> ConfigRecord:
+    record = records.get(name)
+    if not isinstance(record, ConfigRecord):
+        raise WireError(f"Record {name!r} is missing or not a ConfigRecord.")
+    return record
+
+
+def _check_version(config: ConfigRecord) -> None:
+    version = config.get("wire-version")
+    if version != WIRE_VERSION:
+        raise WireError(
+            f"Wire version {version!r} is not supported (this build speaks {WIRE_VERSION}); "
+            "upgrade the older of the coordinator and the node."
+        )
+
+
+def _get(config: ConfigRecord, key: str, kind: type[T]) -> T:
+    value = config.get(key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise WireError(f"Field {key!r} is missing or not a {kind.__name__}.")
+    return value
+
+
+def weights_nbytes(weights: Sequence[np.ndarray]) -> int:
+    """Bytes of a weight list, for transfer accounting."""
+    return int(sum(w.nbytes for w in weights))

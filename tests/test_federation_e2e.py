@@ -1,0 +1,151 @@
+"""End to end: a real TLS SuperLink with node auth, real SuperNodes and trainers on 127.0.0.1.
+
+One cluster per module (starting it costs ~20 s on 2 cores): three honest nodes, one node
+whose site budget is too small for any round, and one node whose key was never registered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client_node.ledger import Ledger
+from coordinator.fl.journal import JournalView
+from lepton.cluster import LocalCluster, NodePlan
+from lepton_fl.config import FederationSpec, PrivacySpec, RunSpec, TrainingSpec
+from lepton_fl.privacy import epsilon_spent
+
+pytestmark = pytest.mark.slow
+
+FED = "e2e"
+TARGET_EPSILON = 2.0
+BUDGET = 10.0
+ROUNDS = 3
+
+
+def _spec(rounds: int = ROUNDS) -> FederationSpec:
+    return FederationSpec(
+        name=FED,
+        task="breast_cancer",
+        rounds=rounds,
+        min_participants=3,
+        privacy=PrivacySpec(target_epsilon=TARGET_EPSILON, delta=1e-5, max_grad_norm=1.0),
+        training=TrainingSpec(local_epochs=1, batch_size=32, learning_rate=0.1),
+        seed=0,
+    )
+
+
+PLANS = [
+    NodePlan("site-a", "breast_cancer", "site-0-of-3", BUDGET, (FED,)),
+    NodePlan("site-b", "breast_cancer", "site-1-of-3", BUDGET, (FED,)),
+    NodePlan("site-c", "breast_cancer", "site-2-of-3", BUDGET, (FED,)),
+    NodePlan("stingy", "breast_cancer", "site-0-of-3", 0.2, (FED,)),
+    NodePlan("intruder", "breast_cancer", "site-1-of-3", BUDGET, (FED,), register=False),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), PLANS) as running:
+        running.start()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster: LocalCluster) -> JournalView:
+    journal = cluster.journal_path("first")
+    cluster.submit(
+        RunSpec(federation=_spec(), members=cluster.members(), journal_path=str(journal))
+    )
+    return cluster.wait_for_run(journal, timeout=300)
+
+
+def _ledger_entries(path: Path) -> list:  # type: ignore[type-arg]
+    with Ledger(path, read_only=True) as ledger:
+        return ledger.entries()
+
+
+def test_run_completes_every_round_with_the_honest_nodes(first_run: JournalView) -> None:
+    assert first_run.failure is None
+    rounds = first_run.of("round")
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for record in rounds:
+        assert sorted(record["participants"]) == ["site-a", "site-b", "site-c"]
+
+
+def test_model_improves_over_the_rounds(first_run: JournalView) -> None:
+    first = first_run.of("round")[0]["nodes"]
+    final = first_run.of("evaluation")[-1]["nodes"]
+    honest = ["site-a", "site-b", "site-c"]
+    before = sum(first[n]["pre_round_eval"]["accuracy"] for n in honest) / 3
+    after = sum(final[n]["accuracy"] for n in honest) / 3
+    assert after > before + 0.1, (before, after)
+    assert after > 0.8
+
+
+def test_ledger_holds_one_entry_per_node_per_round(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    run_id = str(first_run.of("run_started")[0]["flower_run_id"])
+    for name in ("site-a", "site-b", "site-c"):
+        entries = [
+            e for e in _ledger_entries(cluster.nodes[name].ledger_path) if e.run_id == run_id
+        ]
+        assert [e.round for e in entries] == [1, 2, 3]
+        assert all(e.noise_multiplier > 0 and e.steps > 0 for e in entries)
+
+
+def test_epsilon_is_what_the_history_gives_and_within_budget(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    last = first_run.of("round")[-1]["nodes"]
+    for name in ("site-a", "site-b", "site-c"):
+        entries = _ledger_entries(cluster.nodes[name].ledger_path)
+        recomputed = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
+        assert last[name]["charge"]["epsilon"] == pytest.approx(recomputed, rel=1e-9)
+        assert recomputed <= TARGET_EPSILON <= BUDGET
+
+
+def test_node_over_budget_refuses_before_training(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    for record in first_run.of("round"):
+        stingy = record["nodes"]["stingy"]
+        assert stingy["status"] == "refused"
+        assert stingy["code"] == "budget_exhausted"
+        assert "budget of 0.20" in stingy["reason"] or "0.2" in stingy["reason"]
+    assert _ledger_entries(cluster.nodes["stingy"].ledger_path) == []
+
+
+def test_unregistered_node_is_refused(cluster: LocalCluster) -> None:
+    intruder = cluster.nodes["intruder"].process
+    deadline = time.monotonic() + 90
+    while intruder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert intruder.poll() == 2
+    assert "not registered" in intruder.log_tail(30)
+
+
+def test_second_run_composes_with_the_first(cluster: LocalCluster, first_run: JournalView) -> None:
+    ledger_path = cluster.nodes["site-a"].ledger_path
+    before = epsilon_spent(
+        [e.step for e in _ledger_entries(ledger_path)], delta=1e-5, accountant="rdp"
+    )
+    journal = cluster.journal_path("second")
+    cluster.submit(
+        RunSpec(
+            federation=_spec(rounds=1),
+            members=cluster.members(["site-a", "site-b", "site-c"]),
+            journal_path=str(journal),
+        )
+    )
+    view = cluster.wait_for_run(journal, timeout=300)
+    assert view.failure is None
+    entries = _ledger_entries(ledger_path)
+    assert len(entries) == ROUNDS + 1
+    after = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
+    assert after > before
+    assert view.of("round")[0]["nodes"]["site-a"]["charge"]["epsilon"] == pytest.approx(after)
