@@ -8,6 +8,7 @@ then the trainer serves its socket; then the SuperNode connects to the SuperLink
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from types import FrameType
@@ -60,7 +61,7 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         while not stop.wait(0.5):
             code = supernode.poll()
             if code is not None:
-                raise ProcessError(_supernode_exit_message(settings, code, supernode.log_tail()))
+                raise ProcessError(_supernode_exit_message(settings, code, supernode.log_tail(40)))
         return 0
     finally:
         if supernode is not None:
@@ -69,7 +70,14 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         ledger.close()
 
 
+def flower_exit_code(returncode: int, log_tail: str) -> int:
+    """Flower's own exit code: flower-supernode exits 1 and logs 'Exit Code: N'."""
+    found = re.findall(r"Exit Code: (\d+)", log_tail)
+    return int(found[-1]) if found else returncode
+
+
 def _supernode_exit_message(settings: NodeSettings, code: int, tail: str) -> str:
+    code = flower_exit_code(code, tail)
     if code == UNREGISTERED_KEY_EXIT:
         return (
             f"The SuperLink at {settings.superlink.address} refused node {settings.node.name!r}: "

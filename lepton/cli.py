@@ -8,6 +8,7 @@ never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -145,6 +146,9 @@ def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int):  #
 
 def main() -> None:
     """Console entry point: known errors become one actionable paragraph, exit code 2."""
+    from lepton_fl.processes import QUIET_FLOWER_ENV
+
+    os.environ.update(QUIET_FLOWER_ENV)  # nothing phones home, in-process either
     try:
         app(standalone_mode=False)
     except typer.Exit as done:

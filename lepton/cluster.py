@@ -41,6 +41,11 @@ class NodePlan:
     federations: tuple[str, ...]
     register: bool = True
 
+    @property
+    def dataset_id(self) -> str:
+        """The node's ledger key (node.toml's default: task:partition)."""
+        return f"{self.task}:{self.partition}"
+
 
 @dataclass
 class RunningNode:

@@ -104,7 +104,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         baseline_thread.join(timeout=120)
         ledgers = {
             m.name: read_node_ledger(
-                cluster.nodes[m.name].ledger_path, fed, budget=opts.epsilon_budget
+                cluster.nodes[m.name].ledger_path,
+                fed,
+                dataset_id=cluster.nodes[m.name].plan.dataset_id,
+                budget=opts.epsilon_budget,
             )
             for m in members
         }

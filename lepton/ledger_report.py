@@ -21,10 +21,13 @@ class NodeLedgerReport:
     history: list[dict[str, Any]]
 
 
-def read_node_ledger(path: Path, fed: FederationSpec, *, budget: float) -> NodeLedgerReport:
-    """Recompute epsilon from the recorded history under the federation's accountant."""
+def read_node_ledger(
+    path: Path, fed: FederationSpec, *, dataset_id: str, budget: float
+) -> NodeLedgerReport:
+    """Recompute one dataset's epsilon from its recorded history, under the federation's
+    accountant (the history is per dataset: that is what epsilon composes over)."""
     with Ledger(path, read_only=True) as ledger:
-        entries = ledger.entries()
+        entries = ledger.entries(dataset_id)
     history = [e.step for e in entries]
     epsilon = epsilon_spent(history, delta=fed.privacy.delta, accountant=fed.privacy.accountant)
     return NodeLedgerReport(

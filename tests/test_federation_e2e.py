@@ -33,7 +33,7 @@ def _spec(rounds: int = ROUNDS) -> FederationSpec:
         rounds=rounds,
         min_participants=3,
         privacy=PrivacySpec(target_epsilon=TARGET_EPSILON, delta=1e-5, max_grad_norm=1.0),
-        training=TrainingSpec(local_epochs=1, batch_size=32, learning_rate=0.1),
+        training=TrainingSpec(local_epochs=5, batch_size=32, learning_rate=0.3),
         seed=0,
     )
 

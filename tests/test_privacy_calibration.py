@@ -18,6 +18,8 @@ from lepton_fl.privacy import (
 from lepton_fl.privacy.calibration import MIN_NOISE_MULTIPLIER
 
 S = AccountantStep
+# Opacus warns when the best RDP order is at the end of its range (extreme examples).
+pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")
 DELTA = 1e-5
 # Ranges keep sigma where one Opacus RDP evaluation (pure Python) takes well under 0.1 s.
 fast = settings(max_examples=25, deadline=None)
@@ -137,7 +139,7 @@ def test_calibration_result_meets_target_and_is_near_minimal(
         assert _epsilon([], sigma * (1 - 2 * tolerance), rate, steps, "rdp") > target
 
 
-@fast
+@settings(max_examples=12, deadline=None)  # two calibrations per example: ~0.8 s each
 @given(
     past=st.builds(
         S,

@@ -204,7 +204,14 @@ class NodeTrainer:
             )
 
     def _noise_for_run(self, run_id: int, fed: FederationSpec, *, steps_per_round: int) -> float:
-        """Calibrate once per run: sigma such that all planned rounds meet the target."""
+        """Calibrate once per run: sigma such that all planned rounds meet the run's target.
+
+        The site's lifetime budget is enforced per round by `check_round`, not by raising
+        sigma: a node that can no longer afford the noise level the federation agreed on
+        refuses (with the numbers), rather than quietly adding more noise to everyone's
+        aggregate. The result depends only on the spec and the sampling rate, so a
+        restarted trainer computes the same sigma for the same run.
+        """
         key = (run_id, fed.digest())
         if key not in self._noise:
             engine, _ = self._engine(fed)

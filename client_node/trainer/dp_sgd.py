@@ -1,22 +1,25 @@
 """The node's DP-SGD training loop (Opacus, Poisson sampling), built once and reused every round.
 
 Privacy mechanics, per step: every example of the local data set is included independently with
-probability ``q = batch_size / n`` (Poisson sampling, Opacus ``DPDataLoader``); per-sample
-gradients are computed exactly (Opacus ``GradSampleModule``, hooks mode), each is clipped to L2
-norm ``max_grad_norm`` (flat clipping over all parameters), their sum gets Gaussian noise of
-standard deviation ``noise_multiplier * max_grad_norm`` and is divided by the expected batch size
-``q * n = batch_size`` (Opacus ``DPOptimizer``). An epoch is ``len(DPDataLoader)`` steps
+probability ``q = batch_size / n`` (Poisson sampling, the sampler of Opacus ``DPDataLoader``);
+each example's gradient is clipped to L2 norm ``max_grad_norm`` (flat clipping over all
+parameters, factor ``min(1, C / (norm + 1e-6))``), the clipped sum gets Gaussian noise of standard
+deviation ``noise_multiplier * max_grad_norm`` and is divided by the expected batch size
+``q * n = batch_size``. All of that is Opacus's code; ``grad_sample_mode`` only picks how Opacus
+gets the per-sample norms (see :data:`GradSampleMode`). An epoch is ``len(DPDataLoader)`` steps
 (``int(1 / q)``, i.e. ``floor(n / batch_size)`` up to floating point), a fixed number even though
 batch sizes vary. Accounting is not done here: the node's ledger charges
 ``(sample_rate, noise_multiplier, steps)`` from :class:`TrainResult`.
 
-Why the three Opacus objects are built directly instead of through
+Why the Opacus objects are built directly instead of through
 ``PrivacyEngine.make_private(..., poisson_sampling=True)``: ``make_private`` derives the sampling
 rate from the length of a plain loader (``1 / ceil(n / batch_size)``, not ``batch_size / n``) and
-truncates the expected batch size to an int; building ``GradSampleModule``, ``DPOptimizer`` and
-``DPDataLoader`` ourselves (exactly what ``make_private`` builds, with the same strict module
-validation and the same ban on gradient accumulation) makes ``sample_rate`` and the step count
-exactly those the ledger is told. It also avoids attaching an accountant we do not use.
+truncates the expected batch size to an int; building the grad-sample module, the DP optimizer
+(and, in ghost mode, the DP loss) and ``DPDataLoader`` ourselves (exactly what ``make_private``
+builds for the mode) makes ``sample_rate`` and the step count exactly those the ledger is told. It
+also avoids attaching an accountant we do not use. Batches are drawn by iterating the
+``DPDataLoader``'s own Poisson batch sampler and indexing the in-memory tensors (what its
+collate does, minus a per-example Python fetch): the same sampler, generator and batch sizes.
 
 Randomness: ``secure_mode`` stays False (it needs ``torchcsprng``, which cannot be installed
 here), so sampling and noise come from torch's Mersenne Twister. By default those two generators
@@ -36,21 +39,47 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from opacus.data_loader import DPDataLoader
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import (
+    AbstractGradSampleModule,
+    GradSampleModule,
+    GradSampleModuleExpandedWeights,
+    GradSampleModuleFastGradientClipping,
+)
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DPTrainer", "OptimizerName", "TrainResult", "resolve_device"]
+__all__ = ["DPTrainer", "GradSampleMode", "OptimizerName", "TrainResult", "resolve_device"]
 
 OptimizerName = Literal["sgd", "adam"]
+
+GradSampleMode = Literal["auto", "hooks", "ew", "ghost"]
+"""How Opacus obtains per-sample gradient norms; clipping and noise are Opacus's in every mode.
+
+``"hooks"``: ``GradSampleModule`` materialises per-sample gradients with forward/backward hooks;
+``DPOptimizer`` clips and sums them. ``"ew"``: the same, but the per-sample gradients come from
+torch's ExpandedWeights inside autograd (``GradSampleModuleExpandedWeights``): fewer Python hooks,
+measurably faster on small models. ``"ghost"``: ghost clipping
+(``GradSampleModuleFastGradientClipping`` + ``DPOptimizerFastGradientClipping`` +
+``DPLossFastGradientClipping``): per-sample gradient *norms* from activations and backprops
+without materialising per-sample gradients, then a second backward pass on the per-sample losses
+weighted by the clipping factors, which yields the same clipped sum; a fixed extra cost (two
+backward passes) but no ``batch x params`` tensors, so it wins on larger models and batches.
+``"auto"``: for models whose only parameterised layers are ``nn.Linear``, ``"ew"`` when
+``batch_size * params < 2**19`` and ``"ghost"`` above (crossover measured with
+``bench/dp_overhead.py``); ``"hooks"`` for any other model (the general-purpose mode).
+"""
+
+# batch_size * trainable parameters from which "auto" prefers ghost clipping to ExpandedWeights.
+_GHOST_MIN_ELEMENTS = 1 << 19
 
 # Opacus's backward hooks fire on module outputs because the inputs do not require gradients;
 # torch warns about it once. Expected and harmless here.
@@ -114,6 +143,33 @@ def _os_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") & _SEED_MASK
 
 
+def _resolve_mode(
+    mode: GradSampleMode, model: nn.Module, batch_size: int
+) -> Literal["hooks", "ew", "ghost"]:
+    if mode != "auto":
+        return mode
+    owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners or not all(type(m) is nn.Linear for m in owners):
+        return "hooks"
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "ghost" if batch_size * params >= _GHOST_MIN_ELEMENTS else "ew"
+
+
+def _epoch_batches(loader: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[list[int]]:
+    """The index lists ``loader`` would fetch in one epoch, exactly, without fetching them.
+
+    Iterating a ``DataLoader`` first draws a base seed (for workers) from ``loader.generator``,
+    then runs its batch sampler on that same generator; the draw is repeated here so that the
+    batches (Poisson for ``DPDataLoader``, shuffled for the plain loader) are the very ones the
+    loader yields. The caller gathers the rows by index, which is what the loader's collate does.
+    """
+    batches = loader.batch_sampler
+    if batches is None:  # pragma: no cover - both loaders here are built on a batch sampler
+        raise RuntimeError("expected a data loader with a batch sampler")
+    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    yield from batches
+
+
 class DPTrainer:
     """Owns one local dataset + model on one device; built ONCE and reused every round.
 
@@ -145,6 +201,7 @@ class DPTrainer:
         seed: int,
         optimizer: OptimizerName = "sgd",
         reproducible_noise: bool = False,
+        grad_sample_mode: GradSampleMode = "auto",
     ) -> None:
         x_arr, y_arr = np.asarray(x), np.asarray(y)
         if x_arr.ndim != 2 or y_arr.ndim != 1 or len(x_arr) != len(y_arr):
@@ -163,6 +220,11 @@ class DPTrainer:
             )
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        if grad_sample_mode not in get_args(GradSampleMode):
+            raise ValueError(
+                f"grad_sample_mode must be one of {list(get_args(GradSampleMode))}, "
+                f"got {grad_sample_mode!r}"
+            )
         self._lr = _positive("learning_rate", learning_rate)
         self._max_grad_norm = _positive("max_grad_norm", max_grad_norm)
         self._batch_size = batch_size
@@ -172,6 +234,7 @@ class DPTrainer:
         self._optimizer_name: OptimizerName = optimizer
         self._calls = 0
         self._criterion = nn.CrossEntropyLoss()
+        self._mode = _resolve_mode(grad_sample_mode, model, batch_size)
 
         errors = ModuleValidator.validate(model, strict=False)
         if errors:
@@ -186,9 +249,10 @@ class DPTrainer:
         self._plain_model = copy.deepcopy(model)
         self._plain_optimizer = self._make_optimizer(self._plain_model)
 
-        features = torch.as_tensor(x_arr, dtype=torch.float32)
-        labels = torch.as_tensor(y_arr, dtype=torch.int64)
-        self._dataset = TensorDataset(features, labels)
+        # Kept on the training device: batches are gathered by index, no per-step copy.
+        self._features = torch.as_tensor(x_arr, dtype=torch.float32).to(device)
+        self._labels = torch.as_tensor(y_arr, dtype=torch.int64).to(device)
+        self._dataset = TensorDataset(self._features, self._labels)
 
         sampling_seed = self._seed if reproducible_noise else _os_seed()
         noise_seed = self._seed + 1 if reproducible_noise else _os_seed()
@@ -198,9 +262,29 @@ class DPTrainer:
 
         self._sample_rate = batch_size / n
         self._module = model
-        self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-        self._gsm.forbid_grad_accumulation()
-        self._dp_optimizer = DPOptimizer(
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._gsm: AbstractGradSampleModule
+        optimizer_class: type[DPOptimizer] = DPOptimizer
+        if self._mode == "ghost":
+            self._gsm = GradSampleModuleFastGradientClipping(
+                model,
+                batch_first=True,
+                loss_reduction="mean",
+                strict=True,
+                max_grad_norm=self._max_grad_norm,
+                use_ghost_clipping=True,
+            )
+            optimizer_class = DPOptimizerFastGradientClipping
+        elif self._mode == "ew":
+            self._gsm = GradSampleModuleExpandedWeights(
+                model, batch_first=True, loss_reduction="mean"
+            )
+        else:
+            self._gsm = GradSampleModule(
+                model, batch_first=True, loss_reduction="mean", strict=True
+            )
+            self._gsm.forbid_grad_accumulation()
+        self._dp_optimizer = optimizer_class(
             self._make_optimizer(model),
             noise_multiplier=1.0,
             max_grad_norm=self._max_grad_norm,
@@ -209,6 +293,14 @@ class DPTrainer:
             generator=self._noise_generator,
             secure_mode=False,
         )
+        self._dp_loss: DPLossFastGradientClipping | None = None
+        if self._mode == "ghost":
+            assert isinstance(self._gsm, GradSampleModuleFastGradientClipping)
+            assert isinstance(self._dp_optimizer, DPOptimizerFastGradientClipping)
+            # Its own criterion: the wrapper flips ``reduction`` to "none" while it runs.
+            self._dp_loss = DPLossFastGradientClipping(
+                self._gsm, self._dp_optimizer, nn.CrossEntropyLoss(), loss_reduction="mean"
+            )
         self._dp_loader = DPDataLoader(
             self._dataset, sample_rate=self._sample_rate, generator=self._sampling_generator
         )
@@ -232,6 +324,11 @@ class DPTrainer:
         return self._n
 
     @property
+    def grad_sample_mode(self) -> Literal["hooks", "ew", "ghost"]:
+        """The Opacus per-sample gradient mode in use (``"auto"`` resolved)."""
+        return self._mode
+
+    @property
     def sample_rate(self) -> float:
         """Poisson sampling rate ``q = batch_size / n``."""
         return self._sample_rate
@@ -251,13 +348,29 @@ class DPTrainer:
             yield
 
     def _dp_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
-        """One DP-SGD step on a Poisson batch; returns the batch's summed loss (0 if empty)."""
+        """One DP-SGD step on a Poisson batch; returns the batch's summed loss (0 if empty).
+
+        Every call is exactly one ``optimizer.step()`` (clip, noise, update), empty batch included.
+        """
         optimizer = self._dp_optimizer
         optimizer.zero_grad(set_to_none=True)
+        size = len(yb)
+        if self._dp_loss is not None:  # ghost clipping: two backward passes inside backward()
+            ghost_loss = self._dp_loss(self._gsm(xb), yb)
+            ghost_loss.backward()
+            optimizer.step()
+            return float(ghost_loss.detach()) * size if size else 0.0
+        if size == 0 and self._mode == "ew":
+            # ExpandedWeights rejects a batch of 0; hand the optimizer the empty per-sample
+            # gradients that hooks mode produces, so the step is noise only, as in hooks mode.
+            for p in self._params:
+                setattr(p, "grad_sample", p.new_zeros((0, *p.shape)))  # noqa: B010
+            optimizer.step()
+            return 0.0
         loss = self._criterion(self._gsm(xb), yb)
         loss.backward()
         optimizer.step()
-        return float(loss.detach()) * len(yb) if len(yb) else 0.0
+        return float(loss.detach()) * size if size else 0.0
 
     def _plain_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
         """One ordinary minibatch step on the hook-free twin; returns the batch's summed loss."""
@@ -281,8 +394,10 @@ class DPTrainer:
         with self._round_scope():
             start = time.perf_counter()
             for _ in range(epochs):
-                for xb, yb in self._dp_loader:
-                    loss_sum += self._dp_step(xb.to(self._device), yb.to(self._device))
+                for idx in _epoch_batches(self._dp_loader):  # Opacus's Poisson sampler
+                    index = torch.as_tensor(idx, dtype=torch.int64, device=self._device)
+                    yb = self._labels[index]
+                    loss_sum += self._dp_step(self._features[index], yb)
                     seen += len(yb)
                     steps += 1
             seconds = time.perf_counter() - start
@@ -316,8 +431,10 @@ class DPTrainer:
         with self._round_scope():
             start = time.perf_counter()
             for _ in range(epochs):
-                for xb, yb in self._plain_loader:
-                    loss_sum += self._plain_step(xb.to(self._device), yb.to(self._device))
+                for idx in _epoch_batches(self._plain_loader):
+                    index = torch.as_tensor(idx, dtype=torch.int64, device=self._device)
+                    yb = self._labels[index]
+                    loss_sum += self._plain_step(self._features[index], yb)
                     seen += len(yb)
                     steps += 1
             seconds = time.perf_counter() - start

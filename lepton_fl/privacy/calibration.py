@@ -9,11 +9,11 @@ noise.
 The answer is the smallest point of a fixed geometric grid
 ``MIN_NOISE_MULTIPLIER * (1 / (1 - tolerance)) ** k`` that the oracle accepts. Because
 the grid does not depend on the history, more history can never give less noise
-(whatever the oracle accepts with history it also accepts without), and the answer does
-not depend on how the search got there. The search guesses grid points by
-interpolating log(epsilon) against log(sigma) (Illinois regula falsi), which needs about
-5-6 oracle calls where plain bisection needs about 11, and falls back to bisection if
-interpolation stalls.
+(whatever the oracle accepts with history it also accepts without), and, the oracle
+being monotone in sigma, the answer does not depend on how the search got there. The
+search guesses grid points by interpolating log(epsilon) against log(sigma) (Illinois
+regula falsi), which needs about 5-6 oracle calls where plain bisection needs about 11,
+and falls back to bisection if interpolation stalls.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def calibrate_noise_multiplier(
 
     The result ``sigma`` satisfies ``epsilon_spent([*history, AccountantStep(sigma,
     sample_rate, steps)], delta=delta, accountant=accountant) <= target_epsilon``
-    exactly (the oracle accepted that very value), and ``sigma * (1 - tolerance)`` was
-    refused, so sigma is within ``tolerance`` (relative) above the smallest that fits.
+    exactly (the oracle accepted that very value), and the grid point just below it,
+    ``sigma * (1 - tolerance)``, was refused: sigma is within ``tolerance`` (relative)
+    above the smallest that fits.
     It is never below :data:`MIN_NOISE_MULTIPLIER`, and a longer ``history`` never
     gives a smaller result.
 
@@ -189,6 +190,8 @@ def _interpolate(
         return (low + high) // 2
     above = (log_low - math.log(target)) * weights["low"]
     below = (math.log(target) - log_high) * weights["high"]
+    if above + below <= 0.0:
+        return (low + high) // 2
     guess = low + above / (above + below) * (high - low)
     return min(max(math.ceil(guess), low + 1), high - 1)
 

@@ -1,1 +1,60 @@
-"""secagg."""
+"""SecAgg+ secure aggregation as a pure library (no Flower, no networking).
+
+The coordinator learns only the sum of a round's (clipped, fixed-point encoded) updates;
+the protocol survives dropouts.  See docs/secagg-threat-model.md.
+
+Server side: :class:`SecAggServer`; node side: :class:`SecAggNode`; both configured by a
+:class:`SecAggConfig` shared by the federation.
+"""
+
+from lepton_fl.secagg.config import RoundParams, SecAggConfig, masking_graph, resolve_round_params
+from lepton_fl.secagg.encoding import EncodingStats, flatten, unflatten
+from lepton_fl.secagg.errors import ErrorCode, Rejection, SecAggError
+from lepton_fl.secagg.messages import (
+    AdvertiseKeysReply,
+    AdvertiseKeysRequest,
+    Binding,
+    MaskedInputReply,
+    MaskedInputRequest,
+    PublicKeys,
+    Reply,
+    Request,
+    ShareKeysReply,
+    ShareKeysRequest,
+    Stage,
+    UnmaskReply,
+    UnmaskRequest,
+    payload_bytes,
+)
+from lepton_fl.secagg.node import SecAggNode
+from lepton_fl.secagg.server import AggregateResult, SecAggServer
+
+__all__ = [
+    "AdvertiseKeysReply",
+    "AdvertiseKeysRequest",
+    "AggregateResult",
+    "Binding",
+    "EncodingStats",
+    "ErrorCode",
+    "MaskedInputReply",
+    "MaskedInputRequest",
+    "PublicKeys",
+    "Rejection",
+    "Reply",
+    "Request",
+    "RoundParams",
+    "SecAggConfig",
+    "SecAggError",
+    "SecAggNode",
+    "SecAggServer",
+    "ShareKeysReply",
+    "ShareKeysRequest",
+    "Stage",
+    "UnmaskReply",
+    "UnmaskRequest",
+    "flatten",
+    "masking_graph",
+    "payload_bytes",
+    "resolve_round_params",
+    "unflatten",
+]
