@@ -80,6 +80,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run the whole demo; return (and optionally write) the summary."""
     started = time.monotonic()
     console = Console()
+    if not console.is_terminal:  # CI logs, pipes: wide enough for the final table
+        console = Console(width=120)
     fed = federation_spec(opts)
     with _workspace(opts.workdir) as root, LocalCluster(root, demo_plans(opts)) as cluster:
         console.print(f"[bold]Lepton FL demo[/] — workspace {root}")
@@ -152,33 +154,42 @@ def _follow(
     deadline = time.monotonic() + RUN_TIMEOUT_S
     seen_rounds = 0
     view = read_journal(journal)
-    with Live(
-        Group(progress, _status_table(view, members, fed)),
-        console=console,
-        refresh_per_second=4,
-        transient=False,
-    ) as live:
+    if not console.is_terminal:  # a log: one line per round instead of a live display
         while not view.finished:
-            if time.monotonic() > deadline:
-                raise ProcessError(
-                    f"The run did not finish within {RUN_TIMEOUT_S:.0f} s; see the logs under "
-                    f"{journal.parent.parent.parent / 'logs'}.",
-                    code="timeout",
-                )
+            _check_deadline(deadline, journal)
             cluster.check_alive()
             time.sleep(0.25)
             view = read_journal(journal)
             rounds = view.of("round")
-            progress.update(task, completed=len(rounds))
-            live.update(Group(progress, _status_table(view, members, fed)))
-            if not console.is_terminal and len(rounds) > seen_rounds:
-                for record in rounds[seen_rounds:]:
-                    console.print(_round_line(record))
-                seen_rounds = len(rounds)
+            for record in rounds[seen_rounds:]:
+                console.print(_round_line(record, fed.rounds))
+            seen_rounds = len(rounds)
+        return view
+    with Live(
+        Group(progress, _status_table(view, members)),
+        console=console,
+        refresh_per_second=4,
+    ) as live:
+        while not view.finished:
+            _check_deadline(deadline, journal)
+            cluster.check_alive()
+            time.sleep(0.25)
+            view = read_journal(journal)
+            progress.update(task, completed=len(view.of("round")))
+            live.update(Group(progress, _status_table(view, members)))
     return view
 
 
-def _status_table(view: JournalView, members: list[Member], fed: FederationSpec) -> Table:
+def _check_deadline(deadline: float, journal: Path) -> None:
+    if time.monotonic() > deadline:
+        raise ProcessError(
+            f"The run did not finish within {RUN_TIMEOUT_S:.0f} s; see the run journal "
+            f"{journal} and the logs beside the coordinator and node directories.",
+            code="timeout",
+        )
+
+
+def _status_table(view: JournalView, members: list[Member]) -> Table:
     table = Table(title="nodes", expand=False)
     for column in ("hospital", "status", "ε spent", "ε budget", "accuracy (global, pre-round)"):
         table.add_column(column)
@@ -201,12 +212,12 @@ def _status_table(view: JournalView, members: list[Member], fed: FederationSpec)
     return table
 
 
-def _round_line(record: dict[str, Any]) -> str:
+def _round_line(record: dict[str, Any], total: int) -> str:
     parts = []
     for name, node in record["nodes"].items():
         eps = node.get("charge", {}).get("epsilon")
         parts.append(f"{name}={node['status']}" + (f" ε={eps:.2f}" if eps is not None else ""))
-    return f"round {record['round']}: {record['seconds']:.1f} s, " + ", ".join(parts)
+    return f"round {record['round']}/{total} ({record['seconds']:.1f} s): " + ", ".join(parts)
 
 
 # -- summary -----------------------------------------------------------------------------

@@ -199,3 +199,102 @@ def test_evaluate_edge_cases(split: TabularSplit) -> None:
     multi = evaluate(three, x.astype(np.float32), y, device=CPU)
     assert multi.roc_auc == pytest.approx(1.0)
     assert multi.accuracy == pytest.approx(1.0)
+
+
+MODES = ("hooks", "ew", "ghost")
+
+
+def _clipped_sum_reference(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
+) -> torch.Tensor:
+    """Sum of per-example gradients, each flat-clipped to ``max_grad_norm``: one backward each."""
+    total = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    for i in range(len(y)):
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        grad = torch.cat([p.grad.ravel() for p in model.parameters()]).double()  # type: ignore[union-attr]
+        total += grad * min(1.0, max_grad_norm / (float(grad.norm()) + 1e-6))
+    return total
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("mode", [*MODES, "auto"])
+def test_every_mode_clips_per_sample(split: TabularSplit, mode: str) -> None:
+    """One step with (almost) no noise equals ``-lr * sum_i clip(g_i) / batch_size``.
+
+    Row 0 is scaled up 1000x and given the wrong label, so its gradient is huge; every other
+    row's gradient is also above ``C = 0.05``. Without per-sample clipping the update would be
+    hundreds of times the bound ``lr * C * k / B`` that it must respect.
+    """
+    max_grad_norm = 0.05
+    trainer = _trainer(split, max_grad_norm=max_grad_norm, grad_sample_mode=mode)
+    trainer._dp_optimizer.noise_multiplier = 1e-12
+    x = torch.as_tensor(split.x_train[:10]).clone()
+    x[0] *= 1000.0
+    y = torch.as_tensor(split.y_train[:10]).clone()
+    y[0] = 1 - y[0]
+    reference_model = build_model(
+        ModelSpec(), num_features=split.num_features, num_classes=2, seed=0
+    )
+    expected = -LR * _clipped_sum_reference(reference_model, x, y, max_grad_norm) / BATCH
+    before = torch.as_tensor(_flat(trainer.model), dtype=torch.float64)
+    trainer._gsm.train()
+    trainer._dp_step(x, y)
+    update = torch.as_tensor(_flat(trainer.model), dtype=torch.float64) - before
+    assert float(update.norm()) <= LR * max_grad_norm * len(y) / BATCH * (1 + 1e-5)
+    torch.testing.assert_close(update, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_counts_steps_and_survives_empty_batches(split: TabularSplit, mode: str) -> None:
+    """Tiny set, q = 1/4: many Poisson batches are empty; each is still one noisy step."""
+    model = build_model(ModelSpec(), num_features=split.num_features, num_classes=2, seed=0)
+    trainer = DPTrainer(
+        model=model,
+        x=split.x_train[:4],
+        y=split.y_train[:4],
+        batch_size=1,
+        learning_rate=LR,
+        max_grad_norm=1.0,
+        device=CPU,
+        seed=0,
+        grad_sample_mode=mode,  # type: ignore[arg-type]
+    )
+    assert trainer.grad_sample_mode == mode
+    assert trainer.sample_rate == 1 / 4
+    sizes: list[int] = []
+    calls = []
+    original = trainer._dp_step
+    trainer._dp_step = lambda xb, yb: sizes.append(len(yb)) or original(xb, yb)  # type: ignore[method-assign]
+    handle = register_optimizer_step_post_hook(lambda *_: calls.append(1))
+    try:
+        start = _flat(trainer.model)
+        result = trainer.train(epochs=10, noise_multiplier=1.0)
+    finally:
+        handle.remove()
+    assert result.steps == len(calls) == len(sizes) == 10 * trainer.steps_per_epoch() == 40
+    assert 0 in sizes  # P(none of 40 empty) = (1 - 0.75**4) ** 40 ~ 3e-7
+    assert np.isfinite(_flat(trainer.model)).all()
+    assert not np.array_equal(_flat(trainer.model), start)
+
+
+def test_grad_sample_mode_auto_and_validation(split: TabularSplit) -> None:
+    assert _trainer(split).grad_sample_mode == "ew"  # 1,058 params x batch 16: small
+    wide = build_model(
+        ModelSpec(hidden=(256, 256)), num_features=split.num_features, num_classes=2, seed=0
+    )
+    big = DPTrainer(
+        model=wide, x=split.x_train, y=split.y_train, batch_size=BATCH, learning_rate=LR,
+        max_grad_norm=1.0, device=CPU, seed=0,
+    )  # fmt: skip
+    assert big.grad_sample_mode == "ghost"  # 74k params x 16 >= 2**19
+    normed = torch.nn.Sequential(
+        torch.nn.Linear(split.num_features, 8), torch.nn.GroupNorm(2, 8), torch.nn.Linear(8, 2)
+    )
+    other = DPTrainer(
+        model=normed, x=split.x_train, y=split.y_train, batch_size=BATCH, learning_rate=LR,
+        max_grad_norm=1.0, device=CPU, seed=0,
+    )  # fmt: skip
+    assert other.grad_sample_mode == "hooks"  # not all nn.Linear: the general-purpose mode
+    with pytest.raises(ValueError, match="grad_sample_mode"):
+        _trainer(split, grad_sample_mode="functorch")
