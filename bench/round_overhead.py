@@ -2,9 +2,14 @@
 
 overhead = round wall time (ServerApp: push train messages -> all replies in)
            - the slowest node's DP-SGD training time in that round,
-median over rounds. For comparison, in the same run, it times what a ClientApp that imports
-torch + Opacus itself would pay per message before doing any work: 4 such imports started
-at once on this machine (one per node, as Flower spawns one process per message).
+median over rounds. It splits into the trainers' own work besides training (site checks,
+evaluation, privacy accounting, ledger write: node_s - train_s) and Flower's transport
+(wall - the slowest trainer's whole handling: SuperNode polling, one flwr-clientapp
+process per message, pushing replies).
+
+For comparison, in the same run, it times what a ClientApp that imports torch + Opacus
+itself would pay per message before doing any work: 4 such imports started at once on
+this machine (one per node, as Flower spawns one process per message).
 
 Prints a table, then one JSON object on the last line.
     .venv/bin/python bench/round_overhead.py [--rounds 6]
@@ -57,13 +62,17 @@ def measure_rounds(rounds: int) -> list[dict[str, float]]:
         raise SystemExit(f"bench run failed: {view.failure}")
     rows = []
     for record in view.of("round"):
-        slowest = max(node["train_seconds"] for node in record["nodes"].values())
+        nodes = record["nodes"].values()
+        slowest = max(node["train_seconds"] for node in nodes)
+        slowest_node = max(node["node_seconds"] for node in nodes)
         rows.append(
             {
                 "round": record["round"],
                 "wall_s": record["seconds"],
                 "slowest_train_s": slowest,
+                "slowest_node_s": slowest_node,
                 "overhead_s": record["seconds"] - slowest,
+                "flower_transport_s": record["seconds"] - slowest_node,
             }
         )
     return rows
@@ -112,6 +121,9 @@ def main() -> None:
         "rounds": rows,
         "median_round_wall_s": round(median_wall, 3),
         "median_overhead_s": round(median_overhead, 3),
+        "median_flower_transport_s": round(
+            statistics.median(r["flower_transport_s"] for r in steady), 3
+        ),
         "goal_overhead_s": GOAL_S,
         "opacus_clientapp_import_s": round(import_cost, 3),
         "import_cost_over_overhead": round(import_cost / median_overhead, 2),

@@ -84,7 +84,8 @@ class TrainReply:
     weights: list[np.ndarray] = field(default_factory=list)
     num_examples: int = 0
     train_loss: float = float("nan")
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the DP-SGD loop alone
+    node_seconds: float = 0.0  # the trainer's whole handling: checks, evaluation, ledger
     evaluation: EvalMetrics | None = None  # of the model the node received, before training
     charge: PrivacyCharge | None = None
 
@@ -157,6 +158,7 @@ def train_reply_to_records(reply: TrainReply) -> RecordDict:
         "num-examples": reply.num_examples,
         "train-loss": reply.train_loss,
         "train-seconds": reply.train_seconds,
+        "node-seconds": reply.node_seconds,
     }
     if reply.evaluation is not None:
         metrics.update(_eval_metrics(reply.evaluation))
@@ -179,6 +181,7 @@ def train_reply_from_records(records: RecordDict) -> TrainReply:
         num_examples=int(metrics["num-examples"]),
         train_loss=float(metrics["train-loss"]),
         train_seconds=float(metrics["train-seconds"]),
+        node_seconds=float(metrics.get("node-seconds", 0.0)),
         evaluation=_eval_from(metrics),
         charge=charge,
     )

@@ -9,7 +9,9 @@ replying, and reports the epsilon its recorded history gives under the named acc
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,10 +82,12 @@ class NodeTrainer:
             key = (envelope.run_id, instruction.round)
             if key in self._replies:  # a redelivered message: same answer, no new charge
                 return self._replies[key]
+            started = time.perf_counter()
             try:
                 reply = self._train(envelope, instruction)
             except RequestRefusedError as refusal:
                 return TrainReply(status="refused", code=refusal.code, reason=refusal.reason)
+            reply = dataclasses.replace(reply, node_seconds=time.perf_counter() - started)
             self._replies = {k: v for k, v in self._replies.items() if k[0] == envelope.run_id}
             self._replies[key] = reply
             return reply

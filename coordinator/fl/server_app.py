@@ -135,6 +135,7 @@ def node_record(o: NodeOutcome) -> dict[str, object]:
         num_examples=reply.num_examples,
         train_loss=reply.train_loss,
         train_seconds=reply.train_seconds,
+        node_seconds=reply.node_seconds,
     )
     if reply.evaluation is not None:
         record["pre_round_eval"] = {
