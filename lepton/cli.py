@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from coordinator.superlink import SuperLinkSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator's SuperLink.")
@@ -86,6 +90,70 @@ def coordinator_register_node(
     typer.echo(superlink.register_node(public_key, name=name))
 
 
+@coordinator_app.command("run")
+def coordinator_run(
+    federation: Annotated[Path, typer.Option(help="Federation spec (TOML).")],
+    member: Annotated[
+        list[str], typer.Option(help="NAME=NODE_ID of a registered node; repeat per member.")
+    ],
+    data_dir: Annotated[Path, typer.Option()],
+    pki_dir: Annotated[Path, typer.Option()],
+    host: str = "127.0.0.1",
+    port: int = 9093,
+    wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
+    round_timeout: Annotated[float, typer.Option(min=1)] = 300.0,
+) -> None:
+    """Submit a run of a federation to the running SuperLink."""
+    from coordinator.fl.journal import read_journal
+    from coordinator.superlink import SuperLink
+    from lepton_fl.config import Member, RunSpec, SpecError, load_federation_spec
+    from lepton_fl.processes import wait_until
+
+    spec = load_federation_spec(federation)
+    members = []
+    for item in member:
+        name, sep, node_id = item.partition("=")
+        if not sep or not node_id.isdigit():
+            raise SpecError(
+                f"--member {item!r} must be NAME=NODE_ID, with the node id printed by "
+                "`lepton coordinator register-node`.",
+                code="invalid_member",
+            )
+        members.append(Member(name=name, node_id=int(node_id)))
+    settings = _superlink_settings(data_dir, pki_dir, host, port)
+    superlink = SuperLink(settings)
+    superlink.write_connection_config()
+    journal = settings.data_dir / "runs" / f"{spec.name}-{int(time.time())}.jsonl"
+    try:
+        run = RunSpec(
+            federation=spec,
+            members=tuple(members),
+            journal_path=str(journal),
+            round_timeout_s=round_timeout,
+        )
+    except ValueError as err:
+        raise SpecError(f"The run is invalid: {err}", code="invalid_run") from err
+    run_id = superlink.submit_run(run, work_dir=journal.parent)
+    typer.echo(f"run {run_id} submitted; journal {journal}")
+    if not wait:
+        return
+    seen = 0
+
+    def finished() -> bool:
+        nonlocal seen
+        view = read_journal(journal)
+        for record in view.of("round")[seen:]:
+            typer.echo(f"round {record['round']}: participants {record['participants']}")
+        seen = len(view.of("round"))
+        return view.finished
+
+    wait_until(finished, timeout=round_timeout * (spec.rounds + 2), what=f"run {run_id}")
+    failure = read_journal(journal).failure
+    typer.echo(f"run {run_id} " + (f"failed: {failure}" if failure else "finished"))
+    if failure:
+        raise typer.Exit(1)
+
+
 @node_app.command("start")
 def node_start(
     config: Annotated[Path, typer.Option(help="The node's node.toml.")],
@@ -129,7 +197,7 @@ def certs_show(directory: Annotated[Path, typer.Option("--dir")]) -> None:
     typer.echo(describe_pki(load_pki(directory)))
 
 
-def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int):  # type: ignore[no-untyped-def]
+def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int) -> SuperLinkSettings:
     from coordinator.superlink import SuperLinkSettings
     from lepton_fl.crypto import load_pki
 

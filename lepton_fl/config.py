@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -77,7 +86,7 @@ class FederationSpec(_Frozen):
         return _check_slug(value, "name")
 
     def canonical_json(self) -> str:
-        """JSON with sorted keys: the form that is hashed and sent to nodes."""
+        """Deterministic JSON (fields in declaration order): what is hashed and sent."""
         return self.model_dump_json(round_trip=True)
 
     def digest(self) -> str:
@@ -119,3 +128,28 @@ class RunSpec(_Frozen):
                 f"{self.federation.min_participants} participants per round."
             )
         return self
+
+
+class SpecError(ValueError):
+    """A federation spec file that is missing or invalid; the message names the field."""
+
+    def __init__(self, message: str, *, code: str = "invalid_federation_spec") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_federation_spec(path: Path) -> FederationSpec:
+    """Read a federation spec from TOML; every problem is named with its field."""
+    if not path.is_file():
+        raise SpecError(f"The federation spec {path} does not exist.", code="missing_spec")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(f"The federation spec {path} is not valid TOML: {err}.") from err
+    try:
+        return FederationSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"[{'.'.join(str(p) for p in e['loc'])}] {e['msg']}" for e in err.errors()
+        )
+        raise SpecError(f"The federation spec {path} has problems: {problems}.") from err

@@ -6,6 +6,7 @@ whose site budget is too small for any round, and one node whose key was never r
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from client_node.ledger import Ledger
 from coordinator.fl.journal import JournalView
-from lepton.cluster import LocalCluster, NodePlan
+from lepton.cluster import LocalCluster, NodePlan, lepton_command
 from lepton_fl.config import FederationSpec, PrivacySpec, RunSpec, TrainingSpec
 from lepton_fl.privacy import epsilon_spent
 
@@ -131,9 +132,8 @@ def test_unregistered_node_is_refused(cluster: LocalCluster) -> None:
 
 def test_second_run_composes_with_the_first(cluster: LocalCluster, first_run: JournalView) -> None:
     ledger_path = cluster.nodes["site-a"].ledger_path
-    before = epsilon_spent(
-        [e.step for e in _ledger_entries(ledger_path)], delta=1e-5, accountant="rdp"
-    )
+    recorded = _ledger_entries(ledger_path)
+    before = epsilon_spent([e.step for e in recorded], delta=1e-5, accountant="rdp")
     journal = cluster.journal_path("second")
     cluster.submit(
         RunSpec(
@@ -145,7 +145,49 @@ def test_second_run_composes_with_the_first(cluster: LocalCluster, first_run: Jo
     view = cluster.wait_for_run(journal, timeout=300)
     assert view.failure is None
     entries = _ledger_entries(ledger_path)
-    assert len(entries) == ROUNDS + 1
+    assert len(entries) == len(recorded) + 1
     after = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
     assert after > before
     assert view.of("round")[0]["nodes"]["site-a"]["charge"]["epsilon"] == pytest.approx(after)
+
+
+def test_operator_submits_a_run_from_the_command_line(
+    cluster: LocalCluster, first_run: JournalView, tmp_path: Path
+) -> None:
+    assert cluster.superlink is not None
+    assert cluster.pki is not None
+    spec = tmp_path / "federation.toml"
+    spec.write_text(
+        f'name = "{FED}"\ntask = "breast_cancer"\nrounds = 1\nmin_participants = 3\n'
+        f"[privacy]\ntarget_epsilon = {TARGET_EPSILON}\n"
+        "[training]\nlocal_epochs = 2\nbatch_size = 32\nlearning_rate = 0.3\n"
+    )
+    members = [
+        f"--member={m.name}={m.node_id}" for m in cluster.members(["site-a", "site-b", "site-c"])
+    ]
+    settings = cluster.superlink.settings
+
+    done = subprocess.run(
+        lepton_command(
+            "coordinator",
+            "run",
+            "--federation",
+            str(spec),
+            *members,
+            "--data-dir",
+            str(settings.data_dir),
+            "--pki-dir",
+            str(cluster.pki.directory),
+            "--port",
+            str(settings.port),
+            "--wait",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "round 1: participants" in done.stdout
+    assert done.stdout.rstrip().endswith("finished")

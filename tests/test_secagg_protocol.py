@@ -68,7 +68,7 @@ def check_exact(result: Any, updates: dict[int, NDArray[Any]], params: RoundPara
 @st.composite
 def rounds(draw: st.DrawFn) -> tuple[SecAggConfig, dict[int, NDArray[Any]], dict[int, Stage]]:
     n = draw(st.integers(3, 12))
-    ids = draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n, unique=True))
+    ids = draw(st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n, unique=True))
     neighbours = draw(st.none() | st.integers(2, n - 1))
     bits = draw(st.sampled_from([16, 24, 32, 48, 64]))
     clip = draw(st.sampled_from([0.01, 1.0, 1000.0]))

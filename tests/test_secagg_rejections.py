@@ -410,3 +410,17 @@ def test_stages_run_once_and_in_order() -> None:
     with pytest.raises(SecAggError) as err:
         r.server.unmask_requests()
     assert err.value.code is ErrorCode.BAD_STATE
+
+
+def test_low_order_public_key_is_rejected() -> None:
+    r = Round()
+    reqs = r.server.advertise_keys_requests()
+    replies = {i: r.nodes[i].advertise_keys(reqs[i]) for i in reqs}
+    replies[3] = dataclasses.replace(replies[3], keys=PublicKeys(enc=bytes(32), mask=bytes(32)))
+    rejection = r.server.receive(replies.pop(3))
+    assert rejection is not None
+    assert rejection.code is ErrorCode.BAD_KEY
+    r.send(replies)
+    result = r.run_rest(Stage.ADVERTISE_KEYS)
+    assert result.survivors == (1, 2, 4, 5)
+    r.assert_exact(result)

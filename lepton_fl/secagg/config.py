@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from lepton_fl.secagg.errors import ErrorCode, SecAggError
 
 GRAPH_SEED_BYTES = 32
-MAX_NODE_ID = 2**63 - 1
+MAX_NODE_ID = 2**64 - 1  # Flower node ids are unsigned 64-bit
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -122,7 +122,7 @@ def resolve_round_params(
     if len(set(members)) != len(members):
         raise SecAggError(ErrorCode.MALFORMED, "The participant list contains duplicates.")
     if any(not 0 <= m <= MAX_NODE_ID for m in members):
-        raise SecAggError(ErrorCode.MALFORMED, "Node ids must be integers in [0, 2**63).")
+        raise SecAggError(ErrorCode.MALFORMED, "Node ids must be integers in [0, 2**64).")
     n = len(members)
     if n < config.min_participants:
         raise SecAggError(

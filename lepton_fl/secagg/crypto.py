@@ -58,6 +58,17 @@ def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
         ) from exc
 
 
+def is_valid_public_key(public: bytes) -> bool:
+    """Whether ``public`` is a usable X25519 key: 32 bytes and not of low order."""
+    if len(public) != KEY_BYTES:
+        return False
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def derive_key(secret: bytes, *, info: bytes) -> bytes:
     """HKDF-SHA256 of ``secret`` to a 32-byte key bound to ``info``."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(secret)

@@ -53,16 +53,19 @@ def encode(
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
         raise SecAggError(ErrorCode.MALFORMED, "The update must be a 1-D floating-point vector.")
     x = x.astype(np.float64, copy=False)
-    if np.isnan(x).any():
+    c = float(clipping_range)
+    magnitude = np.abs(x)
+    max_abs = float(magnitude.max()) if x.size else 0.0
+    if np.isnan(max_abs):  # max propagates NaN: one pass instead of isnan + any
         raise SecAggError(
             ErrorCode.NON_FINITE_INPUT, "The update contains NaN values, which cannot be encoded."
         )
-    c = float(clipping_range)
-    outside = np.abs(x) > c
-    clipped = int(np.count_nonzero(outside))
-    max_abs = float(np.max(np.abs(x))) if x.size else 0.0
-    q = np.rint(np.clip(x, -c, c) * (levels / c)).astype(np.int64)
-    np.clip(q, -levels, levels, out=q)  # float64 rounding at 64-bit rings
+    clipped = int(np.count_nonzero(magnitude > c))
+    scaled = np.clip(x, -c, c, out=magnitude)  # reuse the buffer
+    scaled *= levels / c
+    q = np.rint(scaled, out=scaled).astype(np.int64)
+    if levels >= 2**50:  # float64 rounding could push |q| past L: clamp
+        np.clip(q, -levels, levels, out=q)
     words = np.empty(x.size + 1, dtype=ring_dtype(modulus_bits))
     words[:-1] = q.view(np.uint64).astype(words.dtype, copy=False)  # two's complement
     words[-1] = clipped
@@ -105,12 +108,15 @@ def flatten(arrays: Sequence[NDArray[Any]]) -> tuple[NDArray[np.float64], list[t
 
 def unflatten(vec: NDArray[Any], shapes: Sequence[tuple[int, ...]]) -> list[NDArray[Any]]:
     """Split a vector made by :func:`flatten` back into arrays of ``shapes``."""
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    if sum(sizes) != vec.size:
+        raise SecAggError(
+            ErrorCode.MALFORMED,
+            f"The vector has {vec.size} elements but the shapes need {sum(sizes)}.",
+        )
     out: list[NDArray[Any]] = []
     pos = 0
-    for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64))
+    for shape, size in zip(shapes, sizes, strict=True):
         out.append(vec[pos : pos + size].reshape(shape))
         pos += size
-    if pos != vec.size:
-        raise SecAggError(ErrorCode.MALFORMED, "The vector length does not match the shapes.")
     return out

@@ -18,7 +18,14 @@ from lepton_fl.secagg.config import (
     masking_graph,
     resolve_round_params,
 )
-from lepton_fl.secagg.crypto import expand_mask, generate_key_pair, open_sealed, seal
+from lepton_fl.secagg.crypto import (
+    KEY_BYTES,
+    expand_mask,
+    generate_key_pair,
+    is_valid_public_key,
+    open_sealed,
+    seal,
+)
 from lepton_fl.secagg.derive import (
     pair_seed,
     round_context,
@@ -44,7 +51,6 @@ from lepton_fl.secagg.messages import (
     UnmaskRequest,
 )
 
-KEY_LEN = 32
 SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES
 
 
@@ -175,7 +181,7 @@ class SecAggNode:
                 ErrorCode.UNKNOWN_SENDER, "The key list names nodes outside the round."
             )
         raw = [k.enc for k in keys.values()] + [k.mask for k in keys.values()]
-        if any(len(r) != KEY_LEN for r in raw) or len(set(raw)) != len(raw):
+        if any(len(r) != KEY_BYTES for r in raw) or len(set(raw)) != len(raw):
             raise self._fail(
                 ErrorCode.BAD_KEY, "The key list holds malformed or repeated public keys."
             )
@@ -204,6 +210,9 @@ class SecAggNode:
             points=points,
         )
         binding = self._binding(Stage.SHARE_KEYS)
+        neighbours = [h for h in holders if h != self.node_id]
+        if not all(is_valid_public_key(keys[h].enc) for h in neighbours):
+            raise self._fail(ErrorCode.BAD_KEY, "A neighbour's public key is of low order.")
         sealed: dict[int, bytes] = {}
         for holder, x in zip(holders, points, strict=True):
             if holder == self.node_id:
@@ -292,6 +301,8 @@ class SecAggNode:
             length=length,
             modulus_bits=bits,
         )
+        if not all(is_valid_public_key(self._peer_keys[p].mask) for p in partners):
+            raise self._fail(ErrorCode.BAD_KEY, "A neighbour's mask key is of low order.")
         for peer in partners:
             seed = pair_seed(
                 self._mask_sk,

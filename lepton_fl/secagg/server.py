@@ -28,6 +28,7 @@ from lepton_fl.secagg.crypto import (
     NONCE_BYTES,
     TAG_BYTES,
     expand_mask,
+    is_valid_public_key,
     private_key_from_bytes,
     public_key_of,
     ring_dtype,
@@ -217,8 +218,10 @@ class SecAggServer:
     def _validate(self, reply: Reply) -> None:
         sender = reply.sender
         if isinstance(reply, AdvertiseKeysReply):
-            if len(reply.keys.enc) != 32 or len(reply.keys.mask) != 32:
-                raise _Invalid(ErrorCode.BAD_KEY, f"Node {sender} sent malformed public keys.")
+            if not (is_valid_public_key(reply.keys.enc) and is_valid_public_key(reply.keys.mask)):
+                raise _Invalid(
+                    ErrorCode.BAD_KEY, f"Node {sender} sent malformed or low-order public keys."
+                )
             self._keys[sender] = reply.keys
         elif isinstance(reply, ShareKeysReply):
             expected = self._holders(sender) - {sender}
@@ -290,7 +293,12 @@ class SecAggServer:
         raw = [k.enc for k in self._keys.values()] + [k.mask for k in self._keys.values()]
         for node, keys in list(self._keys.items()):
             if raw.count(keys.enc) > 1 or raw.count(keys.mask) > 1:
-                self._reject(node, "share_keys", ErrorCode.BAD_KEY, "Repeated public key.")
+                self._reject(
+                    node,
+                    "share_keys",
+                    ErrorCode.BAD_KEY,
+                    f"Node {node} advertised a public key that another node also advertised.",
+                )
                 self._keys.pop(node, None)
         self._u1 = tuple(sorted(self._keys))
         self._require(len(self._u1), "advertised keys")

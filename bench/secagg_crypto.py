@@ -1,0 +1,221 @@
+"""SecAgg+ crypto cost per round at 1M float32 parameters, with Flower's blocks for reference.
+
+Node side, per node and round (median over nodes and repetitions): key generation (two
+fresh X25519 pairs every round), sharing (Shamir + AES-GCM encryption of shares),
+masked input (decryption of received shares, encoding, mask expansion with AES-CTR and
+masking), unmask answer.  Server side: unmasking (reconstruction + mask removal +
+decoding), with no dropout and with one dropout after sharing.  Bytes a node uploads
+(keys, encrypted shares, commitment, masked vector, unmask shares) are compared with a
+plain float32 upload.  Reference: Flower's ``pseudo_rand_gen`` (np.random.RandomState seeded
+from 32 bits) and ``quantize`` for the same vector, imported from flwr, not copied.
+
+Times are medians of wall clock and of thread CPU time, plus the best (minimum) wall time:
+on a shared host the CPU time and the best run are the better estimates of the cost.
+Prints a table, then one JSON object on the last line.
+    .venv/bin/python bench/secagg_crypto.py [--params 1000000] [--reps 3] [--nodes 3 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from lepton_fl.secagg import Reply, SecAggConfig, SecAggNode, SecAggServer, payload_bytes
+from lepton_fl.secagg.crypto import expand_mask
+from lepton_fl.secagg.encoding import encode
+
+NODE_GOAL_MS = 50.0
+UPLOAD_GOAL = 1.1
+Timings = dict[str, list[tuple[float, float]]]
+
+
+@contextmanager
+def clock(sink: Timings, key: str) -> Iterator[None]:
+    """Record (wall ms, thread CPU ms) of the block under ``key``."""
+    w0, c0 = time.perf_counter(), time.thread_time()
+    yield
+    sink[key].append(((time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3))
+
+
+def one_round(
+    n: int, d: int, config: SecAggConfig, rep: int, drop: int | None
+) -> tuple[Timings, Timings, list[int]]:
+    """Run one round; return node timings, server timings and each node's upload bytes."""
+    node_t: Timings = defaultdict(list)
+    srv_t: Timings = defaultdict(list)
+    rng = np.random.default_rng(rep)
+    ids = list(range(1, n + 1))
+    updates = {i: rng.normal(0, 0.05, d).astype(np.float32) for i in ids}
+    server = SecAggServer(
+        run_id="bench", round=rep, config=config, participants=ids, vector_length=d
+    )
+    nodes: dict[int, SecAggNode] = {}
+    upload: dict[int, int] = defaultdict(int)
+
+    def send(i: int, reply: Reply) -> None:
+        upload[i] += payload_bytes(reply)
+        server.receive(reply)
+
+    advertise = server.advertise_keys_requests()
+    for i in ids:
+        with clock(node_t, "keygen"):
+            nodes[i] = SecAggNode(node_id=i, run_id="bench", round=rep, config=config)
+            advertised = nodes[i].advertise_keys(advertise[i])
+        send(i, advertised)
+    for i, share_req in server.share_keys_requests().items():
+        with clock(node_t, "share_keys"):
+            shared = nodes[i].share_keys(share_req)
+        send(i, shared)
+    for i, masked_req in server.masked_input_requests().items():
+        if i == drop:
+            continue
+        with clock(node_t, "masked_input"):
+            masked = nodes[i].masked_input(masked_req, updates[i])
+        send(i, masked)
+    for i, unmask_req in server.unmask_requests().items():
+        with clock(node_t, "unmask"):
+            answer = nodes[i].unmask(unmask_req)
+        send(i, answer)
+    with clock(srv_t, "unmask_dropout" if drop else "unmask"):
+        result = server.finalize()
+    assert len(result.survivors) == n - (1 if drop else 0)
+    return node_t, srv_t, [upload[i] for i in ids if i != drop]
+
+
+def components(n: int, d: int, config: SecAggConfig) -> Timings:
+    """Split masked_input into encoding and mask expansion + add (self + n - 1 pair masks)."""
+    t: Timings = defaultdict(list)
+    x = np.random.default_rng(0).normal(0, 0.05, d).astype(np.float32)
+    bits = config.modulus_bits
+    levels = (2 ** (bits - 1) - 1) // n
+    for _ in range(3):
+        with clock(t, "encode"):
+            words, _ = encode(
+                x, clipping_range=config.clipping_range, levels=levels, modulus_bits=bits
+            )
+        seeds = [np.random.bytes(32) for _ in range(n)]
+        with clock(t, "expand+mask"):
+            for seed in seeds:
+                words += expand_mask(seed, length=words.size, modulus_bits=bits)
+    return t
+
+
+def flower_reference(d: int, reps: int) -> dict[str, float]:
+    """Flower's own mask generator and quantizer on the same vector size."""
+    from flwr.common.secure_aggregation.quantization import quantize
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+    x = np.random.default_rng(0).normal(0, 0.05, d)
+    gen: list[float] = []
+    quant: list[float] = []
+    for _ in range(reps):
+        w0 = time.perf_counter()
+        pseudo_rand_gen(np.random.bytes(32), 1 << 32, [(d,)])
+        gen.append((time.perf_counter() - w0) * 1e3)
+        w0 = time.perf_counter()
+        quantize([x], 1.0, 1 << 22)
+        quant.append((time.perf_counter() - w0) * 1e3)
+    return {
+        "flwr_pseudo_rand_gen_ms": round(statistics.median(gen), 2),
+        "flwr_quantize_ms": round(statistics.median(quant), 2),
+    }
+
+
+def med(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    return (
+        round(statistics.median(s[0] for s in samples), 2),
+        round(statistics.median(s[1] for s in samples), 2),
+    )
+
+
+def measure(n: int, d: int, config: SecAggConfig, reps: int) -> dict[str, Any]:
+    node_t: Timings = defaultdict(list)
+    srv_t: Timings = defaultdict(list)
+    uploads: list[int] = []
+    for rep in range(reps):
+        for drop in (None, 2) if n > 3 else (None,):  # n = 3 cannot lose a node
+            nt, st, up = one_round(n, d, config, 2 * rep + (1 if drop else 0) + 1, drop)
+            for k, v in nt.items():
+                node_t[k].extend(v)
+            for k, v in st.items():
+                srv_t[k].extend(v)
+            if drop is None:
+                uploads.extend(up)
+    stages = {k: med(v) for k, v in node_t.items()}
+    upload = statistics.median(uploads)
+    return {
+        "nodes": n,
+        "params": d,
+        "modulus_bits": config.modulus_bits,
+        "node_ms": {k: v[0] for k, v in stages.items()},
+        "node_cpu_ms": {k: v[1] for k, v in stages.items()},
+        "node_total_ms": round(sum(v[0] for v in stages.values()), 2),
+        "node_total_cpu_ms": round(sum(v[1] for v in stages.values()), 2),
+        "node_total_best_ms": round(sum(min(s[0] for s in v) for v in node_t.values()), 2),
+        "masked_input_parts_ms": {k: med(v)[0] for k, v in components(n, d, config).items()},
+        "server_unmask_ms": med(srv_t["unmask"])[0],
+        "server_unmask_one_dropout_ms": (
+            med(srv_t["unmask_dropout"])[0] if srv_t["unmask_dropout"] else None
+        ),
+        "upload_bytes": int(upload),
+        "float32_bytes": 4 * d,
+        "upload_ratio": round(upload / (4 * d), 5),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="SecAgg+ crypto cost per round")
+    ap.add_argument("--params", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
+    ap.add_argument("--modulus-bits", type=int, default=32)
+    args = ap.parse_args()
+    d = args.params
+    config = SecAggConfig(clipping_range=1.0, modulus_bits=args.modulus_bits)
+    rows = [measure(n, d, config, args.reps) for n in args.nodes]
+    ref = flower_reference(d, args.reps)
+    print(f"SecAgg+ crypto per round, {d:,} float32 params, ring Z_2^{args.modulus_bits}")
+    print(f"{'n':>3} {'what':<30} {'wall ms':>9} {'cpu ms':>9}")
+    for r in rows:
+        n = r["nodes"]
+        for k in r["node_ms"]:
+            print(f"{n:>3} node {k:<25} {r['node_ms'][k]:>9.2f} {r['node_cpu_ms'][k]:>9.2f}")
+        for k, v in r["masked_input_parts_ms"].items():
+            print(f"{n:>3}   masked_input: {k:<16} {v:>9.2f}")
+        total, cpu = r["node_total_ms"], r["node_total_cpu_ms"]
+        print(f"{n:>3} {'node total':<30} {total:>9.2f} {cpu:>9.2f}")
+        print(f"{n:>3} {'node total, best of runs':<30} {r['node_total_best_ms']:>9.2f}")
+        print(f"{n:>3} {'server unmask':<30} {r['server_unmask_ms']:>9.2f}")
+        if r["server_unmask_one_dropout_ms"] is not None:
+            drop_ms = r["server_unmask_one_dropout_ms"]
+            print(f"{n:>3} {'server unmask, 1 dropout':<30} {drop_ms:>9.2f}")
+        print(
+            f"{n:>3} upload {r['upload_bytes']:,} B vs float32 {r['float32_bytes']:,} B"
+            f" = {r['upload_ratio']:.5f}x"
+        )
+    print(
+        f"flwr pseudo_rand_gen (one mask): {ref['flwr_pseudo_rand_gen_ms']} ms; "
+        f"flwr quantize: {ref['flwr_quantize_ms']} ms"
+    )
+    summary = {
+        "bench": "secagg_crypto",
+        "rows": rows,
+        "flower_reference": ref,
+        "goals": {"node_total_ms": NODE_GOAL_MS, "upload_ratio": UPLOAD_GOAL},
+        "meets_node_goal": all(r["node_total_ms"] <= NODE_GOAL_MS for r in rows),
+        "meets_node_goal_cpu": all(r["node_total_cpu_ms"] <= NODE_GOAL_MS for r in rows),
+        "meets_upload_goal": all(r["upload_ratio"] <= UPLOAD_GOAL for r in rows),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
