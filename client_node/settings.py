@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lepton_fl.config import AccountantName
+from lepton_fl.config import AccountantName, describe_validation_error
 
 
 class NodeConfigError(ValueError):
@@ -127,10 +127,9 @@ def load_node_settings(path: Path) -> NodeSettings:
     try:
         settings = NodeSettings.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"[{'.'.join(str(p) for p in e['loc'])}] {e['msg']}" for e in err.errors()
-        )
-        raise NodeConfigError(f"The node config {path} has problems: {problems}.") from err
+        raise NodeConfigError(
+            f"The node config {path} has problems: {describe_validation_error(err)}."
+        ) from err
     settings = _resolve_paths(settings, base)
     _check_files(settings, path)
     return settings

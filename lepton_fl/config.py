@@ -149,7 +149,11 @@ def load_federation_spec(path: Path) -> FederationSpec:
     try:
         return FederationSpec.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"[{'.'.join(str(p) for p in e['loc'])}] {e['msg']}" for e in err.errors()
-        )
-        raise SpecError(f"The federation spec {path} has problems: {problems}.") from err
+        raise SpecError(
+            f"The federation spec {path} has problems: {describe_validation_error(err)}."
+        ) from err
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """Every problem pydantic found, each as `[section.field] message`, in one line."""
+    return "; ".join(f"[{'.'.join(str(p) for p in e['loc'])}] {e['msg']}" for e in err.errors())
