@@ -168,6 +168,59 @@ def node_start(
     raise typer.Exit(run_node(settings))
 
 
+@node_app.command("ledger")
+def node_ledger(
+    config: Annotated[Path, typer.Option(help="The node's node.toml.")],
+    delta: Annotated[float | None, typer.Option(help="Report at this delta.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the node's privacy ledger: every recorded round and the epsilon it supports."""
+    import json as json_lib
+
+    from client_node.ledger import Ledger
+    from client_node.settings import load_node_settings
+    from lepton_fl.privacy import epsilon_spent
+
+    settings = load_node_settings(config)
+    report_delta = delta if delta is not None else settings.privacy.max_delta
+    accountant = settings.privacy.accountant
+    with Ledger(settings.ledger_path, read_only=True) as ledger:
+        entries = ledger.entries(settings.dataset_id)
+    epsilon = epsilon_spent([e.step for e in entries], delta=report_delta, accountant=accountant)
+    report = {
+        "node": settings.node.name,
+        "dataset_id": settings.dataset_id,
+        "accountant": accountant,
+        "delta": report_delta,
+        "epsilon": epsilon,
+        "epsilon_budget": settings.privacy.epsilon_budget,
+        "history": [
+            {
+                "run_id": e.run_id,
+                "round": e.round,
+                "noise_multiplier": e.noise_multiplier,
+                "sample_rate": e.sample_rate,
+                "steps": e.steps,
+                "recorded_at": e.recorded_at,
+            }
+            for e in entries
+        ],
+    }
+    if as_json:
+        typer.echo(json_lib.dumps(report, indent=2))
+        return
+    typer.echo(
+        f"{settings.node.name} ({settings.dataset_id}): epsilon {epsilon:.3f} of "
+        f"{settings.privacy.epsilon_budget:g} at delta={report_delta:g} ({accountant.upper()}), "
+        f"{len(entries)} recorded rounds"
+    )
+    for e in entries:
+        typer.echo(
+            f"  run {e.run_id} round {e.round}: sigma={e.noise_multiplier:.4f} "
+            f"q={e.sample_rate:.4f} steps={e.steps}  ({e.recorded_at})"
+        )
+
+
 @certs_app.command("init")
 def certs_init(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the PKI.")],

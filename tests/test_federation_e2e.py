@@ -6,6 +6,7 @@ whose site budget is too small for any round, and one node whose key was never r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -191,3 +192,24 @@ def test_operator_submits_a_run_from_the_command_line(
     assert done.returncode == 0, done.stderr
     assert "round 1: participants" in done.stdout
     assert done.stdout.rstrip().endswith("finished")
+
+
+def test_node_ledger_command_reports_what_the_history_gives(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    node = cluster.nodes["site-b"]
+    done = subprocess.run(
+        lepton_command("node", "ledger", "--config", str(node.config_path), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    entries = _ledger_entries(node.ledger_path)
+    assert len(report["history"]) == len(entries) >= ROUNDS
+    recomputed = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
+    assert report["epsilon"] == pytest.approx(recomputed)
+    assert report["epsilon_budget"] == BUDGET

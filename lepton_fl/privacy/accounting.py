@@ -212,14 +212,10 @@ def rdp_epsilon_floor(
     noise goes below (about 0.103 at delta=1e-5 with Opacus's default orders). This
     asks Opacus for it by appending a zero-step entry, whose RDP is zero at every order.
     """
-    from opacus.accountants import RDPAccountant
-
     delta_value = check_delta(delta)
     rate = AccountantStep(1.0, sample_rate, 0).sample_rate  # validates it
     entries = [*opacus_history(history), (1.0, rate, 0)]
-    accountant = RDPAccountant()
-    accountant.history = entries
-    return max(0.0, float(accountant.get_epsilon(delta=delta_value)))
+    return max(0.0, _rdp_epsilon(entries, delta=delta_value))
 
 
 @functools.lru_cache(maxsize=4096)
