@@ -16,7 +16,7 @@ from types import FrameType
 import torch
 
 from client_node.ledger import Ledger
-from client_node.settings import NodeSettings
+from client_node.settings import NodeConfigError, NodeSettings
 from client_node.supernode import start_supernode
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
@@ -39,7 +39,13 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         seed=settings.data.seed,
         test_fraction=settings.data.test_fraction,
     )
-    device = resolve_device(settings.node.device)
+    try:
+        device = resolve_device(settings.node.device)
+    except ValueError as err:
+        raise NodeConfigError(
+            f"node.device = {settings.node.device!r} cannot be used on this machine: {err}.",
+            code="device_unavailable",
+        ) from err
     torch.set_num_threads(settings.node.torch_threads)
     ledger = Ledger(settings.ledger_path)
     trainer = NodeTrainer(settings=settings, split=split, ledger=ledger, device=device)

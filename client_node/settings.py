@@ -31,7 +31,7 @@ class _Section(BaseModel):
 class NodeSection(_Section):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     state_dir: Path
-    device: str = "auto"
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     torch_threads: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=1,
         description="CPU threads for torch. 1 is fastest for small models (measured 24x "

@@ -251,18 +251,20 @@ def certs_show(directory: Annotated[Path, typer.Option("--dir")]) -> None:
 
 
 def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int) -> SuperLinkSettings:
+    """The SuperLink needs only the CA certificate and its own certificate and key: the
+    CA's private key can stay off the coordinator host."""
     from coordinator.superlink import SuperLinkSettings
-    from lepton_fl.crypto import load_pki
 
-    pki = load_pki(pki_dir)
-    return SuperLinkSettings(
+    settings = SuperLinkSettings(
         data_dir=data_dir.resolve(),
-        ca_certificate=pki.ca_certificate,
-        server_certificate=pki.server_certificate,
-        server_key=pki.server_key,
+        ca_certificate=(pki_dir / "ca.pem").resolve(),
+        server_certificate=(pki_dir / "server.pem").resolve(),
+        server_key=(pki_dir / "server.key").resolve(),
         host=host,
         port=port,
     )
+    settings.check_files()
+    return settings
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ def test_settings_relative_paths_resolve_against_the_file(config: Path) -> None:
     [
         ('address = "127.0.0.1:9093"', 'address = "no-port"', "[superlink.address]"),
         ('name = "clinic"', 'name = "Clinic One"', "[node.name]"),
+        ('state_dir = "state"', 'state_dir = "state"\ndevice = "gpu"', "[node.device]"),
         ("epsilon_budget = 4.0", "epsilon_budget = 0", "[privacy.epsilon_budget]"),
         ('partition = "site-0-of-3"', "", "[data.partition]"),
         ("[auth]", "[auth]\nextra = 1", "[auth.extra]"),

@@ -4,7 +4,12 @@ The coordinator learns only the sum of a round's (clipped, fixed-point encoded) 
 the protocol survives dropouts.  See docs/secagg-threat-model.md.
 
 Server side: :class:`SecAggServer`; node side: :class:`SecAggNode`; both configured by a
-:class:`SecAggConfig` shared by the federation.
+:class:`SecAggConfig` shared by the federation.  These run four message waves per round
+with fresh keys every round.
+
+Per-run setup variant: :class:`SessionServer` / :class:`SessionNode` run a two-wave setup
+once per session of ``SecAggConfig.session_rounds`` rounds, then two waves per round
+(docs/secagg-threat-model.md, "Per-run setup").
 """
 
 from lepton_fl.secagg.config import RoundParams, SecAggConfig, masking_graph, resolve_round_params
@@ -28,8 +33,30 @@ from lepton_fl.secagg.messages import (
 )
 from lepton_fl.secagg.node import SecAggNode
 from lepton_fl.secagg.server import AggregateResult, SecAggServer
+from lepton_fl.secagg.session_messages import (
+    SETUP,
+    SessionAdvertiseKeysReply,
+    SessionAdvertiseKeysRequest,
+    SessionBinding,
+    SessionKeys,
+    SessionMaskedInputReply,
+    SessionMaskedInputRequest,
+    SessionParams,
+    SessionReply,
+    SessionRequest,
+    SessionShareKeysReply,
+    SessionShareKeysRequest,
+    SessionStage,
+    SessionUnmaskReply,
+    SessionUnmaskRequest,
+    resolve_session_params,
+    session_payload_bytes,
+)
+from lepton_fl.secagg.session_node import SessionNode
+from lepton_fl.secagg.session_server import SessionRoundResult, SessionServer
 
 __all__ = [
+    "SETUP",
     "AdvertiseKeysReply",
     "AdvertiseKeysRequest",
     "AggregateResult",
@@ -47,6 +74,23 @@ __all__ = [
     "SecAggError",
     "SecAggNode",
     "SecAggServer",
+    "SessionAdvertiseKeysReply",
+    "SessionAdvertiseKeysRequest",
+    "SessionBinding",
+    "SessionKeys",
+    "SessionMaskedInputReply",
+    "SessionMaskedInputRequest",
+    "SessionNode",
+    "SessionParams",
+    "SessionReply",
+    "SessionRequest",
+    "SessionRoundResult",
+    "SessionServer",
+    "SessionShareKeysReply",
+    "SessionShareKeysRequest",
+    "SessionStage",
+    "SessionUnmaskReply",
+    "SessionUnmaskRequest",
     "ShareKeysReply",
     "ShareKeysRequest",
     "Stage",
@@ -56,5 +100,7 @@ __all__ = [
     "masking_graph",
     "payload_bytes",
     "resolve_round_params",
+    "resolve_session_params",
+    "session_payload_bytes",
     "unflatten",
 ]

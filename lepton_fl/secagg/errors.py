@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     RECONSTRUCTION_FAILED = "reconstruction_failed"
     NON_FINITE_INPUT = "non_finite_input"
     BAD_STATE = "bad_state"
+    EXCLUDED = "excluded"
 
 
 class SecAggError(Exception):

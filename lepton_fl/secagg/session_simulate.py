@@ -1,0 +1,116 @@
+"""Run a whole session in one process: for tests, benchmarks and demos (no networking)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lepton_fl.secagg.config import SecAggConfig
+from lepton_fl.secagg.errors import SecAggError
+from lepton_fl.secagg.session_messages import (
+    SETUP,
+    SessionReply,
+    SessionRequest,
+    SessionStage,
+    SetupOrRound,
+)
+from lepton_fl.secagg.session_node import SessionNode
+from lepton_fl.secagg.session_server import SessionRoundResult, SessionServer
+
+DropPoint = tuple[SetupOrRound, SessionStage]
+"""Where a node goes silent for good: (``"setup"`` or a round, the stage it stops at)."""
+
+
+@dataclass(slots=True)
+class LocalSession:
+    """The server, the nodes, every request and reply, and the outcome of each round."""
+
+    server: SessionServer
+    nodes: dict[int, SessionNode]
+    results: list[SessionRoundResult] = field(default_factory=list)
+    error: SecAggError | None = None
+    requests: dict[tuple[SetupOrRound, SessionStage], dict[int, SessionRequest]] = field(
+        default_factory=dict
+    )
+    replies: list[SessionReply] = field(default_factory=list)
+    node_errors: dict[int, SecAggError] = field(default_factory=dict)
+
+
+def _silent_from(point: DropPoint | None, when: SetupOrRound, stage: SessionStage) -> bool:
+    """Whether a node that drops at ``point`` is silent at (``when``, ``stage``)."""
+    if point is None:
+        return False
+    order = list(SessionStage)
+
+    def key(w: SetupOrRound, s: SessionStage) -> tuple[int, int]:
+        return (0 if w == SETUP else int(w), order.index(s))
+
+    return key(when, stage) >= key(*point)
+
+
+def run_local_session(
+    config: SecAggConfig,
+    updates: Sequence[Mapping[int, NDArray[Any]]],
+    *,
+    run_id: str = "run",
+    session: int = 1,
+    drop_at: Mapping[int, DropPoint] | None = None,
+    graph_seed: bytes | None = None,
+) -> LocalSession:
+    """Set up a session and run ``len(updates)`` rounds (``updates[r - 1]`` for round r).
+
+    Node ``i`` stops answering for good at ``drop_at[i]``.  A node that refuses a request
+    (raises :class:`SecAggError`) leaves the session, as it would in a deployment.  A
+    server-side error ends the session: it is returned in ``error`` with the rounds done.
+    """
+    drops = dict(drop_at or {})
+    ids = sorted(updates[0])
+    length = int(np.asarray(updates[0][ids[0]]).size)
+    server = SessionServer(
+        run_id=run_id,
+        session=session,
+        config=config,
+        participants=ids,
+        vector_length=length,
+        graph_seed=graph_seed,
+    )
+    nodes = {i: SessionNode(node_id=i, run_id=run_id, session=session, config=config) for i in ids}
+    state = LocalSession(server, nodes)
+
+    def answer(when: SetupOrRound, stage: SessionStage, requests: Mapping[int, Any]) -> None:
+        state.requests[(when, stage)] = dict(requests)
+        for node_id, request in requests.items():
+            if node_id in state.node_errors or _silent_from(drops.get(node_id), when, stage):
+                continue
+            node = nodes[node_id]
+            try:
+                if stage is SessionStage.ADVERTISE_KEYS:
+                    reply: SessionReply = node.advertise_keys(request)
+                elif stage is SessionStage.SHARE_KEYS:
+                    reply = node.share_keys(request)
+                elif stage is SessionStage.MASKED_INPUT:
+                    assert isinstance(when, int)
+                    vec = np.asarray(updates[when - 1][node_id]).ravel()
+                    reply = node.masked_input(request, vec)
+                else:
+                    reply = node.unmask(request)
+            except SecAggError as exc:
+                state.node_errors[node_id] = exc
+                continue
+            state.replies.append(reply)
+            server.receive(reply)
+
+    try:
+        answer(SETUP, SessionStage.ADVERTISE_KEYS, server.advertise_keys_requests())
+        answer(SETUP, SessionStage.SHARE_KEYS, server.share_keys_requests())
+        for r in range(1, len(updates) + 1):
+            answer(r, SessionStage.MASKED_INPUT, server.masked_input_requests())
+            answer(r, SessionStage.UNMASK, server.unmask_requests())
+            state.results.append(server.finalize())
+    except SecAggError as exc:
+        state.error = exc
+    return state

@@ -1,0 +1,669 @@
+"""Static checks of deploy/: the two Dockerfiles, compose.yaml and the lepton-node Helm chart.
+
+Nothing here needs Docker, Compose or Helm: the files are parsed (PyYAML, tomllib, a small
+Dockerfile reader, a renderer for the few Go-template forms the chart's node.toml uses) and
+every `lepton` command they contain is checked against the real CLI's `--help`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from client_node.settings import NodeSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+README = DEPLOY / "README.md"
+CHART = DEPLOY / "helm" / "lepton-node"
+TEMPLATES = CHART / "templates"
+DOCKERFILES = {
+    "coordinator": DEPLOY / "coordinator.Dockerfile",
+    "node": DEPLOY / "node.Dockerfile",
+}
+EXPECTED_CMD = {
+    "coordinator": [
+        "coordinator",
+        "start",
+        "--data-dir",
+        "/var/lib/lepton/coordinator",
+        "--pki-dir",
+        "/etc/lepton/pki",
+        "--host",
+        "0.0.0.0",  # noqa: S104 (the container's interface; published on loopback only)
+        "--port",
+        "9093",
+    ],
+    "node": ["node", "start", "--config", "/etc/lepton/node.toml"],
+}
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+REGISTRY_HOSTS = ("pypi", "download.pytorch", "files.pythonhosted")
+PKI_FILES = ("ca.pem", "ca.key", "server.pem", "server.key")  # what load_pki requires
+LEPTON_GROUPS = ("coordinator", "node", "certs", "demo")
+NODE_STATE = "/var/lib/lepton/node"
+NODE_DATA = "/data"
+
+
+# -- Dockerfiles ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    value: str
+
+
+def _instructions(path: Path) -> list[Instruction]:
+    """Logical instructions: continuation lines joined, comments and blank lines dropped."""
+    result: list[Instruction] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, value = (pending + line).partition(" ")
+        result.append(Instruction(keyword.upper(), value.strip()))
+        pending = ""
+    assert not pending, f"{path} ends inside a continued instruction"
+    return result
+
+
+def _stages(path: Path) -> tuple[list[Instruction], list[list[Instruction]]]:
+    """(instructions before the first FROM, one list per stage starting with its FROM)."""
+    head: list[Instruction] = []
+    stages: list[list[Instruction]] = []
+    for ins in _instructions(path):
+        if ins.keyword == "FROM":
+            stages.append([ins])
+        elif stages:
+            stages[-1].append(ins)
+        else:
+            head.append(ins)
+    return head, stages
+
+
+def _arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
+    defaults: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "ARG" and "=" in ins.value:
+            name, _, value = ins.value.partition("=")
+            defaults[name] = value.strip().strip('"')
+    return defaults
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables[m.group(1) or m.group(2)], text)
+
+
+def _env(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "ENV":
+            for token in shlex.split(ins.value):
+                name, _, value = token.partition("=")
+                env[name] = value
+    return env
+
+
+def _final_stage(path: Path) -> tuple[dict[str, str], list[Instruction]]:
+    """The variables visible in the final stage (global and stage ARG defaults) and its body."""
+    head, stages = _stages(path)
+    return {**_arg_defaults(head), **_arg_defaults(stages[-1])}, stages[-1]
+
+
+def _one(stage: list[Instruction], keyword: str) -> Instruction:
+    found = [ins for ins in stage if ins.keyword == keyword]
+    assert len(found) == 1, f"expected one {keyword} in the final stage, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_is_multistage_on_python_311_slim(image: str) -> None:
+    head, stages = _stages(DOCKERFILES[image])
+    variables = _arg_defaults(head)
+    bases = [_expand(stage[0].value.split()[0], variables) for stage in stages]
+
+    assert bases[-1] == "python:3.11-slim"
+    assert bases.count("python:3.11-slim") >= 2, "build and runtime stages: multi-stage"
+    copies = [i.value for i in stages[-1] if i.keyword == "COPY"]
+    assert any(c.startswith("--from=build ") for c in copies), "runtime copies the build's venv"
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_runs_as_numeric_non_root_user(image: str) -> None:
+    variables, stage = _final_stage(DOCKERFILES[image])
+    users = [ins for ins in stage if ins.keyword == "USER"]
+
+    assert users, "the final stage has no USER line: the image would run as root"
+    user, _, group = _expand(users[-1].value, variables).partition(":")
+    assert user.isdigit(), "numeric, so that Kubernetes runAsNonRoot can verify it"
+    assert any('test "${LEPTON_UID}" != 0' in i.value for i in stage if i.keyword == "RUN")
+    assert int(user) != 0
+    assert not group or int(group) != 0
+    assert user == str(_values()["podSecurityContext"]["runAsUser"]), "the chart's runAsUser"
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_turns_flower_telemetry_off(image: str) -> None:
+    _, stage = _final_stage(DOCKERFILES[image])
+
+    env = _env(stage)
+
+    assert {k: env.get(k) for k in QUIET_ENV} == QUIET_ENV
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_installs_pinned_torch_before_the_project(image: str) -> None:
+    head, stages = _stages(DOCKERFILES[image])
+    build = next(s for s in stages if s[0].value.split()[-1] == "build")
+    runs = [i.value for i in build if i.keyword == "RUN"]
+    torch_step = next(i for i, run in enumerate(runs) if '"${TORCH_SPEC}"' in run)
+    project_step = next(i for i, run in enumerate(runs) if '".[demo]"' in run)
+
+    assert _arg_defaults(build)["TORCH_SPEC"] == "torch==2.13.0"
+    assert torch_step < project_step
+    for step in (runs[torch_step], runs[project_step]):
+        assert "--find-links /wheels" in step
+        assert "--index-url" not in step, "the index belongs to the build's pip configuration"
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_entrypoint_cmd_and_healthcheck(image: str) -> None:
+    _, stage = _final_stage(DOCKERFILES[image])
+
+    assert json.loads(_one(stage, "ENTRYPOINT").value) == ["lepton"]
+    assert json.loads(_one(stage, "CMD").value) == EXPECTED_CMD[image]
+    options, _, command = _one(stage, "HEALTHCHECK").value.partition("CMD ")
+    probe = json.loads(command)
+    assert probe[:2] == ["python", "-c"], "exec form: slim images need no shell tools"
+    compile(probe[2], "HEALTHCHECK", "exec")
+    assert ("AF_UNIX" if image == "node" else "create_connection") in probe[2]
+    assert "--interval=" in options
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_copies_only_allow_listed_sources_that_exist(image: str) -> None:
+    dockerfile = DOCKERFILES[image]
+    ignore = Path(f"{dockerfile}.dockerignore").read_text(encoding="utf-8").split("\n")
+    patterns = [p.strip() for p in ignore if p.strip() and not p.startswith("#")]
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    _, stages = _stages(dockerfile)
+    copies = [i.value.split() for s in stages for i in s if i.keyword == "COPY"]
+    sources = [src.rstrip("/") for c in copies if not c[0].startswith("--") for src in c[:-1]]
+
+    assert patterns[0] == "*", "allow-list: everything is excluded first"
+    assert not any("pki" in a or "venv" in a for a in allowed)
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+        assert source in allowed, f"COPY {source}: excluded by {dockerfile.name}.dockerignore"
+
+
+def test_only_the_node_image_has_a_data_directory() -> None:
+    coordinator = DOCKERFILES["coordinator"].read_text(encoding="utf-8")
+    _, node_stage = _final_stage(DOCKERFILES["node"])
+
+    assert f" {NODE_DATA}" not in coordinator
+    assert any(NODE_DATA in i.value for i in node_stage if i.keyword == "RUN")
+    volumes = [i.value for i in node_stage if i.keyword == "VOLUME"]
+    assert not any(NODE_DATA in v for v in volumes), "a VOLUME would default to writable"
+
+
+# -- compose.yaml --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+@functools.cache
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(_read(COMPOSE))
+    return loaded
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services
+
+
+def _node_services() -> list[str]:
+    return sorted(name for name in _services() if name != "coordinator")
+
+
+def _mounts(service: dict[str, Any]) -> list[Mount]:
+    mounts: list[Mount] = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts.append(
+                Mount(volume["source"], volume["target"], bool(volume.get("read_only", False)))
+            )
+        else:
+            source, target, *mode = volume.split(":")
+            mounts.append(Mount(source, target, bool(mode) and "ro" in mode[0].split(",")))
+    return mounts
+
+
+def _mount_at(service: dict[str, Any], target: str) -> Mount:
+    found = [m for m in _mounts(service) if m.target == target]
+    assert len(found) == 1, f"expected one mount at {target}, found {found}"
+    return found[0]
+
+
+def test_compose_has_a_coordinator_and_three_nodes_on_one_bridge_network() -> None:
+    networks = _compose()["networks"]
+
+    assert len(_node_services()) == 3
+    assert len(networks) == 1
+    (network,) = networks
+    assert networks[network].get("driver", "bridge") == "bridge"
+    for name, service in _services().items():
+        assert service["networks"] == [network], name
+        assert "network_mode" not in service, name
+
+
+def test_compose_publishes_only_the_coordinator_on_loopback() -> None:
+    coordinator = _services()["coordinator"]
+    ports = coordinator["ports"]
+
+    assert ports
+    for port in ports:
+        host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
+        assert host_ip == "127.0.0.1", f"coordinator port {port!r} is not on loopback only"
+    for name in _node_services():
+        assert "ports" not in _services()[name], f"node {name} publishes a port"
+
+
+@pytest.mark.parametrize("name", ["cleveland", "hungary", "va_long_beach"])
+def test_compose_node_mounts_its_own_config_key_state_and_read_only_data(name: str) -> None:
+    service = _services()[name]
+    config = _mount_at(service, "/etc/lepton/node.toml")
+    settings = NodeSettings.model_validate(tomllib.loads(_read(DEPLOY / config.source)))
+    mounts = {m.target: m for m in _mounts(service)}
+    key = mounts[str(settings.auth.private_key)]
+    state = mounts[str(settings.node.state_dir)]
+    named_volumes = set(_compose()["volumes"])
+
+    assert settings.node.name == name
+    assert settings.superlink.address.rpartition(":")[0] == "coordinator"
+    assert config.read_only
+    assert key.read_only
+    assert key.source == f"./pki/nodes/{name}", "each node mounts its own private key"
+    assert mounts[str(settings.superlink.root_certificates)].read_only
+    assert mounts[NODE_DATA].read_only, "the node's data must be mounted read-only"
+    assert state.source in named_volumes
+    assert not state.read_only
+    assert str(settings.node.state_dir) == NODE_STATE, "the image's healthcheck socket path"
+    for mount in mounts.values():
+        assert Path(mount.source).name not in ("ca.key", "server.key")
+
+
+def test_compose_nodes_do_not_share_state_config_or_keys() -> None:
+    per_node = [_mounts(_services()[name]) for name in _node_services()]
+
+    for target in (NODE_STATE, "/etc/lepton/node.toml", "/etc/lepton/pki/node.key", NODE_DATA):
+        sources = [next(m.source for m in mounts if m.target == target) for mounts in per_node]
+        assert len(set(sources)) == len(sources), f"nodes share {target}"
+
+
+def test_compose_coordinator_gets_its_pki_but_no_node_private_key_and_no_data() -> None:
+    coordinator = _services()["coordinator"]
+    command = coordinator["command"]
+    pki_dir = command[command.index("--pki-dir") + 1]
+    mounts = _mounts(coordinator)
+
+    for name in PKI_FILES:
+        assert _mount_at(coordinator, f"{pki_dir}/{name}").read_only
+    for mount in mounts:
+        if "/nodes/" in mount.source:
+            assert mount.source.endswith(".pub"), f"coordinator mounts {mount.source}"
+        assert mount.target != NODE_DATA
+    for name in _node_services():
+        assert f"{pki_dir}/nodes/{name}.pub" in {m.target for m in mounts}
+
+
+def test_compose_commands_match_the_images() -> None:
+    for name, service in _services().items():
+        image = "coordinator" if name == "coordinator" else "node"
+        assert service["command"] == EXPECTED_CMD[image], name
+        assert service["build"]["dockerfile"] == f"deploy/{image}.Dockerfile"
+
+
+# -- Helm chart ----------------------------------------------------------------------------
+
+
+def _values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(_read(CHART / "values.yaml"))
+    return values
+
+
+def _skeleton(template: Path) -> dict[str, Any]:
+    """The template as YAML, with every `if` branch kept and each action replaced by X."""
+    lines = []
+    for line in _read(template).splitlines():
+        if re.fullmatch(r"\s*\{\{.*\}\}\s*", line):
+            continue
+        lines.append(re.sub(r"\{\{.*?\}\}", "X", line))
+    loaded: dict[str, Any] = yaml.safe_load("\n".join(lines))
+    return loaded
+
+
+def _lookup(values: dict[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _go_print(value: Any) -> str:
+    """What text/template prints for a value parsed from YAML (numbers are float64 in Helm)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    if isinstance(value, str):
+        return value
+    raise AssertionError(f"unexpected value {value!r} in node.toml")
+
+
+_FILTERS: dict[str, Callable[[Any], str]] = {
+    "quote": lambda v: json.dumps(_go_print(v)),
+    "int": lambda v: str(int(v)),
+    "toJson": json.dumps,
+}
+
+
+def _render_node_toml(values: dict[str, Any]) -> str:
+    """Render configmap.yaml's node.toml for `values`; only the forms the chart uses."""
+    text = _read(TEMPLATES / "configmap.yaml")
+    block = text.split("  node.toml: |\n", 1)[1]
+    body = "\n".join(line.removeprefix("    ") for line in block.splitlines())
+    body = re.sub(r"\s*\{\{-", "{{", body)
+    body = re.sub(r"-\}\}\s*", "}}", body)
+    body = re.sub(
+        r"\{\{ if \.Values\.([\w.]+) \}\}(.*?)\{\{ end \}\}",
+        lambda m: m.group(2) if _lookup(values, m.group(1)) else "",
+        body,
+        flags=re.DOTALL,
+    )
+
+    def action(match: re.Match[str]) -> str:
+        ref, *filters = (part.strip() for part in match.group(1).split("|"))
+        path = re.fullmatch(r"\.Values\.([\w.]+)", ref)
+        assert path is not None, f"unsupported template action {{{{{match.group(1)}}}}}"
+        value = _lookup(values, path.group(1))
+        for name in filters:
+            value = _FILTERS[name](value)
+        return _go_print(value)
+
+    return re.sub(r"\{\{(.*?)\}\}", action, body)
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load(_read(CHART / "Chart.yaml"))
+
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "lepton-node"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    assert chart["appVersion"]
+    for name in ("Chart.yaml", "values.yaml"):
+        assert (CHART / name).is_file()
+    for name in ("deployment.yaml", "configmap.yaml", "pvc.yaml", "_helpers.tpl", "NOTES.txt"):
+        assert (TEMPLATES / name).is_file()
+
+
+@pytest.mark.parametrize("dataset_id", ["", "heart_disease:cleveland-2024"])
+def test_chart_node_toml_has_every_section_and_validates(dataset_id: str) -> None:
+    values = _values()
+    values["data"]["datasetId"] = dataset_id
+    required = {name for name, field in NodeSettings.model_fields.items() if field.is_required()}
+
+    raw = tomllib.loads(_render_node_toml(values))
+    settings = NodeSettings.model_validate(raw)
+
+    assert required == {"node", "data", "privacy", "superlink", "auth"}
+    assert required <= set(raw)
+    assert settings.node.name == values["node"]["name"]
+    assert settings.privacy.max_delta == pytest.approx(values["privacy"]["maxDelta"])
+    assert settings.privacy.federations == tuple(values["privacy"]["federations"])
+    assert settings.data.dataset_id == (dataset_id or None)
+
+
+def test_chart_node_toml_paths_are_the_pods_mounts() -> None:
+    settings = NodeSettings.model_validate(tomllib.loads(_render_node_toml(_values())))
+    pod = _skeleton(TEMPLATES / "deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    items = {i["path"] for i in volumes["auth"]["secret"]["items"]}
+
+    assert str(settings.node.state_dir) == mounts["state"]["mountPath"]
+    assert "persistentVolumeClaim" in volumes["state"]
+    for path in (settings.superlink.root_certificates, settings.auth.private_key):
+        assert str(path.parent) == mounts["auth"]["mountPath"]
+        assert path.name in items
+    assert mounts["config"]["mountPath"] == "/etc/lepton/node.toml"
+
+
+def test_chart_mounts_data_read_only_and_secrets_by_reference() -> None:
+    pod = _skeleton(TEMPLATES / "deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    templates = "\n".join(_read(p) for p in TEMPLATES.iterdir())
+
+    assert mounts["data"]["readOnly"] is True
+    assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True
+    assert mounts["auth"]["readOnly"] is True
+    assert mounts["config"]["readOnly"] is True
+    assert "secretName" in volumes["auth"]["secret"]
+    assert "kind: Secret" not in templates, "the chart must not create key material"
+    assert "PRIVATE KEY" not in templates + _read(CHART / "values.yaml")
+    assert "ports" not in container, "a node listens on nothing outside its pod"
+    assert {e["name"]: e["value"] for e in container["env"]} == QUIET_ENV
+    assert container["args"] == EXPECTED_CMD["node"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_chart_values_run_non_root_with_read_only_root_and_requests() -> None:
+    values = _values()
+    pod, container = values["podSecurityContext"], values["securityContext"]
+
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] != 0
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(values["resources"]["requests"])
+    assert "nodeSelector" in values
+    assert "tolerations" in values
+    assert values["node"]["device"] == "auto"
+    assert values["auth"]["existingSecret"] == "", "key material is never a value"
+    assert values["dataVolume"]["mountPath"] == NODE_DATA
+
+
+def test_chart_deploys_exactly_one_pod() -> None:
+    spec = _skeleton(TEMPLATES / "deployment.yaml")["spec"]
+
+    assert spec["replicas"] == 1, "one node key and one ledger: never two pods"
+    assert spec["strategy"]["type"] == "Recreate"
+
+
+# -- every `lepton` command used or documented exists -------------------------------------
+
+
+def _lepton() -> str:
+    beside = Path(sys.executable).with_name("lepton")
+    found = str(beside) if beside.exists() else shutil.which("lepton")
+    assert found, "the lepton command is not installed"
+    return found
+
+
+@functools.cache
+def _help(path: tuple[str, ...]) -> str:
+    done = subprocess.run(
+        [_lepton(), *path, "--help"],
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"`lepton {' '.join(path)}` does not exist: {done.stderr}"
+    assert f"Usage: lepton {' '.join(path)} " in " ".join(done.stdout.split())
+    return done.stdout
+
+
+def _shell_lines(text: str) -> list[str]:
+    """Lines with backslash continuations joined."""
+    return re.sub(r"\\\n", " ", text).splitlines()
+
+
+def _lepton_calls(line: str) -> list[list[str]]:
+    """The argument lists of `lepton GROUP ...` in one shell line (up to a shell operator)."""
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError:
+        return []
+    calls = []
+    for i, token in enumerate(tokens[:-1]):
+        if Path(token).name == "lepton" and tokens[i + 1] in LEPTON_GROUPS:
+            rest = []
+            for arg in tokens[i + 1 :]:
+                if arg in ("|", "||", "&&", ";", ">", "2>"):
+                    break
+                rest.append(arg)
+            calls.append(rest)
+    return calls
+
+
+def _documented_calls() -> list[tuple[str, list[str]]]:
+    calls: list[tuple[str, list[str]]] = []
+    for image, dockerfile in DOCKERFILES.items():
+        _, stage = _final_stage(dockerfile)
+        calls.append((f"{image}.Dockerfile CMD", json.loads(_one(stage, "CMD").value)))
+        for ins in _instructions(dockerfile):
+            if ins.keyword == "RUN":
+                calls += [(f"{image}.Dockerfile RUN", c) for c in _lepton_calls(ins.value)]
+    for name, service in _services().items():
+        calls.append((f"compose {name}", service["command"]))
+    comments = "\n".join(
+        line.lstrip("# ") for line in _read(COMPOSE).splitlines() if line.startswith("#")
+    )
+    helm = re.search(r"args: (\[.*\])", _read(TEMPLATES / "deployment.yaml"))
+    assert helm is not None
+    calls.append(("helm deployment args", json.loads(helm.group(1))))
+    blocks = re.findall(r"```(?:bash|console|sh)?\n(.*?)```", _read(README), flags=re.DOTALL)
+    notes = re.sub(r"\{\{.*?\}\}", "X", _read(TEMPLATES / "NOTES.txt"))
+    for source, text in (("compose comments", comments), ("README", "\n".join(blocks))):
+        for line in _shell_lines(text):
+            calls += [(source, c) for c in _lepton_calls(line)]
+    for line in _shell_lines(notes):
+        calls += [("NOTES.txt", c) for c in _lepton_calls(line)]
+    return calls
+
+
+DOCUMENTED_CALLS = _documented_calls()
+
+
+def test_documented_calls_cover_every_file_kind() -> None:
+    sources = {source.split()[0] for source, _ in DOCUMENTED_CALLS}
+    paths = {tuple(args[:2]) for _, args in DOCUMENTED_CALLS}
+
+    assert {"coordinator.Dockerfile", "node.Dockerfile", "compose", "helm"} <= sources
+    assert {"README", "NOTES.txt"} <= sources
+    for path in (("coordinator", "register-node"), ("coordinator", "run"), ("certs", "init")):
+        assert path in paths
+
+
+@pytest.mark.parametrize(
+    ("source", "args"),
+    DOCUMENTED_CALLS,
+    ids=[f"{source}: {' '.join(args[:2])}" for source, args in DOCUMENTED_CALLS],
+)
+def test_lepton_subcommand_and_flags_exist(source: str, args: list[str]) -> None:
+    path = tuple(args[:1]) if args[0] == "demo" else tuple(args[:2])
+    assert len(path) == 1 or not path[1].startswith("-"), f"{source}: no subcommand in {args}"
+
+    text = _help(path)
+
+    for arg in args[len(path) :]:
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (
+                f"{source}: `lepton {' '.join(path)}` has no option {flag}"
+            )
+
+
+def test_documented_pki_commands_name_every_address_and_node() -> None:
+    inits = [(src, args) for src, args in DOCUMENTED_CALLS if args[:2] == ["certs", "init"]]
+
+    assert {src for src, _ in inits} >= {"README", "compose comments"}
+    for source, args in inits:
+        pairs = set(zip(args, args[1:], strict=False))
+        assert ("--host", "coordinator") in pairs, f"{source}: nodes dial coordinator:9093"
+        assert ("--host", "127.0.0.1") in pairs, (
+            f"{source}: bound on 0.0.0.0, the SuperLink's own SuperExec dials 127.0.0.1"
+        )
+        for name in _node_services():
+            assert ("--node", name) in pairs, f"{source}: no key for node {name}"
+
+
+def test_readme_pki_command_creates_every_file_compose_mounts(tmp_path: Path) -> None:
+    args = next(a for src, a in DOCUMENTED_CALLS if src == "README" and a[:2] == ["certs", "init"])
+    args = [str(tmp_path / "pki") if a == "deploy/pki" else a for a in args]
+    mounted = {
+        m.source.removeprefix("./pki/")
+        for service in _services().values()
+        for m in _mounts(service)
+        if m.source.startswith("./pki/")
+    }
+
+    done = subprocess.run([_lepton(), *args], capture_output=True, text=True, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert mounted, "compose mounts nothing from ./pki"
+    for name in sorted(mounted):
+        assert (tmp_path / "pki" / name).is_file(), f"compose mounts ./pki/{name}: not created"
+    sans = re.search(r"SANs: (.*)", done.stdout)
+    assert sans is not None
+    assert {"coordinator", "127.0.0.1"} <= set(sans.group(1).split(", "))
+
+
+# -- no package-registry host anywhere in deploy/ -----------------------------------------
+
+
+def test_no_file_under_deploy_names_a_package_registry_host() -> None:
+    offenders = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file() or "pki" in path.relative_to(DEPLOY).parts:
+            continue
+        text = path.read_bytes().decode("utf-8", errors="ignore").lower()
+        offenders += [f"{path.relative_to(ROOT)}: {h}" for h in REGISTRY_HOSTS if h in text]
+
+    assert offenders == []
