@@ -17,7 +17,8 @@
 # The coordinator never trains, so the build refuses a CUDA torch build.
 #
 # Run (see deploy/README.md): state volume at /var/lib/lepton/coordinator, the PKI files
-# (ca.pem, ca.key, server.pem, server.key; node *.pub only) read-only under /etc/lepton/pki.
+# (ca.pem, server.pem, server.key; node *.pub only; never ca.key) read-only under
+# /etc/lepton/pki.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -228,18 +228,39 @@ def certs_init(
     host: Annotated[
         list[str] | None, typer.Option(help="A SuperLink host name or IP; repeatable.")
     ] = None,
+    valid_days: Annotated[int, typer.Option(min=1, max=3650)] = 30,
     overwrite: bool = False,
 ) -> None:
-    """Create a CA, the SuperLink's server certificate and one key pair per node."""
+    """Create a CA, the SuperLink's server certificate and one key pair per node.
+
+    --host replaces the default SANs (127.0.0.1, localhost): list every name and address the
+    nodes and the coordinator itself use to reach the SuperLink.
+    """
     from lepton_fl.crypto import create_pki, describe_pki
 
     paths = create_pki(
         directory,
         node_names=node,
         hosts=tuple(host or ("127.0.0.1", "localhost")),
+        valid_days=valid_days,
         overwrite=overwrite,
     )
     typer.echo(describe_pki(paths))
+
+
+@certs_app.command("node-key")
+def certs_node_key(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the node keeps its keys.")],
+    node: Annotated[str, typer.Option(help="The node's name.")],
+    overwrite: bool = False,
+) -> None:
+    """Create one node's key pair at its site: only the .pub file goes to the coordinator."""
+    from lepton_fl.crypto import create_node_key, node_public_key_fingerprint
+
+    paths = create_node_key(directory, node, overwrite=overwrite)
+    typer.echo(f"private key (stays here): {paths.private_key}")
+    typer.echo(f"public key (send to the coordinator): {paths.public_key}")
+    typer.echo(f"SHA-256 fingerprint: {node_public_key_fingerprint(paths.public_key)}")
 
 
 @certs_app.command("show")

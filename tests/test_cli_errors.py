@@ -112,3 +112,15 @@ def test_coordinator_missing_pki_says_how_to_make_one(tmp_path: Path) -> None:
         "coordinator", "start", "--data-dir", str(tmp_path), "--pki-dir", str(tmp_path / "none")
     )
     _assert_user_error(done, "lepton certs init")
+
+
+def test_certs_node_key_is_made_once_and_named_safely(tmp_path: Path) -> None:
+    made = _lepton("certs", "node-key", "--dir", str(tmp_path), "--node", "clinic")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "nodes" / "clinic.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+    again = _lepton("certs", "node-key", "--dir", str(tmp_path), "--node", "clinic")
+    _assert_user_error(again, "already exists", "--overwrite")
+
+    upper = _lepton("certs", "node-key", "--dir", str(tmp_path), "--node", "Clinic")
+    _assert_user_error(upper, "lower-case")

@@ -53,7 +53,7 @@ EXPECTED_CMD = {
 }
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 REGISTRY_HOSTS = ("pypi", "download.pytorch", "files.pythonhosted")
-PKI_FILES = ("ca.pem", "ca.key", "server.pem", "server.key")  # what load_pki requires
+PKI_FILES = ("ca.pem", "server.pem", "server.key")  # what `coordinator start` reads
 LEPTON_GROUPS = ("coordinator", "node", "certs", "demo")
 NODE_STATE = "/var/lib/lepton/node"
 NODE_DATA = "/data"
@@ -338,6 +338,7 @@ def test_compose_coordinator_gets_its_pki_but_no_node_private_key_and_no_data() 
 
     for name in PKI_FILES:
         assert _mount_at(coordinator, f"{pki_dir}/{name}").read_only
+    assert all(not m.source.endswith("ca.key") for m in mounts), "the CA key stays off"
     for mount in mounts:
         if "/nodes/" in mount.source:
             assert mount.source.endswith(".pub"), f"coordinator mounts {mount.source}"

@@ -77,7 +77,8 @@ _SERVER_COMMON_NAME: Final = "Lepton FL SuperLink"
 _ORGANIZATION: Final = "Lepton FL"
 _INIT_HINT: Final = "run `lepton certs init` to create the PKI"
 
-_NODE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
+# The same rule as node.toml's [node].name, so every key name is a valid node name.
+_NODE_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _DNS_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 # Curves and hashes: P-384 everywhere (Flower's own choice for node keys), SHA-384 signatures.
@@ -134,8 +135,8 @@ def _validate_node_name(name: str) -> str:
     if not isinstance(name, str) or _NODE_NAME_RE.fullmatch(name) is None:
         raise PKIError(
             "invalid_node_name",
-            f"invalid node name {name!r}: use 1-63 characters from letters, digits, "
-            "'-' and '_' (e.g. 'hospital-a')",
+            f"invalid node name {name!r}: use 1-63 lower-case letters, digits, '-' and '_', "
+            "starting with a letter or digit (e.g. 'hospital-a')",
         )
     return name
 
@@ -253,7 +254,9 @@ def _write_file(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
         fd = os.open(target, flags, mode)
     except FileExistsError as err:
         raise PKIError(
-            "pki_exists", f"{path} already exists: remove it or pass overwrite=True"
+            "pki_exists",
+            f"{path} already exists: remove it, or pass overwrite=True "
+            "(--overwrite on the command line)",
         ) from err
     try:
         os.fchmod(fd, mode)
@@ -289,7 +292,8 @@ def _refuse_existing_pki(paths: PKIPaths) -> None:
             "pki_exists",
             f"PKI directory {paths.directory} already holds {existing[0].name}: refusing to "
             "replace it (SuperNodes trust the old CA and the SuperLink knows the old node "
-            "keys). Choose another directory, or pass overwrite=True to replace it.",
+            "keys). Choose another directory, or pass overwrite=True (--overwrite on the "
+            "command line) to replace it.",
         )
 
 
@@ -422,7 +426,8 @@ def create_node_key(directory: Path, name: str, *, overwrite: bool = False) -> N
         raise PKIError(
             "node_key_exists",
             f"node key {paths.private_key} already exists: keep it (it may be registered "
-            "with the SuperLink), or pass overwrite=True and register the new key",
+            "with the SuperLink), or pass overwrite=True (--overwrite on the command line) "
+            "and register the new key",
         )
     _ensure_private_directory(Path(directory))
     _ensure_nodes_directory(paths.private_key.parent)
