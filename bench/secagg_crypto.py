@@ -1,24 +1,27 @@
 """SecAgg+ crypto cost per round at 1M float32 parameters, with Flower's blocks for reference.
 
-Node side, per node and round (median over nodes and repetitions): key generation (two
-fresh X25519 pairs every round), sharing (Shamir + AES-GCM encryption of shares),
-masked input (decryption of received shares, encoding, mask expansion with AES-CTR and
-masking), unmask answer.  Server side: unmasking (reconstruction + mask removal +
-decoding), with no dropout and with one dropout after sharing.  Bytes a node uploads
-(keys, encrypted shares, commitment, masked vector, unmask shares) are compared with a
-plain float32 upload.  Reference: Flower's ``pseudo_rand_gen`` (np.random.RandomState seeded
-from 32 bits) and ``quantize`` for the same vector, imported from flwr, not copied.
+One protocol (``SecAggServer`` / ``SecAggNode``), measured two ways.
 
-Session variant (``"session"`` in the JSON; per-run setup, 2 waves per round): setup
-cost per node once per session (key generation for c and s^(1..R); Shamir + AES-GCM of
-the shares of every round) reported apart from the per-round node cost (masked input +
-unmask; the first round also decrypts the forwarded setup shares, reported apart), the
-server's unmasking per round (no dropout, and one dropout at wave A of round 2), and the
-bytes a node uploads per round and at setup, against a float32 upload.
+Per-round figures (``"rows"`` in the JSON): sessions of one round (``session_rounds=1``,
+i.e. fresh keys and four waves every round). Node side, per node and round (median over
+nodes and repetitions): key generation (two fresh X25519 pairs every round), sharing (Shamir
++ AES-GCM encryption of shares), masked input (decryption of received shares, encoding, mask
+expansion with AES-CTR and masking), unmask answer. Server side: unmasking (reconstruction +
+mask removal + decoding), with no dropout and with one dropout after sharing. Bytes a node
+uploads (keys, encrypted shares, commitment, masked vector, unmask shares) are compared with
+a plain float32 upload. Reference: Flower's ``pseudo_rand_gen`` (np.random.RandomState
+seeded from 32 bits) and ``quantize`` for the same vector, imported from flwr, not copied.
+
+Multi-round sessions (``"session"`` in the JSON; ``--session-rounds`` R, 2 setup waves then
+2 waves per round): setup cost per node once per session (key generation for c and s^(1..R);
+Shamir + AES-GCM of the shares of every round) reported apart from the per-round node cost
+(masked input + unmask; the first round also decrypts the forwarded setup shares, reported
+apart), the server's unmasking per round (no dropout, and one dropout at wave A of round 2),
+and the bytes a node uploads per round and at setup, against a float32 upload.
 
 Times are medians of wall clock and of thread CPU time, plus the best (minimum) wall time:
-on a shared host the CPU time and the best run are the better estimates of the cost.
-Prints a table, then one JSON object on the last line.
+on a shared host the CPU time and the best run are the better estimates of the cost. Prints
+a table, then one JSON object on the last line.
     .venv/bin/python bench/secagg_crypto.py [--params 1000000] [--reps 3] [--nodes 3 10]
         [--session-rounds 5]
 """
@@ -37,17 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from lepton_fl.secagg import (
-    Reply,
-    SecAggConfig,
-    SecAggNode,
-    SecAggServer,
-    SessionNode,
-    SessionReply,
-    SessionServer,
-    payload_bytes,
-    session_payload_bytes,
-)
+from lepton_fl.secagg import Reply, SecAggConfig, SecAggNode, SecAggServer, payload_bytes
 from lepton_fl.secagg.crypto import expand_mask
 from lepton_fl.secagg.encoding import encode
 
@@ -67,46 +60,20 @@ def clock(sink: Timings, key: str) -> Iterator[None]:
 def one_round(
     n: int, d: int, config: SecAggConfig, rep: int, drop: int | None
 ) -> tuple[Timings, Timings, list[int]]:
-    """Run one round; return node timings, server timings and each node's upload bytes."""
-    node_t: Timings = defaultdict(list)
-    srv_t: Timings = defaultdict(list)
-    rng = np.random.default_rng(rep)
-    ids = list(range(1, n + 1))
-    updates = {i: rng.normal(0, 0.05, d).astype(np.float32) for i in ids}
-    server = SecAggServer(
-        run_id="bench", round=rep, config=config, participants=ids, vector_length=d
-    )
-    nodes: dict[int, SecAggNode] = {}
-    upload: dict[int, int] = defaultdict(int)
-
-    def send(i: int, reply: Reply) -> None:
-        upload[i] += payload_bytes(reply)
-        server.receive(reply)
-
-    advertise = server.advertise_keys_requests()
-    for i in ids:
-        with clock(node_t, "keygen"):
-            nodes[i] = SecAggNode(node_id=i, run_id="bench", round=rep, config=config)
-            advertised = nodes[i].advertise_keys(advertise[i])
-        send(i, advertised)
-    for i, share_req in server.share_keys_requests().items():
-        with clock(node_t, "share_keys"):
-            shared = nodes[i].share_keys(share_req)
-        send(i, shared)
-    for i, masked_req in server.masked_input_requests().items():
-        if i == drop:
-            continue
-        with clock(node_t, "masked_input"):
-            masked = nodes[i].masked_input(masked_req, updates[i])
-        send(i, masked)
-    for i, unmask_req in server.unmask_requests().items():
-        with clock(node_t, "unmask"):
-            answer = nodes[i].unmask(unmask_req)
-        send(i, answer)
-    with clock(srv_t, "unmask_dropout" if drop else "unmask"):
-        result = server.finalize()
-    assert len(result.survivors) == n - (1 if drop else 0)
-    return node_t, srv_t, [upload[i] for i in ids if i != drop]
+    """Run a one-round session (``session_rounds=1``: fresh keys, four waves); node ``drop``
+    misses the masked input.  Return node timings, server timings and upload bytes per node.
+    """
+    single = dataclasses.replace(config, session_rounds=1)
+    nt, srv_t, up = one_session(n, d, single, rep, drop, drop_round=1)
+    names = {
+        "setup_keygen": "keygen",
+        "setup_share_keys": "share_keys",
+        "first_masked_input": "masked_input",
+        "first_unmask": "unmask",
+    }
+    node_t: Timings = defaultdict(list, {names[k]: v for k, v in nt.items()})
+    uploads = [a + b for a, b in zip(up["setup"], up["first_round"], strict=False)]
+    return node_t, srv_t, uploads
 
 
 def components(n: int, d: int, config: SecAggConfig) -> Timings:
@@ -191,9 +158,10 @@ def measure(n: int, d: int, config: SecAggConfig, reps: int) -> dict[str, Any]:
 
 
 def one_session(
-    n: int, d: int, config: SecAggConfig, rep: int, drop: int | None
+    n: int, d: int, config: SecAggConfig, rep: int, drop: int | None, *, drop_round: int = 2
 ) -> tuple[Timings, Timings, dict[str, list[int]]]:
-    """Run one session of ``config.session_rounds`` rounds; node ``drop`` misses round 2.
+    """Run one session of ``config.session_rounds`` rounds; node ``drop`` misses round
+    ``drop_round``.
 
     Returns node timings (setup, first round, later rounds), server unmask timings and
     upload bytes per node: at setup, in the first round, in each later round.
@@ -202,14 +170,14 @@ def one_session(
     srv_t: Timings = defaultdict(list)
     rng = np.random.default_rng(rep)
     ids = list(range(1, n + 1))
-    server = SessionServer(
+    server = SecAggServer(
         run_id="bench", session=rep, config=config, participants=ids, vector_length=d
     )
-    nodes: dict[int, SessionNode] = {}
+    nodes: dict[int, SecAggNode] = {}
     upload: dict[int, int] = defaultdict(int)
 
-    def send(i: int, reply: SessionReply) -> None:
-        upload[i] += session_payload_bytes(reply)
+    def send(i: int, reply: Reply) -> None:
+        upload[i] += payload_bytes(reply)
         server.receive(reply)
 
     def take_uploads() -> list[int]:
@@ -221,7 +189,7 @@ def one_session(
     advertise = server.advertise_keys_requests()
     for i in ids:
         with clock(node_t, "setup_keygen"):
-            nodes[i] = SessionNode(node_id=i, run_id="bench", session=rep, config=config)
+            nodes[i] = SecAggNode(node_id=i, run_id="bench", session=rep, config=config)
             advertised = nodes[i].advertise_keys(advertise[i])
         send(i, advertised)
     for i, share_req in server.share_keys_requests().items():
@@ -233,7 +201,7 @@ def one_session(
         stage = "first_" if r == 1 else ""
         updates = {i: rng.normal(0, 0.05, d).astype(np.float32) for i in ids}
         for i, masked_req in server.masked_input_requests().items():
-            if i == drop and r == 2:
+            if i == drop and r == drop_round:
                 continue
             with clock(node_t, f"{stage}masked_input"):
                 masked = nodes[i].masked_input(masked_req, updates[i])
@@ -242,7 +210,7 @@ def one_session(
             with clock(node_t, f"{stage}unmask"):
                 answer = nodes[i].unmask(unmask_req)
             send(i, answer)
-        dropout = drop is not None and r == 2
+        dropout = drop is not None and r == drop_round
         with clock(srv_t, "unmask_dropout" if dropout else "unmask"):
             result = server.finalize()
         assert len(result.survivors) == len(result.active) - (1 if dropout else 0)
@@ -344,7 +312,7 @@ def main() -> None:
         f"flwr pseudo_rand_gen (one mask): {ref['flwr_pseudo_rand_gen_ms']} ms; "
         f"flwr quantize: {ref['flwr_quantize_ms']} ms"
     )
-    print(f"Session variant (per-run setup, {args.session_rounds} rounds, 2 + 2/round waves)")
+    print(f"Sessions of {args.session_rounds} rounds (2 setup waves, then 2 waves per round)")
     for r in session_rows:
         n = r["nodes"]
         for k in r["node_ms"]:
@@ -378,6 +346,7 @@ def main() -> None:
         "meets_node_goal": all(r["node_total_ms"] <= NODE_GOAL_MS for r in rows),
         "meets_node_goal_cpu": all(r["node_total_cpu_ms"] <= NODE_GOAL_MS for r in rows),
         "meets_upload_goal": all(r["upload_ratio"] <= UPLOAD_GOAL for r in rows),
+        "rows_session_rounds": 1,
         "session": {
             "rounds": args.session_rounds,
             "rows": session_rows,

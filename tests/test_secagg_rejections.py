@@ -1,4 +1,5 @@
-"""Every refusal of the protocol: the round completes exactly or fails with a coded error."""
+"""Every refusal of the protocol in a one-round session (``session_rounds=1``): the round
+completes exactly or fails with a coded error."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from lepton_fl.secagg import (
 )
 from lepton_fl.secagg.encoding import encode, reduce
 
-CONFIG = SecAggConfig(clipping_range=1.0)
+CONFIG = SecAggConfig(clipping_range=1.0, session_rounds=1)
 
 
 class Round:
@@ -38,18 +39,18 @@ class Round:
         ids: tuple[int, ...] = (1, 2, 3, 4, 5),
         *,
         run_id: str = "run-A",
-        round: int = 1,
+        session: int = 1,
         config: SecAggConfig = CONFIG,
         length: int = 16,
     ) -> None:
-        rng = np.random.default_rng(round)
+        rng = np.random.default_rng(session)
         self.ids = ids
         self.updates = {i: rng.uniform(-1, 1, length).astype(np.float32) for i in ids}
         self.server = SecAggServer(
-            run_id=run_id, round=round, config=config, participants=ids, vector_length=length
+            run_id=run_id, session=session, config=config, participants=ids, vector_length=length
         )
         self.nodes = {
-            i: SecAggNode(node_id=i, run_id=run_id, round=round, config=config) for i in ids
+            i: SecAggNode(node_id=i, run_id=run_id, session=session, config=config) for i in ids
         }
         self.replies: dict[Stage, dict[int, Any]] = {}
 
@@ -125,18 +126,19 @@ def full_round(**kwargs: Any) -> Round:
 
 
 @pytest.mark.parametrize(
-    ("run_id", "round"), [("run-A", 1), ("run-B", 2)], ids=["other-round", "other-run"]
+    ("run_id", "session"), [("run-A", 1), ("run-B", 2)], ids=["other-run", "other-session"]
 )
-def test_replayed_message_from_another_round_or_run_is_rejected(run_id: str, round: int) -> None:
-    old = full_round(run_id=run_id, round=round)
-    fresh = Round(run_id="run-B", round=1)
+def test_replayed_message_from_another_session_or_run_is_rejected(
+    run_id: str, session: int
+) -> None:
+    old = full_round(run_id=run_id, session=session)
+    fresh = Round(run_id="run-B", session=1)
     request_for_4 = fresh.server.advertise_keys_requests()[4]
     rejection = fresh.server.receive(old.replies[Stage.ADVERTISE_KEYS][4])
     assert rejection is not None
     assert rejection.code is ErrorCode.BINDING_MISMATCH
     # The sender is dropped: even its genuine reply is refused now.
     fresh.advertise(skip=(4,))
-    assert 4 not in fresh.server.advertise_keys_requests()
     genuine = fresh.nodes[4].advertise_keys(request_for_4)
     assert fresh.server.receive(genuine) is not None
     result = fresh.run_rest(Stage.ADVERTISE_KEYS)
@@ -176,9 +178,9 @@ def test_duplicate_reply_in_the_same_stage_is_a_replay() -> None:
     r.assert_exact(result)
 
 
-def test_node_refuses_a_request_from_another_round() -> None:
-    old = Round(round=7)
-    node = SecAggNode(node_id=1, run_id="run-A", round=8, config=CONFIG)
+def test_node_refuses_a_request_from_another_session() -> None:
+    old = Round(session=7)
+    node = SecAggNode(node_id=1, run_id="run-A", session=8, config=CONFIG)
     with pytest.raises(SecAggError) as err:
         node.advertise_keys(old.server.advertise_keys_requests()[1])
     assert err.value.code is ErrorCode.BINDING_MISMATCH
@@ -258,14 +260,20 @@ def test_node_refuses_to_reveal_both_masks_of_one_node() -> None:
 
 def test_fewer_than_three_participants_are_refused() -> None:
     with pytest.raises(SecAggError) as err:
-        SecAggServer(run_id="r", round=1, config=CONFIG, participants=(1, 2), vector_length=4)
+        SecAggServer(run_id="r", session=1, config=CONFIG, participants=(1, 2), vector_length=4)
     assert err.value.code is ErrorCode.TOO_FEW_PARTICIPANTS
     with pytest.raises(SecAggError) as err:
         SecAggConfig(min_participants=2)
     assert err.value.code is ErrorCode.INVALID_CONFIG
     r = Round(ids=(1, 2, 3))
     req = r.server.advertise_keys_requests()[1]
-    two = dataclasses.replace(req, params=dataclasses.replace(req.params, participants=(1, 2)))
+    sp = req.session_params
+    two = dataclasses.replace(
+        req,
+        session_params=dataclasses.replace(
+            sp, params=dataclasses.replace(sp.params, participants=(1, 2))
+        ),
+    )
     with pytest.raises(SecAggError) as err:
         r.nodes[1].advertise_keys(two)
     assert err.value.code is ErrorCode.TOO_FEW_PARTICIPANTS
@@ -282,7 +290,7 @@ def test_two_survivors_of_three_are_refused() -> None:
 
 
 def test_fewer_than_threshold_survivors_are_refused() -> None:
-    r = Round(ids=(1, 2, 3, 4, 5, 6), config=SecAggConfig(threshold=5))
+    r = Round(ids=(1, 2, 3, 4, 5, 6), config=dataclasses.replace(CONFIG, threshold=5))
     r.advertise()
     r.send(r.share())
     r.send(r.masked(skip=(2, 6)))
@@ -294,12 +302,12 @@ def test_fewer_than_threshold_survivors_are_refused() -> None:
 
 def test_threshold_below_a_majority_is_refused() -> None:
     with pytest.raises(SecAggError) as err:
-        Round(ids=(1, 2, 3, 4, 5, 6), config=SecAggConfig(threshold=3))
+        Round(ids=(1, 2, 3, 4, 5, 6), config=dataclasses.replace(CONFIG, threshold=3))
     assert err.value.code is ErrorCode.UNSAFE_THRESHOLD
 
 
 def test_too_few_unmask_answers_fail_loudly() -> None:
-    r = Round(ids=(1, 2, 3, 4, 5, 6), config=SecAggConfig(threshold=5))
+    r = Round(ids=(1, 2, 3, 4, 5, 6), config=dataclasses.replace(CONFIG, threshold=5))
     r.advertise()
     r.send(r.share())
     r.send(r.masked())
@@ -378,11 +386,22 @@ def test_nan_input_is_refused() -> None:
     with pytest.raises(SecAggError) as err:
         encode(np.array([np.nan]), clipping_range=1.0, levels=100, modulus_bits=32)
     assert err.value.code is ErrorCode.NON_FINITE_INPUT
+    r = Round()
+    r.advertise()
+    r.send(r.share())
+    req = r.server.masked_input_requests()[1]
+    r.updates[1][3] = np.nan
+    with pytest.raises(SecAggError) as err:
+        r.nodes[1].masked_input(req, r.updates[1])
+    assert err.value.code is ErrorCode.NON_FINITE_INPUT
+    assert r.nodes[1].failed
 
 
 def test_node_refuses_parameters_outside_its_policy() -> None:
     r = Round()
-    looser = SecAggNode(node_id=1, run_id="run-A", round=1, config=SecAggConfig(clipping_range=9.0))
+    looser = SecAggNode(
+        node_id=1, run_id="run-A", session=1, config=dataclasses.replace(CONFIG, clipping_range=9.0)
+    )
     with pytest.raises(SecAggError) as err:
         looser.advertise_keys(r.server.advertise_keys_requests()[1])
     assert err.value.code is ErrorCode.PARAMS_MISMATCH
@@ -393,7 +412,7 @@ def test_node_refuses_an_altered_copy_of_its_own_key() -> None:
     r.advertise()
     req = r.server.share_keys_requests()[1]
     keys = dict(req.public_keys)
-    keys[1] = PublicKeys(enc=keys[2].enc, mask=keys[1].mask)
+    keys[1] = PublicKeys(enc=keys[2].enc, masks=keys[1].masks)
     with pytest.raises(SecAggError) as err:
         r.nodes[1].share_keys(dataclasses.replace(req, public_keys=keys))
     assert err.value.code is ErrorCode.BAD_KEY
@@ -404,7 +423,8 @@ def test_stages_run_once_and_in_order() -> None:
     r.advertise()
     with pytest.raises(SecAggError) as err:
         r.nodes[1].masked_input(
-            MaskedInputRequest(Binding("run-A", 1, Stage.MASKED_INPUT), 1, {}), r.updates[1]
+            MaskedInputRequest(Binding("run-A", 1, 1, Stage.MASKED_INPUT), 1, r.ids, (), {}),
+            r.updates[1],
         )
     assert err.value.code is ErrorCode.BAD_STATE
     with pytest.raises(SecAggError) as err:
@@ -416,7 +436,7 @@ def test_low_order_public_key_is_rejected() -> None:
     r = Round()
     reqs = r.server.advertise_keys_requests()
     replies = {i: r.nodes[i].advertise_keys(reqs[i]) for i in reqs}
-    replies[3] = dataclasses.replace(replies[3], keys=PublicKeys(enc=bytes(32), mask=bytes(32)))
+    replies[3] = dataclasses.replace(replies[3], keys=PublicKeys(enc=bytes(32), masks=(bytes(32),)))
     rejection = r.server.receive(replies.pop(3))
     assert rejection is not None
     assert rejection.code is ErrorCode.BAD_KEY

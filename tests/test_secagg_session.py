@@ -1,4 +1,4 @@
-"""SecAgg+ with a per-run setup: 2 setup waves per session, then 2 waves per round.
+"""SecAgg+ sessions of several rounds: 2 setup waves per session, then 2 waves per round.
 
 Exact sums under dropouts over several rounds (real crypto, no mocks), exclusion of dropped
 nodes on both sides, binding, and uniformity of a later round's masked vector.
@@ -23,28 +23,27 @@ from test_secagg_uniformity import (
 
 from lepton_fl.secagg import (
     SETUP,
+    AggregateResult,
+    Binding,
     ErrorCode,
+    MaskedInputReply,
     SecAggConfig,
     SecAggError,
-    SessionBinding,
-    SessionMaskedInputReply,
-    SessionNode,
-    SessionRoundResult,
-    SessionServer,
-    SessionStage,
-    SessionUnmaskReply,
+    SecAggNode,
+    SecAggServer,
+    Stage,
+    UnmaskReply,
     resolve_session_params,
     shamir,
 )
 from lepton_fl.secagg.config import RoundParams, is_connected, masking_graph
 from lepton_fl.secagg.crypto import expand_mask, private_key_from_bytes
-from lepton_fl.secagg.derive import int_to_secret, pair_seed, self_seed
+from lepton_fl.secagg.derive import int_to_secret, pair_seed, round_context, self_seed
 from lepton_fl.secagg.encoding import encode, reduce
-from lepton_fl.secagg.session_derive import session_round_context
-from lepton_fl.secagg.session_simulate import DropPoint, run_local_session
+from lepton_fl.secagg.simulate import DropPoint, run_local_session
 
 SEED = bytes(range(32))
-A, B = SessionStage.MASKED_INPUT, SessionStage.UNMASK
+A, B = Stage.MASKED_INPUT, Stage.UNMASK
 
 
 def encoded_sum(
@@ -63,7 +62,7 @@ def encoded_sum(
     return reduce(total, modulus_bits=params.modulus_bits)
 
 
-def check_exact(result: SessionRoundResult, updates: dict[int, NDArray[Any]]) -> None:
+def check_exact(result: AggregateResult, updates: dict[int, NDArray[Any]]) -> None:
     """The unmasked ring sum equals the plaintext sum of the survivors' encodings."""
     expect = encoded_sum(result.params, updates, result.survivors)
     np.testing.assert_array_equal(result.encoded_sum, expect[:-1])
@@ -80,21 +79,19 @@ def expected_session(
     graph = masking_graph(params)
     t, need = params.threshold, params.min_survivors
 
-    def silent(i: int, when: int, stage: SessionStage) -> bool:
+    def silent(i: int, when: int, stage: Stage) -> bool:
         point = drops.get(i)
         if point is None:
             return False
         at = 0 if point[0] == SETUP else int(point[0])
-        order = list(SessionStage)
+        order = list(Stage)
         return (when, order.index(stage)) >= (at, order.index(point[1]))
 
-    u1 = {i for i in params.participants if not silent(i, 0, SessionStage.ADVERTISE_KEYS)}
+    u1 = {i for i in params.participants if not silent(i, 0, Stage.ADVERTISE_KEYS)}
     if len(u1) < need:
         return [], ErrorCode.TOO_FEW_SURVIVORS
     active = {
-        i
-        for i in u1
-        if not silent(i, 0, SessionStage.SHARE_KEYS) and len((graph[i] & u1) | {i}) >= t
+        i for i in u1 if not silent(i, 0, Stage.SHARE_KEYS) and len((graph[i] & u1) | {i}) >= t
     }
     if len(active) < need:
         return [], ErrorCode.TOO_FEW_SURVIVORS
@@ -148,8 +145,8 @@ def sessions(draw: st.DrawFn) -> Case:
         for _ in range(rounds)
     ]
     points: list[DropPoint] = [
-        (SETUP, SessionStage.ADVERTISE_KEYS),
-        (SETUP, SessionStage.SHARE_KEYS),
+        (SETUP, Stage.ADVERTISE_KEYS),
+        (SETUP, Stage.SHARE_KEYS),
     ]
     points += [(r, stage) for r in range(1, rounds + 1) for stage in (A, B)]
     dropped = draw(st.lists(st.sampled_from(ids), unique=True, max_size=n // 2 + 1))
@@ -170,7 +167,8 @@ def test_every_round_is_the_exact_sum_of_its_survivors_and_dropped_nodes_never_r
     event(f"rounds done: {len(survivors)}/{config.session_rounds}; error: {error}")
     for point in set(drops.values()):
         event(f"dropout at {point[0]}/{point[1].value}")
-    assert state.node_errors == {}
+    # Only a node left with fewer than t share holders at setup refuses (itself) to go on.
+    assert all(e.code is ErrorCode.TOO_FEW_HOLDERS for e in state.node_errors.values())
     assert [set(res.survivors) for res in state.results] == survivors
     if error is None:
         assert state.error is None
@@ -213,7 +211,7 @@ class Driver:
             r: {i: rng.uniform(-1, 1, length).astype(np.float32) for i in ids}
             for r in range(1, rounds + 1)
         }
-        self.server = SessionServer(
+        self.server = SecAggServer(
             run_id=run_id,
             session=session,
             config=self.config,
@@ -221,7 +219,7 @@ class Driver:
             vector_length=length,
         )
         self.nodes = {
-            i: SessionNode(node_id=i, run_id=run_id, session=session, config=self.config)
+            i: SecAggNode(node_id=i, run_id=run_id, session=session, config=self.config)
             for i in ids
         }
 
@@ -235,7 +233,7 @@ class Driver:
         share_reqs = self.server.share_keys_requests()
         self.send({i: self.nodes[i].share_keys(q) for i, q in share_reqs.items()})
 
-    def masked(self, skip: tuple[int, ...] = ()) -> dict[int, SessionMaskedInputReply]:
+    def masked(self, skip: tuple[int, ...] = ()) -> dict[int, MaskedInputReply]:
         self.masked_requests = self.server.masked_input_requests()
         r = self.server.round
         return {
@@ -244,15 +242,13 @@ class Driver:
             if i not in skip
         }
 
-    def unmask(self, skip: tuple[int, ...] = ()) -> dict[int, SessionUnmaskReply]:
+    def unmask(self, skip: tuple[int, ...] = ()) -> dict[int, UnmaskReply]:
         self.unmask_requests = self.server.unmask_requests()
         return {
             i: self.nodes[i].unmask(q) for i, q in self.unmask_requests.items() if i not in skip
         }
 
-    def round(
-        self, drop_a: tuple[int, ...] = (), drop_b: tuple[int, ...] = ()
-    ) -> SessionRoundResult:
+    def round(self, drop_a: tuple[int, ...] = (), drop_b: tuple[int, ...] = ()) -> AggregateResult:
         self.send(self.masked(skip=drop_a))
         self.unmask_replies = self.unmask(skip=drop_b)
         self.send(self.unmask_replies)
@@ -369,7 +365,7 @@ def test_key_reconstructed_in_round_2_does_not_unmask_round_1() -> None:
     params = d.server.params
     unmask_2 = d.unmask_replies
 
-    def rebuild(replies: dict[int, SessionUnmaskReply], kind: str) -> bytes:
+    def rebuild(replies: dict[int, UnmaskReply], kind: str) -> bytes:
         shares = {
             params.share_index(h): shamir.from_bytes(
                 (rep.self_mask_shares if kind == "b" else rep.mask_key_shares)[5]
@@ -382,7 +378,7 @@ def test_key_reconstructed_in_round_2_does_not_unmask_round_1() -> None:
 
     b1 = rebuild(unmask_1, "b")
     s2 = private_key_from_bytes(rebuild(unmask_2, "s"))
-    ctx = session_round_context("run-A", 1, 1)
+    ctx = round_context("run-A", 1, 1)
     keys = d.server._keys
     bits = params.modulus_bits
 
@@ -419,11 +415,9 @@ def test_round_2_masked_vector_is_uniform_and_input_independent(modulus_bits: in
         assert state.error is None
         assert state.results[0].dropped == (4,)
         (reply,) = (
-            r
-            for r in state.replies
-            if r.sender == 1 and r.binding == SessionBinding("run", 1, 2, A)
+            r for r in state.replies if r.sender == 1 and r.binding == Binding("run", 1, 2, A)
         )
-        assert isinstance(reply, SessionMaskedInputReply)
+        assert isinstance(reply, MaskedInputReply)
         views.append(top_bits(reply.masked[:-1], modulus_bits=modulus_bits, bits=bits))
     df = (1 << bits) - 1
     assert uniformity_statistic(views[0]) < chi2_critical(df)
@@ -436,13 +430,13 @@ def test_round_2_masked_vector_is_uniform_and_input_independent(modulus_bits: in
 
 def test_setup_and_round_bindings_are_distinct() -> None:
     encodings = {
-        SessionBinding("r", 1, SETUP, SessionStage.SHARE_KEYS).to_bytes(),
-        SessionBinding("r", 1, 0, SessionStage.SHARE_KEYS).to_bytes(),
-        SessionBinding("r", 2, SETUP, SessionStage.SHARE_KEYS).to_bytes(),
-        SessionBinding("r", 1, 1, A).to_bytes(),
-        SessionBinding("r", 1, 2, A).to_bytes(),
-        SessionBinding("r", 1, 1, B).to_bytes(),
-        SessionBinding("s", 1, 1, A).to_bytes(),
+        Binding("r", 1, SETUP, Stage.SHARE_KEYS).to_bytes(),
+        Binding("r", 1, 0, Stage.SHARE_KEYS).to_bytes(),
+        Binding("r", 2, SETUP, Stage.SHARE_KEYS).to_bytes(),
+        Binding("r", 1, 1, A).to_bytes(),
+        Binding("r", 1, 2, A).to_bytes(),
+        Binding("r", 1, 1, B).to_bytes(),
+        Binding("s", 1, 1, A).to_bytes(),
     }
     assert len(encodings) == 7
 
@@ -545,14 +539,14 @@ def test_active_set_below_the_minimum_ends_the_session_with_a_code() -> None:
 
 
 def test_node_refuses_parameters_that_differ_from_its_policy() -> None:
-    server = SessionServer(
+    server = SecAggServer(
         run_id="r",
         session=1,
         config=SecAggConfig(session_rounds=5),
         participants=(1, 2, 3),
         vector_length=4,
     )
-    node = SessionNode(node_id=1, run_id="r", session=1, config=SecAggConfig(session_rounds=4))
+    node = SecAggNode(node_id=1, run_id="r", session=1, config=SecAggConfig(session_rounds=4))
     with pytest.raises(SecAggError) as err:
         node.advertise_keys(server.advertise_keys_requests()[1])
     assert err.value.code is ErrorCode.PARAMS_MISMATCH

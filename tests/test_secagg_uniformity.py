@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from lepton_fl.secagg import MaskedInputReply, SecAggConfig, Stage
 from lepton_fl.secagg.encoding import encode
-from lepton_fl.secagg.simulate import run_local_round
+from lepton_fl.secagg.simulate import run_local_session
 
 ALPHA = 1e-6
 Z_ALPHA = 4.753424  # upper 1e-6 quantile of the standard normal
@@ -62,14 +62,15 @@ def top_bits(words: NDArray[Any], *, modulus_bits: int, bits: int) -> NDArray[An
 
 def masked_view(value: float, *, length: int, modulus_bits: int, round: int = 1) -> NDArray[Any]:
     """What the server receives from node 1 when its update is ``value`` everywhere."""
-    config = SecAggConfig(clipping_range=1.0, modulus_bits=modulus_bits)
+    config = SecAggConfig(clipping_range=1.0, modulus_bits=modulus_bits, session_rounds=1)
     rng = np.random.default_rng(round)
     updates = {
         1: np.full(length, value, dtype=np.float32),
         2: rng.uniform(-1, 1, length).astype(np.float32),
         3: rng.uniform(-1, 1, length).astype(np.float32),
     }
-    _, state = run_local_round(config, updates, round=round)
+    state = run_local_session(config, [updates], session=round)
+    assert state.error is None
     (reply,) = (r for r in state.replies if r.sender == 1 and r.binding.stage is Stage.MASKED_INPUT)
     assert isinstance(reply, MaskedInputReply)
     masked: NDArray[Any] = reply.masked

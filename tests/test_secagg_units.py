@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lepton_fl.secagg import (
+    SETUP,
     Binding,
     SecAggConfig,
     Stage,
@@ -139,11 +141,14 @@ def test_odd_degree_is_rounded_up_to_even() -> None:
 
 
 def test_binding_encoding_is_unambiguous() -> None:
+    rounds: list[int | Literal["setup"]] = [SETUP, 1, 12, 2]
     encodings = {
-        Binding(run, rnd, stage).to_bytes()
-        for run, rnd, stage in itertools.product(["a", "a1", "1"], [1, 12, 2], list(Stage))
+        Binding(run, session, rnd, stage).to_bytes()
+        for run, session, rnd, stage in itertools.product(
+            ["a", "a1", "1"], [1, 12, 2], rounds, list(Stage)
+        )
     }
-    assert len(encodings) == 3 * 3 * 4
+    assert len(encodings) == 3 * 3 * 4 * 4
 
 
 def test_flatten_roundtrip() -> None:

@@ -4,18 +4,17 @@ The coordinator learns only the sum of a round's (clipped, fixed-point encoded) 
 the protocol survives dropouts.  See docs/secagg-threat-model.md.
 
 Server side: :class:`SecAggServer`; node side: :class:`SecAggNode`; both configured by a
-:class:`SecAggConfig` shared by the federation.  These run four message waves per round
-with fresh keys every round.
-
-Per-run setup variant: :class:`SessionServer` / :class:`SessionNode` run a two-wave setup
-once per session of ``SecAggConfig.session_rounds`` rounds, then two waves per round
-(docs/secagg-threat-model.md, "Per-run setup").
+:class:`SecAggConfig` shared by the federation.  One session of
+``SecAggConfig.session_rounds`` (R) rounds runs a two-wave setup once (advertise keys,
+share keys), then two waves per round (masked input, unmask).  With ``session_rounds=1``
+this is the classic four-wave SecAgg+ round with fresh keys.
 """
 
 from lepton_fl.secagg.config import RoundParams, SecAggConfig, masking_graph, resolve_round_params
 from lepton_fl.secagg.encoding import EncodingStats, flatten, unflatten
 from lepton_fl.secagg.errors import ErrorCode, Rejection, SecAggError
 from lepton_fl.secagg.messages import (
+    SETUP,
     AdvertiseKeysReply,
     AdvertiseKeysRequest,
     Binding,
@@ -24,36 +23,17 @@ from lepton_fl.secagg.messages import (
     PublicKeys,
     Reply,
     Request,
+    SessionParams,
     ShareKeysReply,
     ShareKeysRequest,
     Stage,
     UnmaskReply,
     UnmaskRequest,
     payload_bytes,
+    resolve_session_params,
 )
 from lepton_fl.secagg.node import SecAggNode
 from lepton_fl.secagg.server import AggregateResult, SecAggServer
-from lepton_fl.secagg.session_messages import (
-    SETUP,
-    SessionAdvertiseKeysReply,
-    SessionAdvertiseKeysRequest,
-    SessionBinding,
-    SessionKeys,
-    SessionMaskedInputReply,
-    SessionMaskedInputRequest,
-    SessionParams,
-    SessionReply,
-    SessionRequest,
-    SessionShareKeysReply,
-    SessionShareKeysRequest,
-    SessionStage,
-    SessionUnmaskReply,
-    SessionUnmaskRequest,
-    resolve_session_params,
-    session_payload_bytes,
-)
-from lepton_fl.secagg.session_node import SessionNode
-from lepton_fl.secagg.session_server import SessionRoundResult, SessionServer
 
 __all__ = [
     "SETUP",
@@ -74,23 +54,7 @@ __all__ = [
     "SecAggError",
     "SecAggNode",
     "SecAggServer",
-    "SessionAdvertiseKeysReply",
-    "SessionAdvertiseKeysRequest",
-    "SessionBinding",
-    "SessionKeys",
-    "SessionMaskedInputReply",
-    "SessionMaskedInputRequest",
-    "SessionNode",
     "SessionParams",
-    "SessionReply",
-    "SessionRequest",
-    "SessionRoundResult",
-    "SessionServer",
-    "SessionShareKeysReply",
-    "SessionShareKeysRequest",
-    "SessionStage",
-    "SessionUnmaskReply",
-    "SessionUnmaskRequest",
     "ShareKeysReply",
     "ShareKeysRequest",
     "Stage",
@@ -101,6 +65,5 @@ __all__ = [
     "payload_bytes",
     "resolve_round_params",
     "resolve_session_params",
-    "session_payload_bytes",
     "unflatten",
 ]

@@ -15,8 +15,9 @@ Defaults (see docs/secagg-threat-model.md):
 * Fixed point: a value in [-c, c] becomes ``round(x * L / c)`` with
   ``L = (2**(modulus_bits - 1) - 1) // n`` levels per side, so the sum of all n
   participants never wraps in the ring Z_(2**modulus_bits).
-* ``session_rounds`` (R): rounds planned per session of the per-run setup variant
-  (``SessionServer`` / ``SessionNode``); the per-round protocol ignores it.
+* ``session_rounds`` (R): rounds planned per session (``SecAggServer`` /
+  ``SecAggNode``): one two-wave setup, then two waves per round; 1 gives fresh keys
+  every round.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lepton_fl.secagg.errors import ErrorCode, SecAggError
 
 GRAPH_SEED_BYTES = 32
 MAX_NODE_ID = 2**64 - 1  # Flower node ids are unsigned 64-bit
-MAX_SESSION_ROUNDS = 10_000  # per-run setup: shares of 2 secrets per round go to each holder
+MAX_SESSION_ROUNDS = 10_000  # shares of 2 secrets per round go to each holder
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,7 +45,7 @@ class SecAggConfig:
     min_participants: int = 3
     min_quantization_levels: int = 1024
     complete_graph_up_to: int = 32
-    session_rounds: int = 1  # rounds R planned per session (per-run setup variant only)
+    session_rounds: int = 1  # rounds R planned per session (1: fresh keys every round)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clipping_range) and self.clipping_range > 0):

@@ -1,11 +1,13 @@
-"""The protocol's key schedule: every derived key is bound to run, round and node ids."""
+"""The protocol's key schedule: every derived key is bound to run, session, round or setup,
+and node ids.
+"""
 
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from lepton_fl.secagg.crypto import agree, commit, derive_key
-from lepton_fl.secagg.messages import Binding, Stage
+from lepton_fl.secagg.messages import SETUP, Binding, Stage
 
 SECRET_BYTES = 32
 
@@ -14,22 +16,32 @@ def _ids(*ids: int) -> bytes:
     return b"".join(i.to_bytes(8, "big") for i in ids)
 
 
-def round_context(run_id: str, round: int) -> bytes:
-    """Context bytes for keys that live for one round of one run."""
-    return Binding(run_id, round, Stage.MASKED_INPUT).to_bytes()
+def round_context(run_id: str, session: int, round: int) -> bytes:
+    """Context bytes of the mask seeds and commitments of one round of one session."""
+    return Binding(run_id, session, round, Stage.MASKED_INPUT).to_bytes()
+
+
+def share_binding(run_id: str, session: int) -> Binding:
+    """The binding under which setup shares are encrypted (setup wave 2)."""
+    return Binding(run_id, session, SETUP, Stage.SHARE_KEYS)
 
 
 def share_key(
-    enc_private: X25519PrivateKey, peer_enc_public: bytes, *, binding: Binding, src: int, dst: int
+    enc_private: X25519PrivateKey,
+    peer_enc_public: bytes,
+    *,
+    binding: Binding,
+    src: int,
+    dst: int,
 ) -> bytes:
-    """The AES-GCM key for shares sent from ``src`` to ``dst`` (one key per direction)."""
-    info = b"lepton-secagg/v1/share-key" + binding.to_bytes() + _ids(src, dst)
+    """The AES-GCM key for setup shares sent from ``src`` to ``dst`` (one key per direction)."""
+    info = b"lepton-secagg/v1/session-share-key" + binding.to_bytes() + _ids(src, dst)
     return derive_key(agree(enc_private, peer_enc_public), info=info)
 
 
 def share_aad(*, binding: Binding, src: int, dst: int) -> bytes:
-    """Associated data of an encrypted share: run, round, stage, sender and recipient."""
-    return b"lepton-secagg/v1/share-aad" + binding.to_bytes() + _ids(src, dst)
+    """Associated data of an encrypted setup share: run, session, stage, sender, recipient."""
+    return b"lepton-secagg/v1/session-share-aad" + binding.to_bytes() + _ids(src, dst)
 
 
 def pair_seed(

@@ -1,73 +1,123 @@
-"""Typed protocol messages.  Every message carries its binding and its sender or recipient.
+"""Typed SecAgg+ messages.  Every message carries its binding and its sender or recipient.
 
-Stages run in order: ``advertise_keys`` -> ``share_keys`` -> ``masked_input`` -> ``unmask``.
-Requests go from the server to one node (``recipient``), replies from one node
-(``sender``) to the server.
+A session runs two setup waves once (``session_advertise_keys``, ``session_share_keys``)
+and then two waves per planned round (``session_masked_input``, ``session_unmask``).
+Every message is bound to (run, session, round or ``"setup"``, stage); see
+docs/secagg-threat-model.md, "Sessions of several rounds".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from lepton_fl.secagg.config import RoundParams
+from lepton_fl.secagg.config import RoundParams, SecAggConfig, resolve_round_params
+
+SETUP: Final = "setup"
+SESSION_DOMAIN = b"lepton-secagg/v1/session"
+SetupOrRound = int | Literal["setup"]
 
 
 class Stage(StrEnum):
-    """The four protocol stages, in order."""
+    """The session's stages: two setup stages (once), two stages per round."""
 
-    ADVERTISE_KEYS = "advertise_keys"
-    SHARE_KEYS = "share_keys"
-    MASKED_INPUT = "masked_input"
-    UNMASK = "unmask"
+    ADVERTISE_KEYS = "session_advertise_keys"
+    SHARE_KEYS = "session_share_keys"
+    MASKED_INPUT = "session_masked_input"
+    UNMASK = "session_unmask"
+
+    @property
+    def is_setup(self) -> bool:
+        """Whether the stage belongs to the once-per-session setup."""
+        return self in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """What a message belongs to: a run, a round of it, and a stage of that round."""
+    """What a session message belongs to: run, session, round (or ``"setup"``) and stage."""
 
     run_id: str
-    round: int
+    session: int
+    round: SetupOrRound
     stage: Stage
 
     def to_bytes(self) -> bytes:
-        """Unambiguous encoding, used as KDF info and AEAD associated data."""
+        """Unambiguous, domain-separated encoding, used as KDF info and AEAD associated data."""
         run = self.run_id.encode()
         stage = self.stage.value.encode()
+        if self.round == SETUP:
+            when = b"S"
+        else:
+            when = b"R" + int(self.round).to_bytes(8, "big", signed=True)
         return (
-            len(run).to_bytes(4, "big")
+            SESSION_DOMAIN
+            + len(run).to_bytes(4, "big")
             + run
-            + self.round.to_bytes(8, "big", signed=True)
+            + self.session.to_bytes(8, "big", signed=True)
+            + when
             + len(stage).to_bytes(1, "big")
             + stage
         )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionParams:
+    """Public parameters of a session: the round parameters (fixed for the session) and R."""
+
+    params: RoundParams
+    rounds: int
+
+
+def resolve_session_params(
+    config: SecAggConfig,
+    *,
+    participants: Iterable[int],
+    vector_length: int,
+    graph_seed: bytes,
+) -> SessionParams:
+    """Derive a session's public parameters; raise :class:`SecAggError` if unsafe.
+
+    The masking graph, threshold and quantization are those of a round over all the
+    setup participants; they stay fixed for the whole session (fewer survivors can
+    only make the sum smaller, so it still never wraps).
+    """
+    params = resolve_round_params(
+        config, participants=participants, vector_length=vector_length, graph_seed=graph_seed
+    )
+    return SessionParams(params=params, rounds=config.session_rounds)
+
+
 @dataclass(frozen=True, slots=True)
 class PublicKeys:
-    """A node's two X25519 public keys: ``enc`` (c) for shares, ``mask`` (s) for masks."""
+    """A node's session public keys: ``enc`` (c) for shares, one mask key (s) per round."""
 
     enc: bytes
-    mask: bytes
+    masks: tuple[bytes, ...]
+
+    def mask(self, round: int) -> bytes:
+        """The mask-agreement public key of round ``round`` (1-based)."""
+        if not 1 <= round <= len(self.masks):
+            raise ValueError(f"No mask key for round {round}; the session has {len(self.masks)}.")
+        return self.masks[round - 1]
 
 
 @dataclass(frozen=True, slots=True)
 class AdvertiseKeysRequest:
-    """Server -> node: the round's public parameters; asks for fresh public keys."""
+    """Setup wave 1, server -> node: the session's parameters; asks for public keys."""
 
     binding: Binding
     recipient: int
-    params: RoundParams
+    session_params: SessionParams
 
 
 @dataclass(frozen=True, slots=True)
 class AdvertiseKeysReply:
-    """Node -> server: the node's public keys for this round."""
+    """Setup wave 1, node -> server: the node's public keys for the session."""
 
     binding: Binding
     sender: int
@@ -76,7 +126,7 @@ class AdvertiseKeysReply:
 
 @dataclass(frozen=True, slots=True)
 class ShareKeysRequest:
-    """Server -> node: the public keys of every node that advertised them."""
+    """Setup wave 2, server -> node: the public keys of every node that advertised them."""
 
     binding: Binding
     recipient: int
@@ -85,26 +135,31 @@ class ShareKeysRequest:
 
 @dataclass(frozen=True, slots=True)
 class ShareKeysReply:
-    """Node -> server: encrypted shares for each holder, and a commitment to the self-mask seed."""
+    """Setup wave 2, node -> server: per holder, encrypted shares for every round; and
+    commitments to the node's self-mask seeds b^(1..R)."""
 
     binding: Binding
     sender: int
     encrypted_shares: Mapping[int, bytes]
-    self_mask_commitment: bytes
+    self_mask_commitments: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class MaskedInputRequest:
-    """Server -> node: the encrypted shares addressed to it, keyed by their sender."""
+    """Round wave A, server -> node: the round's active set, the nodes excluded from the
+    session so far, and (first round only) the encrypted shares addressed to the node."""
 
     binding: Binding
     recipient: int
+    active: tuple[int, ...]
+    excluded: tuple[int, ...]
     encrypted_shares: Mapping[int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
 class MaskedInputReply:
-    """Node -> server: the masked, encoded update; senders whose shares it refused."""
+    """Round wave A, node -> server: the masked, encoded update; (first round only)
+    senders whose shares it refused."""
 
     binding: Binding
     sender: int
@@ -114,7 +169,8 @@ class MaskedInputReply:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest:
-    """Server -> node: survivors (reveal self-mask shares) and dropped nodes (mask-key shares)."""
+    """Round wave B, server -> node: the round's survivors (reveal b^(r) shares) and its
+    dropped nodes (reveal s^(r) shares)."""
 
     binding: Binding
     recipient: int
@@ -124,7 +180,7 @@ class UnmaskRequest:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskReply:
-    """Node -> server: the shares it holds for the requested nodes."""
+    """Round wave B, node -> server: the round's shares it holds for the requested nodes."""
 
     binding: Binding
     sender: int
@@ -144,13 +200,13 @@ REPLY_STAGE: dict[type[Any], Stage] = {
 
 
 def payload_bytes(message: Reply) -> int:
-    """Bytes of payload a reply carries (keys, ciphertexts, shares, vector), without framing."""
+    """Bytes of payload a session reply carries, without framing (as ``payload_bytes``)."""
     header = 8  # sender id; the binding is part of the transport's envelope
     if isinstance(message, AdvertiseKeysReply):
-        return header + len(message.keys.enc) + len(message.keys.mask)
+        return header + len(message.keys.enc) + sum(len(k) for k in message.keys.masks)
     if isinstance(message, ShareKeysReply):
         cts = sum(8 + len(ct) for ct in message.encrypted_shares.values())
-        return header + cts + len(message.self_mask_commitment)
+        return header + cts + sum(len(c) for c in message.self_mask_commitments)
     if isinstance(message, MaskedInputReply):
         return header + int(np.asarray(message.masked).nbytes) + 8 * len(message.rejected_senders)
     shares = list(message.self_mask_shares.values()) + list(message.mask_key_shares.values())

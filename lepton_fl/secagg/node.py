@@ -1,4 +1,14 @@
-"""The node half of SecAgg+: one object per node per round, with fresh keys every round."""
+"""The node half of SecAgg+: one object per node per session (R rounds; R = 1: one round).
+
+Setup (once): ``advertise_keys`` then ``share_keys``.  Each round r = 1..R:
+``masked_input`` then ``unmask``.  Every round has its own mask-agreement key pair s^(r) and
+self-mask seed b^(r), all made at setup, so what the server reconstructs in one round
+says nothing about another (docs/secagg-threat-model.md, "Sessions of several rounds").
+
+A node the server declared dropped is excluded for the rest of the session: this node
+refuses to mask with it or to reveal its self-mask shares, and refuses any later round
+itself once it missed one (it must re-key, i.e. join a new session).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +18,11 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
 from lepton_fl.secagg import shamir
-from lepton_fl.secagg.config import (
-    RoundParams,
-    SecAggConfig,
-    is_connected,
-    masking_graph,
-    resolve_round_params,
-)
+from lepton_fl.secagg.config import SecAggConfig, is_connected, masking_graph
 from lepton_fl.secagg.crypto import (
     KEY_BYTES,
     expand_mask,
@@ -33,69 +38,107 @@ from lepton_fl.secagg.derive import (
     self_commitment,
     self_seed,
     share_aad,
+    share_binding,
     share_key,
 )
 from lepton_fl.secagg.encoding import EncodingStats, encode, reduce
 from lepton_fl.secagg.errors import ErrorCode, SecAggError
 from lepton_fl.secagg.messages import (
+    SETUP,
     AdvertiseKeysReply,
     AdvertiseKeysRequest,
     Binding,
     MaskedInputReply,
     MaskedInputRequest,
     PublicKeys,
+    SessionParams,
+    SetupOrRound,
     ShareKeysReply,
     ShareKeysRequest,
     Stage,
     UnmaskReply,
     UnmaskRequest,
+    resolve_session_params,
 )
 
-SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES
+ROUND_SHARE_BYTES = 2 * shamir.SHARE_BYTES  # one b^(r) share and one s^(r) share
 
 
 class _State(Enum):
     NEW = 0
     ADVERTISED = 1
-    SHARED = 2
-    MASKED = 3
+    READY = 2  # set up, or a round unmasked: the next round may start
+    MASKED = 3  # sent round ``round``'s masked input
     DONE = 4
     FAILED = 5
 
 
 class SecAggNode:
-    """Runs one node's side of one round.  Any refusal raises :class:`SecAggError`.
+    """Runs one node's side of one session.  Any refusal raises :class:`SecAggError`.
 
-    After a refusal the object is spent: the node has dropped out of the round.
+    After a refusal the object is spent: the node has left the session and must re-key
+    (join a new session) to take part again.
     """
 
-    def __init__(self, *, node_id: int, run_id: str, round: int, config: SecAggConfig) -> None:
+    def __init__(self, *, node_id: int, run_id: str, session: int, config: SecAggConfig) -> None:
         self.node_id = node_id
         self.run_id = run_id
-        self.round = round
+        self.session = session
         self.config = config
+        rounds = config.session_rounds
         self._state = _State.NEW
-        self._params: RoundParams | None = None
+        self._session_params: SessionParams | None = None
         self._graph: Mapping[int, frozenset[int]] = {}
-        self._enc_sk, self._enc_pk = generate_key_pair()
-        self._mask_sk, self._mask_pk = generate_key_pair()
+        enc_sk, self._enc_pk = generate_key_pair()
+        self._enc_sk: X25519PrivateKey | None = enc_sk
+        pairs = [generate_key_pair() for _ in range(rounds)]
+        self._mask_sks: dict[int, X25519PrivateKey] = {r + 1: p[0] for r, p in enumerate(pairs)}
+        self._keys = PublicKeys(enc=self._enc_pk, masks=tuple(p[1] for p in pairs))
+        self._secret_bs: dict[int, bytes] = {}  # round -> own b^(r)
         self._peer_keys: dict[int, PublicKeys] = {}
-        self._b_shares: dict[int, int] = {}  # owner -> this node's share of owner's b
-        self._sk_shares: dict[int, int] = {}  # owner -> this node's share of owner's s^SK
-        self._secret_b = b""
+        self._b_shares: dict[int, dict[int, int]] = {}  # round -> owner -> share of b^(r)
+        self._sk_shares: dict[int, dict[int, int]] = {}  # round -> owner -> share of s^(r)
+        self._partners: frozenset[int] = frozenset()  # neighbours whose shares it holds
+        self._members: frozenset[int] = frozenset()
+        self._active: frozenset[int] = frozenset()
+        self._excluded: set[int] = set()
+        self._keys_revealed_of: set[int] = set()
+        self._round = 0  # the last round this node sent a masked input for
         self._stats: EncodingStats | None = None
+
+    # -- public state ------------------------------------------------------------------------
+
+    @property
+    def session_params(self) -> SessionParams:
+        """The session's parameters, once accepted."""
+        if self._session_params is None:
+            raise SecAggError(ErrorCode.BAD_STATE, "The session parameters are not known yet.")
+        return self._session_params
+
+    @property
+    def round(self) -> int:
+        """The last round this node sent a masked input for (0 before the first)."""
+        return self._round
+
+    @property
+    def active(self) -> frozenset[int]:
+        """The active set of the last round this node took part in."""
+        return self._active
+
+    @property
+    def excluded(self) -> frozenset[int]:
+        """Nodes this node knows to be excluded from the session."""
+        return frozenset(self._excluded)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the node refused a request and so left the session."""
+        return self._state is _State.FAILED
 
     @property
     def encoding_stats(self) -> EncodingStats | None:
-        """Clipping statistics of this node's update, once it was masked."""
+        """Clipping statistics of this node's last masked update."""
         return self._stats
-
-    @property
-    def params(self) -> RoundParams:
-        """The round's parameters, once accepted."""
-        if self._params is None:
-            raise SecAggError(ErrorCode.BAD_STATE, "The round parameters are not known yet.")
-        return self._params
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -103,18 +146,47 @@ class SecAggNode:
         self._state = _State.FAILED
         return SecAggError(code, message)
 
-    def _enter(self, expected: _State, stage: Stage, binding: Binding, recipient: int) -> None:
-        if self._state is not expected:
+    def _enc_key(self) -> X25519PrivateKey:
+        if self._enc_sk is None:
+            raise self._fail(ErrorCode.BAD_STATE, "The share-encryption key was discarded.")
+        return self._enc_sk
+
+    def _binding(self, round: SetupOrRound, stage: Stage) -> Binding:
+        return Binding(self.run_id, self.session, round, stage)
+
+    def _enter(
+        self,
+        allowed: tuple[_State, ...],
+        stage: Stage,
+        binding: Binding,
+        recipient: int,
+        round: SetupOrRound,
+    ) -> None:
+        if self._state not in allowed:
             raise self._fail(
                 ErrorCode.BAD_STATE,
                 f"Node {self.node_id} cannot handle a {stage.value} request in state "
-                f"{self._state.name}; each stage runs once, in order.",
+                f"{self._state.name}; stages run once each, in order.",
             )
-        if binding != Binding(self.run_id, self.round, stage):
+        if (
+            stage is Stage.MASKED_INPUT
+            and binding.stage is stage
+            and (binding.run_id, binding.session) == (self.run_id, self.session)
+            and isinstance(binding.round, int)
+            and isinstance(round, int)
+            and binding.round > round
+        ):
+            raise self._fail(
+                ErrorCode.EXCLUDED,
+                f"Node {self.node_id} took no part in round {round} of session "
+                f"{self.session}, so it was dropped: it refuses round {binding.round} and "
+                "must re-key in a new session.",
+            )
+        if binding != self._binding(round, stage):
             raise self._fail(
                 ErrorCode.BINDING_MISMATCH,
                 f"Node {self.node_id} expected a {stage.value} request for run "
-                f"{self.run_id!r} round {self.round}, got {binding}.",
+                f"{self.run_id!r} session {self.session} round {round}, got {binding}.",
             )
         if recipient != self.node_id:
             raise self._fail(
@@ -122,66 +194,67 @@ class SecAggNode:
                 f"Node {self.node_id} received a request addressed to node {recipient}.",
             )
 
-    def _binding(self, stage: Stage) -> Binding:
-        return Binding(self.run_id, self.round, stage)
-
-    def _holders(self) -> list[int]:
-        """Nodes holding this node's shares: itself and neighbours that advertised keys."""
-        near = self._graph[self.node_id] & set(self._peer_keys)
-        return sorted(near | {self.node_id})
-
-    # -- stages ------------------------------------------------------------------------------
+    # -- setup -------------------------------------------------------------------------------
 
     def advertise_keys(self, request: AdvertiseKeysRequest) -> AdvertiseKeysReply:
-        """Check the round's parameters against local policy; publish fresh public keys."""
-        self._enter(_State.NEW, Stage.ADVERTISE_KEYS, request.binding, request.recipient)
-        offered = request.params
+        """Setup wave 1: check the session parameters; publish c and s^(1..R) public keys."""
+        self._enter((_State.NEW,), Stage.ADVERTISE_KEYS, request.binding, request.recipient, SETUP)
+        offered = request.session_params
         try:
-            expected = resolve_round_params(
+            expected = resolve_session_params(
                 self.config,
-                participants=offered.participants,
-                vector_length=offered.vector_length,
-                graph_seed=offered.graph_seed,
+                participants=offered.params.participants,
+                vector_length=offered.params.vector_length,
+                graph_seed=offered.params.graph_seed,
             )
         except SecAggError as exc:
             raise self._fail(exc.code, exc.message) from exc
         if offered != expected:
             raise self._fail(
                 ErrorCode.PARAMS_MISMATCH,
-                f"Node {self.node_id} refuses round parameters that differ from its own "
+                f"Node {self.node_id} refuses session parameters that differ from its own "
                 "secure-aggregation policy.",
             )
-        if self.node_id not in offered.participants:
+        if self.node_id not in offered.params.participants:
             raise self._fail(
                 ErrorCode.UNKNOWN_SENDER,
-                f"Node {self.node_id} is not a participant of the offered round.",
+                f"Node {self.node_id} is not a participant of the offered session.",
             )
-        self._params = offered
-        self._graph = masking_graph(offered)
+        self._session_params = offered
+        self._graph = masking_graph(offered.params)
         self._state = _State.ADVERTISED
         return AdvertiseKeysReply(
-            self._binding(Stage.ADVERTISE_KEYS),
-            self.node_id,
-            PublicKeys(enc=self._enc_pk, mask=self._mask_pk),
+            self._binding(SETUP, Stage.ADVERTISE_KEYS), self.node_id, self._keys
         )
 
     def share_keys(self, request: ShareKeysRequest) -> ShareKeysReply:
-        """Pick the self-mask seed b; send Shamir shares of b and s^SK to each holder."""
-        self._enter(_State.ADVERTISED, Stage.SHARE_KEYS, request.binding, request.recipient)
-        params = self.params
+        """Setup wave 2: pick b^(1..R); send each holder its shares of every b^(r), s^(r)."""
+        binding = share_binding(self.run_id, self.session)
+        self._enter(
+            (_State.ADVERTISED,),
+            Stage.SHARE_KEYS,
+            request.binding,
+            request.recipient,
+            SETUP,
+        )
+        sp = self.session_params
+        params = sp.params
         keys = dict(request.public_keys)
-        mine = keys.get(self.node_id)
-        if mine != PublicKeys(enc=self._enc_pk, mask=self._mask_pk):
+        if keys.get(self.node_id) != self._keys:
             raise self._fail(
                 ErrorCode.BAD_KEY,
                 f"Node {self.node_id}'s own public keys are missing or altered in the key list.",
             )
         if not set(keys) <= set(params.participants):
             raise self._fail(
-                ErrorCode.UNKNOWN_SENDER, "The key list names nodes outside the round."
+                ErrorCode.UNKNOWN_SENDER, "The key list names nodes outside the session."
             )
-        raw = [k.enc for k in keys.values()] + [k.mask for k in keys.values()]
-        if any(len(r) != KEY_BYTES for r in raw) or len(set(raw)) != len(raw):
+        raw = [k.enc for k in keys.values()] + [m for k in keys.values() for m in k.masks]
+        if (
+            any(len(k.masks) != sp.rounds for k in keys.values())
+            or any(len(r) != KEY_BYTES for r in raw)
+            or len(set(raw)) != len(raw)
+        ):
             raise self._fail(
                 ErrorCode.BAD_KEY, "The key list holds malformed or repeated public keys."
             )
@@ -191,98 +264,183 @@ class SecAggNode:
                 f"Only {len(keys)} nodes advertised keys; at least "
                 f"{params.min_participants} are required.",
             )
-        self._peer_keys = keys
-        holders = self._holders()
+        holders = sorted((self._graph[self.node_id] & set(keys)) | {self.node_id})
         if len(holders) < params.threshold:
             raise self._fail(
                 ErrorCode.TOO_FEW_HOLDERS,
                 f"Node {self.node_id} has {len(holders)} share holders, fewer than the "
                 f"threshold {params.threshold}.",
             )
-        self._secret_b = secrets.token_bytes(32)
-        points = [params.share_index(h) for h in holders]
-        b_shares = shamir.split(
-            secret_to_int(self._secret_b), threshold=params.threshold, points=points
-        )
-        sk_shares = shamir.split(
-            secret_to_int(self._mask_sk.private_bytes_raw()),
-            threshold=params.threshold,
-            points=points,
-        )
-        binding = self._binding(Stage.SHARE_KEYS)
-        neighbours = [h for h in holders if h != self.node_id]
-        if not all(is_valid_public_key(keys[h].enc) for h in neighbours):
+        if not all(is_valid_public_key(keys[h].enc) for h in holders if h != self.node_id):
             raise self._fail(ErrorCode.BAD_KEY, "A neighbour's public key is of low order.")
+        self._peer_keys = keys
+        self._members = frozenset(keys)
+        self._active = self._members
+        points = [params.share_index(h) for h in holders]
+        plain: dict[int, bytearray] = {h: bytearray() for h in holders}
+        commitments: list[bytes] = []
+        for r in range(1, sp.rounds + 1):
+            secret_b = secrets.token_bytes(32)
+            self._secret_bs[r] = secret_b
+            b_split = shamir.split(
+                secret_to_int(secret_b), threshold=params.threshold, points=points
+            )
+            sk_split = shamir.split(
+                secret_to_int(self._mask_sks[r].private_bytes_raw()),
+                threshold=params.threshold,
+                points=points,
+            )
+            for holder, x in zip(holders, points, strict=True):
+                plain[holder] += shamir.to_bytes(b_split[x]) + shamir.to_bytes(sk_split[x])
+            self._b_shares[r] = {self.node_id: b_split[params.share_index(self.node_id)]}
+            self._sk_shares[r] = {self.node_id: sk_split[params.share_index(self.node_id)]}
+            context = round_context(self.run_id, self.session, r)
+            commitments.append(self_commitment(secret_b, context=context, node=self.node_id))
+        enc_sk = self._enc_key()
         sealed: dict[int, bytes] = {}
-        for holder, x in zip(holders, points, strict=True):
+        for holder in holders:
             if holder == self.node_id:
-                self._b_shares[holder] = b_shares[x]
-                self._sk_shares[holder] = sk_shares[x]
                 continue
-            key = share_key(
-                self._enc_sk, keys[holder].enc, binding=binding, src=self.node_id, dst=holder
-            )
-            plaintext = shamir.to_bytes(b_shares[x]) + shamir.to_bytes(sk_shares[x])
+            key = share_key(enc_sk, keys[holder].enc, binding=binding, src=self.node_id, dst=holder)
             aad = share_aad(binding=binding, src=self.node_id, dst=holder)
-            sealed[holder] = seal(key, plaintext, aad=aad)
-        context = round_context(self.run_id, self.round)
-        self._state = _State.SHARED
-        return ShareKeysReply(
-            binding,
-            self.node_id,
-            sealed,
-            self_commitment(self._secret_b, context=context, node=self.node_id),
-        )
+            sealed[holder] = seal(key, bytes(plain[holder]), aad=aad)
+        self._state = _State.READY
+        return ShareKeysReply(binding, self.node_id, sealed, tuple(commitments))
 
-    def masked_input(
-        self, request: MaskedInputRequest, update: NDArray[np.floating[Any]]
-    ) -> MaskedInputReply:
-        """Decrypt received shares; encode the update and add self and pairwise masks."""
-        self._enter(_State.SHARED, Stage.MASKED_INPUT, request.binding, request.recipient)
-        params = self.params
-        vec = np.asarray(update)
-        if vec.shape != (params.vector_length,):
+    # -- rounds ------------------------------------------------------------------------------
+
+    def _check_active(self, request: MaskedInputRequest, r: int) -> frozenset[int]:
+        params = self.session_params.params
+        active = frozenset(request.active)
+        if len(active) != len(request.active):
+            raise self._fail(ErrorCode.MALFORMED, "The active set lists a node twice.")
+        self._excluded |= set(request.excluded)
+        if self.node_id in self._excluded or self.node_id not in active:
             raise self._fail(
-                ErrorCode.MALFORMED,
-                f"The update has shape {vec.shape}; the round expects ({params.vector_length},).",
+                ErrorCode.EXCLUDED,
+                f"Node {self.node_id} was dropped from session {self.session}; it refuses "
+                f"round {r} and must re-key in a new session.",
             )
-        neighbours = self._graph[self.node_id] & set(self._peer_keys)
-        share_binding = self._binding(Stage.SHARE_KEYS)
-        partners: list[int] = []
+        if not active <= self._members:
+            raise self._fail(
+                ErrorCode.UNKNOWN_SENDER, "The active set names nodes outside the session."
+            )
+        back = active & (self._excluded | (self._members - self._active))
+        if back:
+            raise self._fail(
+                ErrorCode.EXCLUDED,
+                f"Node {self.node_id} refuses to include nodes {sorted(back)}: they were "
+                "dropped earlier in this session and must re-key to rejoin.",
+            )
+        if len(active) < params.min_survivors:
+            raise self._fail(
+                ErrorCode.TOO_FEW_PARTICIPANTS,
+                f"Only {len(active)} nodes are active in round {r}; at least "
+                f"{params.min_survivors} are required.",
+            )
+        if not is_connected(active, self._graph):
+            raise self._fail(
+                ErrorCode.DISCONNECTED_SURVIVORS,
+                f"The active nodes of round {r} do not form a connected masking graph.",
+            )
+        return active
+
+    def _open_inbox(self, request: MaskedInputRequest, active: frozenset[int]) -> list[int]:
+        """First round: decrypt the forwarded setup shares; return the senders refused."""
+        enc_sk = self._enc_key()
+        rounds = self.session_params.rounds
+        binding = share_binding(self.run_id, self.session)
+        neighbours = self._graph[self.node_id] & active
+        partners: set[int] = set()
         rejected: list[int] = []
         for sender, sealed in sorted(request.encrypted_shares.items()):
             if sender not in neighbours:
                 raise self._fail(
                     ErrorCode.UNKNOWN_SENDER,
                     f"Node {self.node_id} was forwarded a share from node {sender}, which is "
-                    "not one of its neighbours in this round.",
+                    "not one of its active neighbours.",
                 )
-            key = share_key(
-                self._enc_sk,
-                self._peer_keys[sender].enc,
-                binding=share_binding,
-                src=sender,
-                dst=self.node_id,
-            )
             try:
-                plain = open_sealed(
-                    key, sealed, aad=share_aad(binding=share_binding, src=sender, dst=self.node_id)
+                key = share_key(
+                    enc_sk,
+                    self._peer_keys[sender].enc,
+                    binding=binding,
+                    src=sender,
+                    dst=self.node_id,
                 )
-                if len(plain) != SHARE_PLAINTEXT_BYTES:
+                plain = open_sealed(
+                    key,
+                    sealed,
+                    aad=share_aad(binding=binding, src=sender, dst=self.node_id),
+                )
+                if len(plain) != rounds * ROUND_SHARE_BYTES:
                     raise ValueError("bad share length")
-                b_share = shamir.from_bytes(plain[: shamir.SHARE_BYTES])
-                sk_share = shamir.from_bytes(plain[shamir.SHARE_BYTES :])
+                parsed = []
+                for r in range(rounds):
+                    at = r * ROUND_SHARE_BYTES
+                    b_share = shamir.from_bytes(plain[at : at + shamir.SHARE_BYTES])
+                    sk_share = shamir.from_bytes(
+                        plain[at + shamir.SHARE_BYTES : at + ROUND_SHARE_BYTES]
+                    )
+                    parsed.append((b_share, sk_share))
             except (SecAggError, ValueError):
                 rejected.append(sender)
                 continue
-            self._b_shares[sender] = b_share
-            self._sk_shares[sender] = sk_share
-            partners.append(sender)
+            for r, (b_share, sk_share) in enumerate(parsed, start=1):
+                self._b_shares[r][sender] = b_share
+                self._sk_shares[r][sender] = sk_share
+            partners.add(sender)
+        self._partners = frozenset(partners)
+        self._enc_sk = None  # shares are only ever sent at setup: c is no longer needed
+        return rejected
+
+    def masked_input(
+        self, request: MaskedInputRequest, update: NDArray[np.floating[Any]]
+    ) -> MaskedInputReply:
+        """Wave A of round r: check the active set; send encode(x) + self mask + pair masks."""
+        r = self._round + 1
+        self._enter(
+            (_State.READY, _State.MASKED),
+            Stage.MASKED_INPUT,
+            request.binding,
+            request.recipient,
+            r,
+        )
+        sp = self.session_params
+        params = sp.params
+        if r > sp.rounds:
+            raise self._fail(
+                ErrorCode.BAD_STATE, f"Session {self.session} planned only {sp.rounds} rounds."
+            )
+        vec = np.asarray(update)
+        if vec.shape != (params.vector_length,):
+            raise self._fail(
+                ErrorCode.MALFORMED,
+                f"The update has shape {vec.shape}; the session expects ({params.vector_length},).",
+            )
+        active = self._check_active(request, r)
+        rejected: list[int] = []
+        if r == 1:
+            rejected = self._open_inbox(request, active)
+            partners = self._partners & active
+        else:
+            if request.encrypted_shares:
+                raise self._fail(
+                    ErrorCode.MALFORMED, "Shares are forwarded in the first round only."
+                )
+            partners = self._graph[self.node_id] & active
+            strangers = partners - self._partners
+            if strangers:
+                raise self._fail(
+                    ErrorCode.UNKNOWN_SENDER,
+                    f"Node {self.node_id} holds no valid shares of active neighbours "
+                    f"{sorted(strangers)}; it will not mask with them.",
+                )
         if len(partners) + 1 < params.threshold:
             raise self._fail(
                 ErrorCode.TOO_FEW_HOLDERS,
-                f"Node {self.node_id} holds valid shares from only {len(partners)} neighbours; "
-                f"the round cannot reach the threshold {params.threshold}.",
+                f"Node {self.node_id} has only {len(partners)} active neighbours holding its "
+                f"shares; round {r} cannot reach the threshold {params.threshold}.",
             )
         try:
             words, self._stats = encode(
@@ -293,39 +451,50 @@ class SecAggNode:
             )
         except SecAggError as exc:
             raise self._fail(exc.code, exc.message) from exc
-        context = round_context(self.run_id, self.round)
-        length = words.size
-        bits = params.modulus_bits
+        context = round_context(self.run_id, self.session, r)
+        length, bits = words.size, params.modulus_bits
+        mask_sk = self._mask_sks.pop(r)
+        secret_b = self._secret_bs.pop(r)
+        seeds: list[tuple[int, bytes]] = []
+        try:
+            for peer in sorted(partners):
+                seed = pair_seed(
+                    mask_sk, self._peer_keys[peer].mask(r), context=context, a=self.node_id, b=peer
+                )
+                seeds.append((peer, seed))
+        except SecAggError as exc:
+            raise self._fail(exc.code, exc.message) from exc
         words += expand_mask(
-            self_seed(self._secret_b, context=context, node=self.node_id),
+            self_seed(secret_b, context=context, node=self.node_id),
             length=length,
             modulus_bits=bits,
         )
-        if not all(is_valid_public_key(self._peer_keys[p].mask) for p in partners):
-            raise self._fail(ErrorCode.BAD_KEY, "A neighbour's mask key is of low order.")
-        for peer in partners:
-            seed = pair_seed(
-                self._mask_sk,
-                self._peer_keys[peer].mask,
-                context=context,
-                a=self.node_id,
-                b=peer,
-            )
+        for peer, seed in seeds:
             mask = expand_mask(seed, length=length, modulus_bits=bits)
             if self.node_id < peer:
                 words += mask
             else:
                 words -= mask
         reduce(words, modulus_bits=bits)
+        # Round r - 1 can no longer be unmasked by this node: forget its shares.
+        self._b_shares.pop(r - 1, None)
+        self._sk_shares.pop(r - 1, None)
+        self._round = r
+        self._active = active
         self._state = _State.MASKED
         return MaskedInputReply(
-            self._binding(Stage.MASKED_INPUT), self.node_id, words, tuple(rejected)
+            self._binding(r, Stage.MASKED_INPUT), self.node_id, words, tuple(rejected)
         )
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
-        """Reveal b-shares of survivors and s^SK-shares of dropped nodes, never both for one."""
-        self._enter(_State.MASKED, Stage.UNMASK, request.binding, request.recipient)
-        params = self.params
+        """Wave B of round r: reveal b^(r)-shares of survivors, s^(r)-shares of dropped nodes.
+
+        Never both for one node; never b-shares of a node declared dropped, in this or any
+        earlier round of the session.
+        """
+        r = self._round
+        self._enter((_State.MASKED,), Stage.UNMASK, request.binding, request.recipient, r)
+        params = self.session_params.params
         survivors, dropped = set(request.survivors), set(request.dropped)
         both = survivors & dropped
         if both:
@@ -334,15 +503,23 @@ class SecAggNode:
                 f"Node {self.node_id} refuses to reveal both the self-mask and the mask-key "
                 f"shares of nodes {sorted(both)}: that would expose their updates.",
             )
+        earlier = survivors & (self._excluded | self._keys_revealed_of)
+        if earlier:
+            raise self._fail(
+                ErrorCode.UNMASK_BOTH,
+                f"Node {self.node_id} refuses to reveal self-mask shares of nodes "
+                f"{sorted(earlier)}: they were declared dropped earlier in this session.",
+            )
         if self.node_id not in survivors:
             raise self._fail(
                 ErrorCode.UNMASK_BOTH,
                 f"Node {self.node_id} sent its masked input but is listed as dropped; revealing "
                 "its own mask key would expose its update.",
             )
-        if not (survivors | dropped) <= set(params.participants):
+        if not (survivors | dropped) <= self._active:
             raise self._fail(
-                ErrorCode.UNKNOWN_SENDER, "The unmask request names nodes outside the round."
+                ErrorCode.UNKNOWN_SENDER,
+                f"The unmask request names nodes outside the active set of round {r}.",
             )
         if len(survivors) < params.min_survivors:
             raise self._fail(
@@ -356,10 +533,14 @@ class SecAggNode:
                 "The surviving nodes do not form a connected masking graph; unmasking would "
                 "reveal partial sums.",
             )
-        self._state = _State.DONE
+        b_shares = self._b_shares.pop(r, {})
+        sk_shares = self._sk_shares.pop(r, {})
+        self._excluded |= dropped
+        self._keys_revealed_of |= dropped
+        self._state = _State.DONE if r == self.session_params.rounds else _State.READY
         return UnmaskReply(
-            self._binding(Stage.UNMASK),
+            self._binding(r, Stage.UNMASK),
             self.node_id,
-            {o: shamir.to_bytes(s) for o, s in self._b_shares.items() if o in survivors},
-            {o: shamir.to_bytes(s) for o, s in self._sk_shares.items() if o in dropped},
+            {o: shamir.to_bytes(s) for o, s in b_shares.items() if o in survivors},
+            {o: shamir.to_bytes(s) for o, s in sk_shares.items() if o in dropped},
         )
