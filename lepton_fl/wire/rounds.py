@@ -1,4 +1,4 @@
-"""The one place that converts Lepton's typed messages to and from Flower records.
+"""Round messages: train/evaluate instructions and replies, and the relay envelope.
 
 Everything else passes the dataclasses below. The same encoding travels twice: between the
 ServerApp and a node's relay (as Flower `RecordDict`s inside Flower messages) and between
@@ -10,20 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from google.protobuf.message import DecodeError
 
 from lepton_fl.config import FederationSpec
-
-WIRE_VERSION = 1
-
-T = TypeVar("T")
+from lepton_fl.wire.records import (
+    WIRE_VERSION,
+    WireError,
+    _check_version,
+    _config,
+    _get,
+    records_from_bytes,
+    records_to_bytes,
+)
 
 MessageKind = Literal["train", "evaluate"]
 ReplyStatus = Literal["ok", "refused", "error"]
@@ -34,12 +36,6 @@ _METRICS = "metrics"
 _STATUS = "status"
 _CHARGE = "privacy"
 _ENVELOPE = "lepton.envelope"
-
-
-class WireError(ValueError):
-    """A message that does not follow the Lepton wire contract."""
-
-    code = "malformed_message"
 
 
 @dataclass(frozen=True)
@@ -253,19 +249,6 @@ def envelope_from_request(data: bytes) -> tuple[Envelope, RecordDict]:
     return envelope, records
 
 
-def records_to_bytes(records: RecordDict) -> bytes:
-    """Serialise a RecordDict with Flower's own protobuf schema."""
-    return bytes(recorddict_to_proto(records).SerializeToString())
-
-
-def records_from_bytes(data: bytes) -> RecordDict:
-    """Parse bytes produced by `records_to_bytes`."""
-    try:
-        return recorddict_from_proto(ProtoRecordDict.FromString(data))
-    except (DecodeError, ValueError, TypeError) as err:
-        raise WireError(f"Could not decode a RecordDict: {err}") from err
-
-
 # --- helpers ------------------------------------------------------------------------------
 
 
@@ -350,31 +333,6 @@ def _metrics(records: RecordDict) -> dict[str, float]:
         if isinstance(value, int | float):
             out[key] = float(value)
     return out
-
-
-def _config(records: RecordDict, name: str) -> ConfigRecord:
-    record = records.get(name)
-    if not isinstance(record, ConfigRecord):
-        raise WireError(f"Record {name!r} is missing or not a ConfigRecord.")
-    return record
-
-
-def _check_version(config: ConfigRecord) -> None:
-    version = config.get("wire-version")
-    if version != WIRE_VERSION:
-        raise WireError(
-            f"Wire version {version!r} is not supported (this build speaks {WIRE_VERSION}); "
-            "upgrade the older of the coordinator and the node."
-        )
-
-
-def _get(config: ConfigRecord, key: str, kind: type[T]) -> T:
-    value = config.get(key)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise WireError(f"Field {key!r} is missing or not a {kind.__name__}.")
-    return value
 
 
 def weights_nbytes(weights: Sequence[np.ndarray]) -> int:
