@@ -199,15 +199,6 @@ class SuperLink:
         payload = self.flwr("supernode", "register", str(public_key), CONNECTION, "--name", name)
         return int(payload["node-id"])
 
-    def unregister_node(self, node_id: int) -> None:
-        """Remove a node; its key can no longer connect."""
-        self.flwr("supernode", "unregister", str(node_id), CONNECTION)
-
-    def list_nodes(self) -> list[dict[str, Any]]:
-        """The SuperLink's view of registered nodes (id, status, online time)."""
-        nodes = self.flwr("supernode", "list", CONNECTION).get("nodes", [])
-        return list(nodes)
-
     def submit_run(self, run: RunSpec, *, work_dir: Path) -> int:
         """Submit the Lepton Flower app for `run`; return Flower's run id."""
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -217,14 +208,6 @@ class SuperLink:
             "run", str(fab_directory()), CONNECTION, "--run-config", str(config_path)
         )
         return int(payload["run-id"])
-
-    def run_status(self, run_id: int) -> str:
-        """Flower's status string for a run, e.g. 'running' or 'finished:completed'."""
-        payload = self.flwr("list", CONNECTION, "--run-id", str(run_id))
-        runs = payload.get("runs", [])
-        if not runs:
-            raise SuperLinkError(f"Run {run_id} is unknown to the SuperLink.", code="unknown_run")
-        return str(runs[0].get("status", "unknown"))
 
 
 def _last_json_object(text: str) -> dict[str, Any] | None:

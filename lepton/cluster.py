@@ -7,7 +7,6 @@ the real CLI and stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from lepton_fl.config import Member, RunSpec
 from lepton_fl.crypto import PKIPaths, create_pki
 from lepton_fl.processes import (
     ManagedProcess,
-    ProcessError,
     executable,
     flower_env,
     free_port,
@@ -251,9 +249,3 @@ class LocalCluster:
             )
         )
         return RunningNode(plan, state_dir, config, process, member)
-
-
-def stop_quietly(cluster: LocalCluster) -> None:
-    """Stop a cluster, ignoring processes that already ended."""
-    with contextlib.suppress(ProcessError):
-        cluster.stop()

@@ -29,7 +29,6 @@ from lepton_fl.wire.rounds import (
     instruction_to_records,
     train_reply_from_records,
     train_reply_to_records,
-    weights_nbytes,
 )
 
 __all__ = [
@@ -53,5 +52,4 @@ __all__ = [
     "records_to_bytes",
     "train_reply_from_records",
     "train_reply_to_records",
-    "weights_nbytes",
 ]

@@ -8,7 +8,6 @@ local gRPC socket), so the relay never needs to understand the content it forwar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -333,8 +332,3 @@ def _metrics(records: RecordDict) -> dict[str, float]:
         if isinstance(value, int | float):
             out[key] = float(value)
     return out
-
-
-def weights_nbytes(weights: Sequence[np.ndarray]) -> int:
-    """Bytes of a weight list, for transfer accounting."""
-    return int(sum(w.nbytes for w in weights))
