@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from lepton.cluster import LocalCluster, NodePlan
-from lepton_fl.config import FederationSpec, PrivacySpec, RunSpec, TrainingSpec
+from lepton_fl.config import (
+    FederationSpec,
+    PrivacySpec,
+    RunSpec,
+    SecureAggregationSpec,
+    TrainingSpec,
+)
 from lepton_fl.datasets import HEART_DISEASE_SITES
 
 GOAL_S = 1.0
@@ -44,6 +50,9 @@ def measure_rounds(rounds: int) -> list[dict[str, float]]:
         min_participants=4,
         privacy=PrivacySpec(target_epsilon=3.0),
         training=TrainingSpec(local_epochs=2, batch_size=16, learning_rate=0.1),
+        # one train wave per round: the transport cost of a message wave (bench/secagg.py
+        # compares the secure round, two waves plus a setup, with this one)
+        secure_aggregation=SecureAggregationSpec(enabled=False),
     )
     plans = [
         NodePlan(site, "heart_disease", site, 50.0, ("bench",)) for site in HEART_DISEASE_SITES

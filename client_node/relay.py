@@ -38,6 +38,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     return forward("evaluate", msg, context)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Forward a secure-aggregation setup or unmask message."""
+    return forward("secagg", msg, context)
+
+
 def forward(kind: MessageKind, msg: Message, context: Context) -> Message:
     """Send the message to the trainer and wrap its answer as the reply."""
     socket_path = Path(str(context.node_config["trainer-socket"]))

@@ -31,7 +31,11 @@ def supernode_command(settings: NodeSettings) -> list[str]:
 
 
 def start_supernode(settings: NodeSettings) -> ManagedProcess:
-    """Start flower-supernode as a child process logging to the node's state directory."""
+    """Start flower-supernode as a child process logging to the node's state directory.
+
+    It dies with the trainer: a SuperNode whose trainer is gone (crashed, killed, out of
+    memory) must leave the federation, not keep answering for a node that cannot train.
+    """
     require_free_port("127.0.0.1", settings.flower.clientappio_port, what="SuperNode runtime API")
     return ManagedProcess(
         name=f"flower-supernode ({settings.node.name})",
@@ -39,4 +43,5 @@ def start_supernode(settings: NodeSettings) -> ManagedProcess:
         log_path=settings.node.state_dir / "logs" / "supernode.log",
         env=flower_env(settings.flwr_home),
         cwd=settings.node.state_dir,
+        die_with_parent=True,
     ).start()

@@ -137,6 +137,12 @@ class LocalCluster:
                 continue
             process.check_alive()
 
+    def kill_node(self, name: str) -> None:
+        """Kill a node abruptly (SIGKILL to its trainer and SuperNode), as a crash would."""
+        process = self.nodes[name].process
+        self._processes.remove(process)
+        process.kill()
+
     # -- runs -----------------------------------------------------------------------------
 
     def members(self, names: list[str] | None = None) -> tuple[Member, ...]:

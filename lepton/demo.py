@@ -263,7 +263,8 @@ def build_summary(
         "rounds_completed": len([r for r in rounds if r["participants"]]),
         "tls": True,
         "node_auth": True,
-        "secure_aggregation": False,
+        "secure_aggregation": fed.secure_aggregation.enabled,
+        "secagg": secagg_summary(fed, rounds),
         "delta": fed.privacy.delta,
         "accountant": fed.privacy.accountant,
         "target_epsilon": fed.privacy.target_epsilon,
@@ -282,6 +283,33 @@ def build_summary(
     }
 
 
+def secagg_summary(fed: FederationSpec, rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What secure aggregation did, round by round (None when it is off)."""
+    if not fed.secure_aggregation.enabled:
+        return None
+    per_round = []
+    for r in rounds:
+        info = r.get("secagg", {})
+        per_round.append(
+            {
+                "round": r["round"],
+                "session": info.get("session"),
+                "threshold": info.get("threshold"),
+                "participants": info.get("participants", []),
+                "dropouts": info.get("dropouts", []),
+                "clipped_values": info.get("clipped_values"),
+                "failure": info.get("failure"),
+            }
+        )
+    thresholds = {p["threshold"] for p in per_round if p["threshold"] is not None}
+    return {
+        "protocol": "secagg+",
+        "threshold": max(thresholds) if thresholds else fed.secure_aggregation.threshold,
+        "modulus_bits": fed.secure_aggregation.modulus_bits,
+        "rounds": per_round,
+    }
+
+
 def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "-"
 
@@ -289,7 +317,12 @@ def _fmt(value: object) -> str:
 def _print_table(console: Console, summary: dict[str, Any]) -> None:
     table = Table(
         title=f"{summary['federation']}: {summary['rounds_completed']} rounds, "
-        f"δ={summary['delta']:g}, {summary['accountant'].upper()} accountant"
+        f"δ={summary['delta']:g}, {summary['accountant'].upper()} accountant, "
+        + (
+            f"SecAgg+ (threshold {summary['secagg']['threshold']})"
+            if summary["secagg"]
+            else "no secure aggregation"
+        )
     )
     for column in (
         "hospital",

@@ -68,6 +68,31 @@ class ModelConfig(_Frozen):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+class SecureAggregationSpec(_Frozen):
+    """SecAgg+ between the nodes of a run: the coordinator learns only each round's sum.
+
+    ``threshold`` (t, Shamir) and ``neighbours`` (k, the masking graph's degree) default to
+    safe values chosen per round from the number of participants (a strict majority of each
+    node's k + 1 share holders; the complete graph up to 32 nodes); see
+    docs/secagg-threat-model.md. ``session_rounds``: rounds that share one key setup (None:
+    the whole run); every round still uses its own mask keys.
+    """
+
+    enabled: bool = True
+    threshold: Annotated[int, Field(ge=2)] | None = None
+    neighbours: Annotated[int, Field(ge=2)] | None = None
+    session_rounds: Annotated[int, Field(ge=1, le=1000)] | None = None
+    modulus_bits: Annotated[int, Field(ge=24, le=64)] = 32
+    update_headroom: Annotated[float, Field(ge=1, le=1000)] = Field(
+        default=2.0,
+        description=(
+            "Fixed-point range of a node's update, as a multiple of the DP bound "
+            "learning_rate x max_grad_norm x local steps; values beyond it are clipped and "
+            "counted, never wrapped."
+        ),
+    )
+
+
 class FederationSpec(_Frozen):
     """A federation: the task its members train on and the rules every run follows."""
 
@@ -75,15 +100,26 @@ class FederationSpec(_Frozen):
     task: str = Field(description="Dataset task id known to every member, e.g. heart_disease.")
     model: ModelConfig = ModelConfig()
     rounds: Annotated[int, Field(ge=1, le=1000)] = 5
-    min_participants: Annotated[int, Field(ge=1)] = 2
+    min_participants: Annotated[int, Field(ge=1)] = 3
     privacy: PrivacySpec
     training: TrainingSpec = TrainingSpec()
+    secure_aggregation: SecureAggregationSpec = SecureAggregationSpec()
     seed: int = 0
 
     @field_validator("name", "task")
     @classmethod
     def _slugs(cls, value: str) -> str:
         return _check_slug(value, "name")
+
+    @model_validator(mode="after")
+    def _secure_aggregation_needs_three(self) -> FederationSpec:
+        if self.secure_aggregation.enabled and self.min_participants < 3:
+            raise ValueError(
+                f"min_participants={self.min_participants} with secure aggregation on: a round "
+                "needs at least 3 participants (with two, the sum reveals the other's update). "
+                "Set min_participants >= 3, or turn secure_aggregation.enabled off."
+            )
+        return self
 
     def canonical_json(self) -> str:
         """Deterministic JSON (fields in declaration order): what is hashed and sent."""

@@ -7,6 +7,7 @@ the PID we started it with, never by name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -99,6 +100,7 @@ class ManagedProcess:
     log_path: Path
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cwd: Path | None = None
+    die_with_parent: bool = False  # Linux: SIGKILL this child if the process that started it dies
     _proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -114,6 +116,7 @@ class ManagedProcess:
             env=dict(self.env),
             cwd=self.cwd,
             start_new_session=True,
+            preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         return self
 
@@ -149,6 +152,15 @@ class ManagedProcess:
                 f"{self.log_tail()}"
             )
 
+    def kill(self) -> None:
+        """SIGKILL the process group we started, at once (a crash, for tests and benches)."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        self.stop()
+
     def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM the process group we started, then SIGKILL after `timeout`."""
         proc = self._proc
@@ -168,6 +180,22 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGKILL the child when its parent dies (None elsewhere).
+
+    The C library is loaded here, in the parent; the hook itself only makes one system call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    return hook
 
 
 def wait_until(

@@ -52,10 +52,8 @@ def test_config_bad_spec_names_the_field(tmp_path: Path, text: str, phrase: str)
 
 
 def test_config_run_needs_enough_distinct_members() -> None:
-    spec = FederationSpec(
-        name="f", task="t", min_participants=2, privacy=PrivacySpec(target_epsilon=1.0)
-    )
-    with pytest.raises(ValueError, match="at least 2"):
+    spec = FederationSpec(name="f", task="t", privacy=PrivacySpec(target_epsilon=1.0))
+    with pytest.raises(ValueError, match="at least 3"):
         RunSpec(federation=spec, members=(Member(name="a", node_id=1),), journal_path="j")
     with pytest.raises(ValueError, match="once"):
         RunSpec(

@@ -20,7 +20,6 @@ FED = FederationSpec(
     name="clinic-fed",
     task="breast_cancer",
     rounds=3,
-    min_participants=1,
     privacy=PrivacySpec(target_epsilon=2.0, delta=1e-5),
     training=TrainingSpec(local_epochs=2, batch_size=32, learning_rate=0.3),
 )

@@ -116,7 +116,27 @@ class NodeTrainer:
 
     # -- the round ------------------------------------------------------------------------
 
-    def _train(self, envelope: Envelope, instruction: RoundInstruction) -> TrainReply:
+    def admit(self, envelope: Envelope, instruction: RoundInstruction) -> int:
+        """Check a run's round against the site policy and budget without training.
+
+        Returns the node's training-set size for the federation (its FedAvg weight); raises
+        :class:`RequestRefusedError` with the reason otherwise. Secure aggregation calls this
+        before a node joins a session, so that a node that would refuse does not join.
+        """
+        with self._lock:
+            engine, *_ = self._plan(envelope, instruction)
+            return engine.num_examples
+
+    def model_shapes(self, fed: FederationSpec) -> list[tuple[int, ...]]:
+        """Tensor shapes of the federation's model at this node."""
+        with self._lock:
+            _, initial = self._engine(fed)
+            return [tuple(w.shape) for w in initial]
+
+    def _plan(
+        self, envelope: Envelope, instruction: RoundInstruction
+    ) -> tuple[DPTrainer, float, list[AccountantStep], AccountantName]:
+        """Policy, round and budget checks for a round: (engine, sigma, history, accountant)."""
         fed = instruction.federation
         self._check_policy(fed)
         if not 1 <= instruction.round <= fed.rounds:
@@ -131,10 +151,7 @@ class NodeTrainer:
                 f"This node already trained round {instruction.round} of run {run_id} and "
                 "recorded its privacy cost; it will not train (and spend budget) twice.",
             )
-        engine, initial = self._engine(fed)
-        set_weights(engine.model, instruction.weights or initial)
-        before = self._evaluate(engine)  # the model as received (round 1: the seed init)
-
+        engine, _ = self._engine(fed)
         privacy = fed.privacy
         accountant = _accountant(privacy.accountant)
         steps = engine.steps_per_epoch() * fed.training.local_epochs
@@ -152,6 +169,22 @@ class NodeTrainer:
         )
         if not decision.allowed:
             raise RequestRefusedError("budget_exhausted", decision.reason)
+        return engine, sigma, history, accountant
+
+    def _train(self, envelope: Envelope, instruction: RoundInstruction) -> TrainReply:
+        fed = instruction.federation
+        privacy = fed.privacy
+        dataset_id = self.settings.dataset_id
+        run_id = str(envelope.run_id)
+        engine, sigma, history, accountant = self._plan(envelope, instruction)
+        _, initial = self._engine(fed)
+        try:
+            set_weights(engine.model, instruction.weights or initial)
+        except ValueError as err:
+            raise RequestRefusedError(
+                "model_mismatch", f"The model sent does not fit this node's model: {err}"
+            ) from err
+        before = self._evaluate(engine)  # the model as received (round 1: the seed init)
 
         result = engine.train(epochs=fed.training.local_epochs, noise_multiplier=sigma)
         taken = AccountantStep(

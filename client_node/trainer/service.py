@@ -9,8 +9,10 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from flwr.app import ConfigRecord, RecordDict
 
 from client_node.trainer.core import NodeTrainer
+from client_node.trainer.secure import SecureAggregation
 from client_node.trainer_channel import HANDLE, PING, SERVICE
 from lepton_fl.wire import (
     EvaluateReply,
@@ -22,14 +24,19 @@ from lepton_fl.wire import (
     records_to_bytes,
     train_reply_to_records,
 )
+from lepton_fl.wire.secagg import is_secagg
 
 log = logging.getLogger("lepton.trainer")
 
 
-def handle_request(trainer: NodeTrainer, data: bytes) -> bytes:
+def handle_request(trainer: NodeTrainer, secure: SecureAggregation, data: bytes) -> bytes:
     """Decode a relayed message, run it, encode the answer. Bad input is answered, not raised."""
     try:
         envelope, content = envelope_from_request(data)
+        if envelope.kind == "secagg" or (envelope.kind == "train" and is_secagg(content)):
+            answer = secure.handle(envelope, content)
+            log.info("run %s: secagg %s", envelope.run_id, _status_of(answer))
+            return records_to_bytes(answer)
         instruction = instruction_from_records(content)
     except WireError as err:
         log.warning("refused a malformed message: %s", err)
@@ -46,11 +53,19 @@ def handle_request(trainer: NodeTrainer, data: bytes) -> bytes:
     return records_to_bytes(evaluate_reply_to_records(evaluation))
 
 
+def _status_of(records: RecordDict) -> str:
+    status = records.get("status")
+    if isinstance(status, ConfigRecord):
+        return f"{status.get('status')!s:.10} {status.get('reason')!s:.200}"
+    return "ok"
+
+
 class TrainerServer:
     """A gRPC server on a Unix socket that only this node's user can open."""
 
     def __init__(self, trainer: NodeTrainer, socket_path: Path) -> None:
         self.trainer = trainer
+        self.secure = SecureAggregation(trainer)
         self.socket_path = socket_path
         self._server: grpc.Server | None = None
 
@@ -62,7 +77,7 @@ class TrainerServer:
 
         def on_handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                return handle_request(self.trainer, request)
+                return handle_request(self.trainer, self.secure, request)
             except Exception as err:  # never let the relay see a bare traceback
                 log.exception("trainer failed")
                 context.abort(grpc.StatusCode.INTERNAL, f"The trainer failed: {err}")

@@ -13,6 +13,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 PULL_INTERVAL_S = 0.1
+LIVENESS_INTERVAL_S = 1.0
 
 
 def exchange(
@@ -26,7 +27,8 @@ def exchange(
     """Send one message per node id and wait up to `timeout` for the replies.
 
     Returns the replies that arrived, keyed by node id; a node missing from the result
-    did not answer in time.
+    did not answer in time, or left the federation (the SuperLink no longer lists it as
+    online) while we waited: nobody waits out the timeout for a node that is gone.
     """
     node_ids = list(contents)
     messages = [
@@ -39,11 +41,16 @@ def exchange(
     pending = {mid: node_id for mid, node_id in zip(message_ids, node_ids, strict=True) if mid}
     replies: dict[int, Message] = {}
     deadline = time.monotonic() + timeout
+    next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(pending)):
             node_id = pending.pop(reply.metadata.reply_to_message_id, None)
             if node_id is not None:
                 replies[node_id] = reply
+        if pending and time.monotonic() >= next_liveness:
+            online = online_node_ids(grid)
+            pending = {mid: n for mid, n in pending.items() if n in online}
+            next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
         if pending:
             time.sleep(PULL_INTERVAL_S)
     return replies

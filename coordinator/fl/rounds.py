@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -49,6 +49,7 @@ class RoundOutcome:
     weights: list[np.ndarray] | None
     outcomes: list[NodeOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)  # protocol-specific, for the journal
 
     @property
     def participants(self) -> list[NodeOutcome]:

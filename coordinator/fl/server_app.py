@@ -20,7 +20,9 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.fl.journal import RunJournal
 from coordinator.fl.messaging import exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
+from coordinator.fl.secure_rounds import SecAggFedAvg, flower_transport
 from lepton_fl.config import Member, RunSpec
+from lepton_fl.model_init import initial_weights
 from lepton_fl.wire import (
     RoundInstruction,
     WireError,
@@ -44,10 +46,19 @@ def main(grid: Grid, context: Context) -> None:
     run = RunSpec.model_validate_json(raw)
     journal = RunJournal(Path(run.journal_path))
     try:
-        drive_run(grid, run, journal, protocol=PlainFedAvg())
+        drive_run(grid, run, journal, protocol=protocol_for(grid, run))
     except Exception as err:
         journal.write("run_failed", reason=str(err), kind=type(err).__name__)
         raise
+
+
+def protocol_for(grid: Grid, run: RunSpec) -> RoundProtocol:
+    """Secure aggregation unless the federation turned it off."""
+    if run.federation.secure_aggregation.enabled:
+        return SecAggFedAvg(
+            run.federation, run_id=str(grid.run.run_id), transport=flower_transport(grid)
+        )
+    return PlainFedAvg()
 
 
 def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundProtocol) -> None:
@@ -61,9 +72,10 @@ def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundP
         rounds=fed.rounds,
         members=[m.model_dump() for m in run.members],
         aggregation=protocol.name,
+        secure_aggregation=fed.secure_aggregation.model_dump(),
     )
     members = wait_for_members(grid, run)
-    weights: list[np.ndarray] = []
+    weights: list[np.ndarray] = list(initial_weights(fed))
     for rnd in range(1, fed.rounds + 1):
         journal.write("round_started", round=rnd, nodes=[m.name for m in members])
         instruction = RoundInstruction(federation=fed, round=rnd, weights=weights)
@@ -122,6 +134,7 @@ def round_record(outcome: RoundOutcome) -> dict[str, object]:
         "num_examples": total,
         "train_loss": train_loss,
         "nodes": nodes,
+        **({"secagg": outcome.details} if outcome.details else {}),
     }
 
 

@@ -29,6 +29,7 @@ class TaskInfo:
     schema: TabularSchema
     partitions: tuple[str, ...]
     loader: Callable[..., TabularSplit]  # (partition, *, seed, test_fraction) -> TabularSplit
+    num_classes: int = 2
 
 
 TASKS: Mapping[str, TaskInfo] = {

@@ -26,7 +26,7 @@ from lepton_fl.wire.records import (
     records_to_bytes,
 )
 
-MessageKind = Literal["train", "evaluate"]
+MessageKind = Literal["train", "evaluate", "secagg"]
 ReplyStatus = Literal["ok", "refused", "error"]
 
 _ARRAYS = "arrays"
@@ -236,10 +236,11 @@ def envelope_from_request(data: bytes) -> tuple[Envelope, RecordDict]:
     config = _config(records, _ENVELOPE)
     _check_version(config)
     kind = _get(config, "kind", str)
-    if kind not in ("train", "evaluate"):
-        raise WireError(f"Unknown message kind {kind!r}; expected 'train' or 'evaluate'.")
+    kinds: dict[str, MessageKind] = {"train": "train", "evaluate": "evaluate", "secagg": "secagg"}
+    if kind not in kinds:
+        raise WireError(f"Unknown message kind {kind!r}; expected one of {', '.join(kinds)}.")
     envelope = Envelope(
-        kind="train" if kind == "train" else "evaluate",
+        kind=kinds[kind],
         run_id=int(_get(config, "run-id", str)),
         message_id=_get(config, "message-id", str),
         node_id=int(_get(config, "node-id", str)),

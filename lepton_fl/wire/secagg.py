@@ -374,3 +374,45 @@ def _same_length(key_a: str, a: Sequence[object], key_b: str, b: Sequence[object
         raise WireError(
             f"Fields {key_a!r} and {key_b!r} must have the same length, not {len(a)} and {len(b)}."
         )
+
+
+# --- FedAvg over SecAgg+: the public numbers around the masked vectors ---------------------
+
+_FEDAVG = "lepton.fedavg"
+
+
+def put_round_weighting(records: RecordDict, *, example_total: int, update_scale: float) -> None:
+    """Wave A, server -> node: the example total N and the update scale of the round."""
+    records[_FEDAVG] = ConfigRecord(
+        {"example-total": int(example_total), "update-scale": float(update_scale)}
+    )
+
+
+def round_weighting_from(records: RecordDict) -> tuple[int, float]:
+    """Decode and check ``(example_total, update_scale)``."""
+    config = _config(records, _FEDAVG)
+    total = _get(config, "example-total", int)
+    scale = _get(config, "update-scale", float)
+    if total < 1 or not (np.isfinite(scale) and scale > 0):
+        raise WireError(
+            f"Bad round weighting: example total {total} and update scale {scale} must be positive."
+        )
+    return total, scale
+
+
+def put_num_examples(records: RecordDict, num_examples: int) -> None:
+    """Setup wave 1, node -> server: the node's training-set size (its FedAvg weight)."""
+    records[_FEDAVG] = ConfigRecord({"num-examples": int(num_examples)})
+
+
+def num_examples_from(records: RecordDict) -> int:
+    """Decode a node's advertised training-set size."""
+    value = _get(_config(records, _FEDAVG), "num-examples", int)
+    if value < 1:
+        raise WireError(f"A node advertised {value} training examples; at least 1 is needed.")
+    return value
+
+
+def is_secagg(records: RecordDict) -> bool:
+    """Whether a message carries a SecAgg+ request or reply."""
+    return _SECAGG in records

@@ -1,0 +1,401 @@
+"""FedAvg through SecAgg+: the coordinator learns only each round's sum of updates.
+
+`SecAggFedAvg` is a `RoundProtocol`. A session (lepton_fl.secagg) covers up to
+``secure_aggregation.session_rounds`` rounds (default: the rest of the run):
+
+* setup, once per session: *advertise keys* (each node checks the federation against its
+  site policy and budget, checks the session's parameters, and answers with its public keys
+  and training-set size) and *share keys* (encrypted Shamir shares of every round's secrets);
+* each round: wave A, *train + masked input* (the node trains with DP-SGD, records its charge,
+  and sends ``[w_i * (W_i - W) / scale, w_i]`` masked), then wave B, *unmask* (survivors reveal
+  the shares that remove the masks; the mask keys of nodes that dropped are reconstructed).
+
+The new model is ``W + scale * S / W_sum`` from the decoded sum ``[S, W_sum]``: the
+example-weighted mean update of exactly the nodes whose input entered the sum. A node that
+drops out, is rejected, or refuses is left out of the sum, and is not charged. A node dropped
+in a round stays out of the session (its round key was reconstructed) and rejoins when a new
+session starts, with fresh keys. A session that cannot go on ends; the next round starts a new
+one; a round that cannot be completed safely fails with the reason, never with a wrong sum.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+from flwr.serverapp import Grid
+
+from coordinator.fl.messaging import exchange
+from coordinator.fl.rounds import NodeOutcome, RoundOutcome
+from lepton_fl.config import FederationSpec, Member
+from lepton_fl.secagg import (
+    AdvertiseKeysReply,
+    AggregateResult,
+    MaskedInputReply,
+    Reply,
+    Request,
+    SecAggError,
+    SecAggServer,
+)
+from lepton_fl.secagg.fedavg import apply_sum, session_config, update_scale, vector_length
+from lepton_fl.wire import (
+    RoundInstruction,
+    TrainReply,
+    WireError,
+    instruction_to_records,
+    train_reply_from_records,
+)
+from lepton_fl.wire.secagg import (
+    is_secagg,
+    num_examples_from,
+    put_round_weighting,
+    secagg_reply_from_records,
+    secagg_request_to_records,
+)
+
+Answer = RecordDict | str  # a reply's content, or why there is none
+Transport = Callable[[Mapping[int, RecordDict], str, str, float], dict[int, Answer]]
+"""``(contents by node id, message type, group id, timeout) -> answers by node id``."""
+
+
+def flower_transport(grid: Grid) -> Transport:
+    """Send a wave through the SuperLink and collect what came back in time."""
+
+    def send(
+        contents: Mapping[int, RecordDict], message_type: str, group_id: str, timeout: float
+    ) -> dict[int, Answer]:
+        replies = exchange(
+            grid, contents, message_type=message_type, group_id=group_id, timeout=timeout
+        )
+        answers: dict[int, Answer] = {}
+        for node_id, message in replies.items():
+            if message.has_error():
+                answers[node_id] = f"The node's ClientApp failed: {message.error.reason}"
+            else:
+                answers[node_id] = message.content
+        return answers
+
+    return send
+
+
+@dataclass
+class _Session:
+    server: SecAggServer
+    number: int
+    first_round: int
+    examples: dict[int, int]
+    record: dict[str, Any] = field(default_factory=dict)
+    absent: dict[int, NodeOutcome] = field(default_factory=dict)  # why a member is not in it
+
+
+class SecAggFedAvg:
+    """Example-weighted FedAvg whose aggregate is computed by SecAgg+ from masked inputs."""
+
+    name = "secagg+"
+
+    def __init__(
+        self,
+        federation: FederationSpec,
+        *,
+        run_id: str,
+        transport: Transport,
+        graph_seed: Callable[[], bytes] = lambda: secrets.token_bytes(32),
+    ) -> None:
+        self.federation = federation
+        self.run_id = run_id
+        self.transport = transport
+        self.graph_seed = graph_seed
+        self._session: _Session | None = None
+        self._sessions = 0
+
+    # -- the RoundProtocol seam -------------------------------------------------------------
+
+    def run_round(
+        self,
+        grid: Grid | None,
+        members: Sequence[Member],
+        instruction: RoundInstruction,
+        *,
+        timeout: float,
+    ) -> RoundOutcome:
+        """One round: a session setup first if needed, then train + masked input, unmask."""
+        del grid  # the transport carries the messages
+        started = time.monotonic()
+        outcomes: dict[int, NodeOutcome] = {}
+        details: dict[str, Any] = {}
+        by_id = {m.node_id: m for m in members}
+        try:
+            session = self._ready_session(members, instruction, outcomes, timeout)
+            details["session"] = session.number
+            details["session_round"] = instruction.round - session.first_round + 1
+            if session.record:
+                details["setup"] = session.record
+            result, replies = self._aggregate(session, by_id, instruction, outcomes, timeout)
+        except SecAggError as err:
+            self._session = None  # the session is over; the next round re-keys
+            details["failure"] = {"code": err.code.value, "reason": err.message}
+            for m in members:
+                outcomes.setdefault(
+                    m.node_id, NodeOutcome(m, "error", f"secagg_{err.code.value}", err.message)
+                )
+            failed = [outcomes[m.node_id] for m in members]
+            return RoundOutcome(
+                instruction.round, None, failed, time.monotonic() - started, details
+            )
+        scale = self._scale(session, result.active)
+        weights, weight_sum = apply_sum(instruction.weights, result.values, scale=scale)
+        for node_id in result.survivors:
+            outcomes[node_id] = NodeOutcome(by_id[node_id], "ok", reply=replies[node_id])
+        for node_id in result.dropped:
+            earlier = outcomes.get(node_id)
+            if earlier is not None and (
+                earlier.status == "refused" or earlier.code.startswith("secagg_")
+            ):
+                continue  # the reason it gave, or why its message was rejected, says more
+            why = f" ({earlier.reason})" if earlier is not None and earlier.reason else ""
+            outcomes[node_id] = NodeOutcome(
+                by_id[node_id],
+                "dropped",
+                "secagg_dropped",
+                f"The node sent no masked input this round{why}; its update is not in the sum "
+                "and the coordinator does not charge it.",
+            )
+        details.update(
+            participants=[by_id[n].name for n in result.survivors],
+            dropouts=[by_id[n].name for n in result.dropped],
+            threshold=result.params.threshold,
+            neighbours=result.params.neighbours,
+            clipped_values=result.clipped_total,
+            quantization_error_bound=result.error_bound * scale,
+            update_scale=scale,
+            weight_sum=weight_sum,
+            rejections=[
+                {
+                    "node": _name(by_id, r.sender),
+                    "stage": r.stage,
+                    "code": r.code.value,
+                    "reason": r.message,
+                }
+                for r in result.rejections
+            ],
+        )
+        if session.server.done:
+            self._session = None
+        ordered = [
+            outcomes.get(m.node_id)
+            or NodeOutcome(m, "dropped", "not_in_session", "The node was not in the session.")
+            for m in members
+        ]
+        return RoundOutcome(
+            instruction.round, weights, ordered, time.monotonic() - started, details
+        )
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _ready_session(
+        self,
+        members: Sequence[Member],
+        instruction: RoundInstruction,
+        outcomes: dict[int, NodeOutcome],
+        timeout: float,
+    ) -> _Session:
+        session = self._session
+        if session is not None:
+            alive = [n for n in session.server.active if n not in session.server.excluded]
+            if len(alive) >= session.server.params.min_survivors:
+                session.record = {}
+                outcomes.update(session.absent)
+                return session
+        self._session = None
+        return self._setup(members, instruction, outcomes, timeout)
+
+    def _setup(
+        self,
+        members: Sequence[Member],
+        instruction: RoundInstruction,
+        outcomes: dict[int, NodeOutcome],
+        timeout: float,
+    ) -> _Session:
+        fed = self.federation
+        if not instruction.weights:
+            raise ValueError("Secure aggregation needs the global model in every round.")
+        self._sessions += 1
+        number = self._sessions
+        server = SecAggServer(
+            run_id=self.run_id,
+            session=number,
+            config=session_config(fed, first_round=instruction.round),
+            participants=[m.node_id for m in members],
+            vector_length=vector_length([np.shape(w) for w in instruction.weights]),
+            graph_seed=self.graph_seed(),
+        )
+        by_id = {m.node_id: m for m in members}
+        header = instruction_to_records(RoundInstruction(fed, instruction.round, []))
+        examples: dict[int, int] = {}
+
+        def advertise(node_id: int, content: RecordDict, reply: Reply) -> None:
+            if isinstance(reply, AdvertiseKeysReply):
+                examples[node_id] = num_examples_from(content)
+
+        self._wave(
+            server,
+            server.advertise_keys_requests(),
+            by_id,
+            outcomes,
+            "query",
+            f"{instruction.round}.setup-1",
+            timeout,
+            header=header,
+            on_reply=advertise,
+        )
+        self._wave(
+            server,
+            server.share_keys_requests(),
+            by_id,
+            outcomes,
+            "query",
+            f"{instruction.round}.setup-2",
+            timeout,
+        )
+        params = server.params
+        session = _Session(
+            server,
+            number,
+            instruction.round,
+            examples,
+            record={
+                "participants": [by_id[n].name for n in params.participants],
+                "rounds": server.rounds,
+                "threshold": params.threshold,
+                "neighbours": params.neighbours,
+                "modulus_bits": params.modulus_bits,
+                "vector_length": params.vector_length,
+            },
+        )
+        session.absent = dict(outcomes)
+        self._session = session
+        return session
+
+    # -- one round --------------------------------------------------------------------------
+
+    def _aggregate(
+        self,
+        session: _Session,
+        by_id: Mapping[int, Member],
+        instruction: RoundInstruction,
+        outcomes: dict[int, NodeOutcome],
+        timeout: float,
+    ) -> tuple[AggregateResult, dict[int, TrainReply]]:
+        server = session.server
+        requests = server.masked_input_requests()
+        active = tuple(requests)
+        base = instruction_to_records(instruction)
+        total = sum(session.examples[n] for n in active)
+        scale = self._scale(session, active)
+        put_round_weighting(base, example_total=total, update_scale=scale)
+        summaries: dict[int, TrainReply] = {}
+
+        def trained(node_id: int, content: RecordDict, reply: Reply) -> None:
+            if isinstance(reply, MaskedInputReply):
+                summaries[node_id] = train_reply_from_records(content)
+
+        self._wave(
+            server,
+            requests,
+            by_id,
+            outcomes,
+            "train",
+            str(instruction.round),
+            timeout,
+            header=base,
+            on_reply=trained,
+        )
+        self._wave(
+            server,
+            server.unmask_requests(),
+            by_id,
+            outcomes,
+            "query",
+            f"{instruction.round}.unmask",
+            timeout,
+        )
+        return server.finalize(), summaries
+
+    def _scale(self, session: _Session, active: Sequence[int]) -> float:
+        return update_scale(self.federation, max_examples=max(session.examples[n] for n in active))
+
+    def _wave(
+        self,
+        server: SecAggServer,
+        requests: Mapping[int, Request],
+        by_id: Mapping[int, Member],
+        outcomes: dict[int, NodeOutcome],
+        message_type: str,
+        group_id: str,
+        timeout: float,
+        *,
+        header: RecordDict | None = None,
+        on_reply: Callable[[int, RecordDict, Reply], None] | None = None,
+    ) -> None:
+        """Send one wave; feed valid replies to the server, record why others are missing."""
+        contents: dict[int, RecordDict] = {}
+        for node_id, request in requests.items():
+            content = secagg_request_to_records(request)
+            for name, record in (header or RecordDict()).items():
+                content[name] = record
+            contents[node_id] = content
+        answers = self.transport(contents, message_type, group_id, timeout)
+        for node_id in requests:
+            member = by_id[node_id]
+            answer = answers.get(node_id)
+            if answer is None:
+                outcomes[node_id] = NodeOutcome(
+                    member, "dropped", "no_reply", f"No answer to {group_id} in time."
+                )
+                continue
+            if isinstance(answer, str):
+                outcomes[node_id] = NodeOutcome(member, "error", "clientapp_error", answer)
+                continue
+            if not is_secagg(answer):
+                outcomes[node_id] = _refusal(member, answer)
+                continue
+            try:
+                reply = secagg_reply_from_records(answer)
+                if on_reply is not None:
+                    on_reply(node_id, answer, reply)
+            except WireError as err:
+                outcomes[node_id] = NodeOutcome(member, "error", err.code, str(err))
+                continue
+            if reply.sender != node_id:
+                outcomes[node_id] = NodeOutcome(
+                    member,
+                    "error",
+                    "secagg_unknown_sender",
+                    f"The reply claims to come from node {reply.sender}.",
+                )
+                continue
+            rejection = server.receive(reply)
+            if rejection is not None:
+                outcomes[node_id] = NodeOutcome(
+                    member, "error", f"secagg_{rejection.code.value}", rejection.message
+                )
+
+
+def _refusal(member: Member, content: RecordDict) -> NodeOutcome:
+    try:
+        reply = train_reply_from_records(content)
+    except WireError as err:
+        return NodeOutcome(member, "error", err.code, str(err))
+    if reply.status == "refused":
+        return NodeOutcome(member, "refused", reply.code, reply.reason, reply)
+    return NodeOutcome(member, "error", reply.code, reply.reason, reply)
+
+
+def _name(by_id: Mapping[int, Member], node_id: int) -> str:
+    member = by_id.get(node_id)
+    return member.name if member is not None else str(node_id)
