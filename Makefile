@@ -39,6 +39,8 @@ test: lint typecheck
 bench: setup
 	$(BIN)/python bench/dp_overhead.py
 	$(BIN)/python bench/round_overhead.py
+	$(BIN)/python bench/secagg_crypto.py
+	$(BIN)/python bench/secagg.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-summary.json

@@ -7,7 +7,6 @@ the PID we started it with, never by name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -109,14 +108,13 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            list(self.argv),
+            _with_parent_death_signal(self.argv) if self.die_with_parent else list(self.argv),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(self.env),
             cwd=self.cwd,
             start_new_session=True,
-            preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         return self
 
@@ -182,20 +180,17 @@ class ManagedProcess:
             self._log = None
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGKILL the child when its parent dies (None elsewhere).
+def _with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under ``setpriv --pdeathsig KILL`` where util-linux has it (Linux).
 
-    The C library is loaded here, in the parent; the hook itself only makes one system call.
+    The kernel then kills the child when the thread that started it dies, however it dies.
+    (A ``preexec_fn`` would do the same, but forces a plain fork(), which gRPC's threads in
+    the parent do not survive.) Without ``setpriv`` the command runs as it is.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-    return hook
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 def wait_until(

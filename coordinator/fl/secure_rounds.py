@@ -242,26 +242,10 @@ class SecAggFedAvg:
             if isinstance(reply, AdvertiseKeysReply):
                 examples[node_id] = num_examples_from(content)
 
-        self._wave(
-            server,
-            server.advertise_keys_requests(),
-            by_id,
-            outcomes,
-            "query",
-            f"{instruction.round}.setup-1",
-            timeout,
-            header=header,
-            on_reply=advertise,
-        )
-        self._wave(
-            server,
-            server.share_keys_requests(),
-            by_id,
-            outcomes,
-            "query",
-            f"{instruction.round}.setup-2",
-            timeout,
-        )
+        wave = _Waves(self.transport, server, by_id, outcomes, timeout)
+        rnd = instruction.round
+        wave.send(server.advertise_keys_requests(), "query", f"{rnd}.setup-1", header, advertise)
+        wave.send(server.share_keys_requests(), "query", f"{rnd}.setup-2")
         params = server.params
         session = _Session(
             server,
@@ -304,41 +288,30 @@ class SecAggFedAvg:
             if isinstance(reply, MaskedInputReply):
                 summaries[node_id] = train_reply_from_records(content)
 
-        self._wave(
-            server,
-            requests,
-            by_id,
-            outcomes,
-            "train",
-            str(instruction.round),
-            timeout,
-            header=base,
-            on_reply=trained,
-        )
-        self._wave(
-            server,
-            server.unmask_requests(),
-            by_id,
-            outcomes,
-            "query",
-            f"{instruction.round}.unmask",
-            timeout,
-        )
+        wave = _Waves(self.transport, server, by_id, outcomes, timeout)
+        wave.send(requests, "train", str(instruction.round), base, trained)
+        wave.send(server.unmask_requests(), "query", f"{instruction.round}.unmask")
         return server.finalize(), summaries
 
     def _scale(self, session: _Session, active: Sequence[int]) -> float:
         return update_scale(self.federation, max_examples=max(session.examples[n] for n in active))
 
-    def _wave(
+
+@dataclass
+class _Waves:
+    """Sends a session's waves and feeds the replies to its server."""
+
+    transport: Transport
+    server: SecAggServer
+    by_id: Mapping[int, Member]
+    outcomes: dict[int, NodeOutcome]
+    timeout: float
+
+    def send(
         self,
-        server: SecAggServer,
         requests: Mapping[int, Request],
-        by_id: Mapping[int, Member],
-        outcomes: dict[int, NodeOutcome],
         message_type: str,
         group_id: str,
-        timeout: float,
-        *,
         header: RecordDict | None = None,
         on_reply: Callable[[int, RecordDict, Reply], None] | None = None,
     ) -> None:
@@ -349,39 +322,39 @@ class SecAggFedAvg:
             for name, record in (header or RecordDict()).items():
                 content[name] = record
             contents[node_id] = content
-        answers = self.transport(contents, message_type, group_id, timeout)
+        answers = self.transport(contents, message_type, group_id, self.timeout)
         for node_id in requests:
-            member = by_id[node_id]
+            member = self.by_id[node_id]
             answer = answers.get(node_id)
             if answer is None:
-                outcomes[node_id] = NodeOutcome(
+                self.outcomes[node_id] = NodeOutcome(
                     member, "dropped", "no_reply", f"No answer to {group_id} in time."
                 )
                 continue
             if isinstance(answer, str):
-                outcomes[node_id] = NodeOutcome(member, "error", "clientapp_error", answer)
+                self.outcomes[node_id] = NodeOutcome(member, "error", "clientapp_error", answer)
                 continue
             if not is_secagg(answer):
-                outcomes[node_id] = _refusal(member, answer)
+                self.outcomes[node_id] = _refusal(member, answer)
                 continue
             try:
                 reply = secagg_reply_from_records(answer)
                 if on_reply is not None:
                     on_reply(node_id, answer, reply)
             except WireError as err:
-                outcomes[node_id] = NodeOutcome(member, "error", err.code, str(err))
+                self.outcomes[node_id] = NodeOutcome(member, "error", err.code, str(err))
                 continue
             if reply.sender != node_id:
-                outcomes[node_id] = NodeOutcome(
+                self.outcomes[node_id] = NodeOutcome(
                     member,
                     "error",
                     "secagg_unknown_sender",
                     f"The reply claims to come from node {reply.sender}.",
                 )
                 continue
-            rejection = server.receive(reply)
+            rejection = self.server.receive(reply)
             if rejection is not None:
-                outcomes[node_id] = NodeOutcome(
+                self.outcomes[node_id] = NodeOutcome(
                     member, "error", f"secagg_{rejection.code.value}", rejection.message
                 )
 
