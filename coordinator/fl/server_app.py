@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.fl.journal import RunJournal
 from coordinator.fl.messaging import exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
+from coordinator.services.round_sink import open_journal
 from lepton_fl.config import Member, RunSpec
 from lepton_fl.wire import (
     RoundInstruction,
@@ -42,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     if not isinstance(raw, str) or not raw:
         raise RunAbortedError("The run config has no 'lepton-run' spec; submit runs via Lepton.")
     run = RunSpec.model_validate_json(raw)
-    journal = RunJournal(Path(run.journal_path))
+    journal = open_journal(run)  # also records rounds, charges and the end in the admin DB
     try:
         drive_run(grid, run, journal, protocol=PlainFedAvg())
     except Exception as err:
