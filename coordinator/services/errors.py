@@ -49,3 +49,18 @@ class UpstreamError(ServiceError):
     """The SuperLink refused or failed an operation the request needed."""
 
     status = 502
+
+
+class UnavailableError(ServiceError):
+    """No SuperLink is attached to this admin service."""
+
+    status = 503
+
+
+def no_superlink() -> UnavailableError:
+    """The refusal for operations that need a SuperLink when none is attached."""
+    return UnavailableError(
+        "This admin service runs without a SuperLink; start it with `lepton coordinator "
+        "start` to enroll nodes and run federations.",
+        code="superlink_unavailable",
+    )

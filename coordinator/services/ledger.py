@@ -22,6 +22,7 @@ from coordinator.db.tables import Federation, LedgerEntry, Node, Run, RunRound
 from coordinator.services import audit
 from coordinator.services.common import Actor, check_tenant_visible, not_found, now_iso
 from coordinator.services.errors import NotFoundError
+from lepton_fl.config import AccountantName
 from lepton_fl.privacy import AccountantStep, epsilon_spent
 
 
@@ -31,7 +32,7 @@ def history_epsilon(entries: Sequence[LedgerEntry]) -> float:
         return 0.0
     latest = entries[-1]
     steps = [AccountantStep(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
-    accountant = "prv" if latest.accountant == "prv" else "rdp"
+    accountant: AccountantName = "prv" if latest.accountant == "prv" else "rdp"
     return epsilon_spent(steps, delta=latest.delta, accountant=accountant)
 
 

@@ -38,6 +38,7 @@ from coordinator.services.errors import (
     ConflictError,
     InvalidError,
     UnauthenticatedError,
+    no_superlink,
 )
 from coordinator.services.gateway import NodeRegistry
 
@@ -133,7 +134,9 @@ def parse_public_key(public_key: str) -> tuple[str, str]:
     return normalised, hashlib.sha256(blob).hexdigest()
 
 
-def enroll_node(db: Database, *, token: str, public_key: str, registry: NodeRegistry) -> Node:
+def enroll_node(
+    db: Database, *, token: str, public_key: str, registry: NodeRegistry | None
+) -> Node:
     """The node's side: a valid unused token and a public key; the key gets registered."""
     normalised, fingerprint = parse_public_key(public_key)
     refused = UnauthenticatedError(
@@ -163,6 +166,8 @@ def enroll_node(db: Database, *, token: str, public_key: str, registry: NodeRegi
                 "pair for this node (`lepton certs node-key`).",
                 code="duplicate_public_key",
             )
+        if registry is None:
+            raise no_superlink()
         flower_node_id = registry.register(normalised, name=node.name)
         try:
             node.state = "enrolled"
@@ -207,7 +212,7 @@ def get_node(db: Database, actor: Actor, node_id: str) -> Node:
     return node
 
 
-def revoke_node(db: Database, actor: Actor, node_id: str, *, registry: NodeRegistry) -> Node:
+def revoke_node(db: Database, actor: Actor, node_id: str, *, registry: NodeRegistry | None) -> Node:
     """Revoke a node: unregister its key from the SuperLink, so it can no longer join."""
     require_writer(actor, action="revoke nodes")
     require_role(actor, "platform_admin", "tenant_admin", action="revoke nodes")
@@ -232,8 +237,9 @@ def revoke_node(db: Database, actor: Actor, node_id: str, *, registry: NodeRegis
         )
         session.flush()
         if was_enrolled:
-            assert node.flower_node_id is not None
-            registry.unregister(int(node.flower_node_id))
+            if registry is None:
+                raise no_superlink()
+            registry.unregister(int(str(node.flower_node_id)))
     return node
 
 

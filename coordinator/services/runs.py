@@ -31,7 +31,7 @@ from coordinator.services.common import (
     require_role,
     require_writer,
 )
-from coordinator.services.errors import ConflictError, InvalidError, ServiceError
+from coordinator.services.errors import ConflictError, InvalidError, ServiceError, no_superlink
 from coordinator.services.federations import check_definition, load_definition
 from coordinator.services.gateway import RunLauncher
 from coordinator.services.ledger import history_epsilon, node_entries
@@ -56,7 +56,7 @@ def start_run(
     actor: Actor,
     federation_id: str,
     *,
-    launcher: RunLauncher,
+    launcher: RunLauncher | None,
     settings: RunSettings,
 ) -> Run:
     """Check members and budgets, record the run, submit it; return the run."""
@@ -101,6 +101,8 @@ def start_run(
                 "node from the federation or lower the federation's target epsilon.",
                 code="budget_exceeded",
             )
+    if launcher is None:
+        raise no_superlink()
     run_id = new_id()
     run_dir = settings.runs_dir / run_id
     journal = run_dir / "journal.jsonl"
@@ -217,7 +219,7 @@ def mark_ended(
         audit.append_event(session, actor, f"run.{state}", f"run:{run_id}", details)
 
 
-def stop_run(db: Database, actor: Actor, run_id: str, *, launcher: RunLauncher) -> Run:
+def stop_run(db: Database, actor: Actor, run_id: str, *, launcher: RunLauncher | None) -> Run:
     """Stop an active run (Flower's `flwr stop`)."""
     require_writer(actor, action="stop runs")
     require_role(actor, "platform_admin", action="stop runs")
@@ -228,6 +230,8 @@ def stop_run(db: Database, actor: Actor, run_id: str, *, launcher: RunLauncher) 
             code="run_not_active",
         )
     if run.flower_run_id is not None:
+        if launcher is None:
+            raise no_superlink()
         launcher.stop(int(run.flower_run_id))
     mark_ended(db, run_id, state="stopped", failure="stopped by an admin", actor=actor)
     return get_run(db, actor, run_id)
