@@ -99,7 +99,8 @@ def test_api_key_is_stored_only_as_a_slow_hash(db: Database) -> None:
     row, key = keys.create_key(db, ADMIN, role="auditor")
 
     assert key.startswith(f"lfk_{row.prefix}_")
-    assert key not in row.key_hash and row.key_hash.startswith("$argon2")
+    assert key not in row.key_hash
+    assert row.key_hash.startswith("$argon2")
     assert keys.authenticate(db, key).role == "auditor"
 
 
@@ -227,7 +228,8 @@ def test_run_refused_when_a_member_budget_would_be_exceeded(db: Database, tmp_pa
         _started_run(db, tmp_path, budget=1.5)
 
     assert refused.value.code == "budget_exceeded"
-    assert "site-0" in refused.value.message and "1.5" in refused.value.message
+    assert "site-0" in refused.value.message
+    assert "1.5" in refused.value.message
 
 
 def test_second_run_of_a_federation_conflicts(db: Database, tmp_path: Path) -> None:
@@ -295,4 +297,5 @@ def test_concurrent_writers_keep_one_chain(db: Database) -> None:
 
     assert errors == []
     verdict = audit.verify_chain(db, ADMIN)
-    assert verdict.ok and verdict.events_checked == 12
+    assert verdict.ok
+    assert verdict.events_checked == 12

@@ -56,7 +56,8 @@ def test_run_over_a_members_budget_is_refused_naming_node_and_numbers(world: Wor
     body = response.json()
     assert body["code"] == "budget_exceeded"
     assert "stingy" in body["message"]
-    assert "epsilon 2" in body["message"] and "budget 1" in body["message"]
+    assert "epsilon 2" in body["message"]
+    assert "budget 1" in body["message"]
 
 
 def test_run_with_too_few_members_is_refused(world: World) -> None:
@@ -79,7 +80,8 @@ def test_two_federations_run_at_once_but_one_federation_runs_once(world: World) 
     run_2 = api.ok("POST", f"/federations/{second['id']}/runs", api.admin)
     again = api.call("POST", f"/federations/{first['id']}/runs", api.admin)
 
-    assert run_1["state"] in ("submitted", "running") and run_1["flower_run_id"]
+    assert run_1["state"] in ("submitted", "running")
+    assert run_1["flower_run_id"]
     assert run_2["state"] in ("submitted", "running")
     assert run_1["flower_run_id"] != run_2["flower_run_id"]
     assert again.status_code == 409
