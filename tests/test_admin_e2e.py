@@ -141,7 +141,7 @@ def finished(deployment: Deployment) -> dict[str, Any]:
         )
         tenant_keys[tenant] = {"Authorization": f"Bearer {key['key']}"}
     nodes: dict[str, dict[str, Any]] = {}
-    for name, (tenant, partition) in SITES.items():
+    for name, (tenant, _) in SITES.items():
         created = d.call(
             "POST", "/nodes", tenant_keys[tenant], json={"name": name, "epsilon_budget": 10.0}
         )
@@ -152,7 +152,8 @@ def finished(deployment: Deployment) -> dict[str, Any]:
             {},
             json={"token": created["enrollment_token"], "public_key": public_key},
         )
-        process = _start_node(d, name, partition)
+    started = {name: _start_node(d, name, partition) for name, (_, partition) in SITES.items()}
+    for name, process in started.items():
         socket = d.root / "nodes" / name / "trainer.sock"
         wait_until(lambda s=socket: ping(s), timeout=120, what=f"trainer {name}", process=process)  # type: ignore[misc]
     federation = d.call(

@@ -87,6 +87,9 @@ def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "The request body could not be parsed; send UTF-8 JSON."
+        return JSONResponse(error_body(code, message, "body"), status_code=400)
     if exc.status_code == 404 and message == "Not Found":
         message = "No such route; see /openapi.json for the API."
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
