@@ -5,6 +5,7 @@ the schema (status codes, content types, bodies). Schemathesis also sends invali
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from coordinator.api import AdminSettings, create_app
 from coordinator.db import Database
 from coordinator.services.keys import bootstrap_admin_key
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = int(os.environ.get("LEPTON_FUZZ_EXAMPLES", "25"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
