@@ -3,6 +3,7 @@ to stop."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ def run_coordinator(
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
     api_server = _prepare_api(settings, api) if api is not None else None
+    if api is not None and api.database_url:
+        _export_database_password(api.database_url)
     superlink = SuperLink(settings)
     process = superlink.start()
     print(f"SuperLink listening on https://{settings.address} (pid {process.pid})", flush=True)
@@ -82,3 +85,16 @@ def _prepare_api(settings: SuperLinkSettings, api: ApiOptions) -> uvicorn.Server
     )
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning")
     return uvicorn.Server(config)
+
+
+def _export_database_password(url: str) -> None:
+    """Put the admin database's password in PGPASSWORD for the SuperLink's ServerApps.
+
+    Run specs name the database without its password (they are stored by the SuperLink);
+    the ServerApps inherit this process's environment, and psycopg reads PGPASSWORD.
+    """
+    from sqlalchemy.engine import make_url
+
+    password = make_url(url).password
+    if password:
+        os.environ["PGPASSWORD"] = str(password)

@@ -41,7 +41,9 @@ KEY_SCHEME = "lfk"
 PREFIX_LENGTH = 8
 CACHE_TTL_S = 10.0
 _ALPHABET = string.ascii_lowercase + string.digits
-_HASHER = PasswordHasher()
+#: argon2id at OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): slow enough to make
+#: guessing costly, fast enough (tens of ms) not to stall an API worker on a cache miss.
+_HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 
 
 class _VerifiedKeyCache:
