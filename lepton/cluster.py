@@ -8,6 +8,7 @@ the real CLI and stopped by PID.
 from __future__ import annotations
 
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from lepton_fl.config import Member, RunSpec
 from lepton_fl.crypto import PKIPaths, create_pki
 from lepton_fl.processes import (
     ManagedProcess,
+    ProcessError,
     executable,
     flower_env,
     free_port,
@@ -91,6 +93,7 @@ class LocalCluster:
         self.superlink: SuperLink | None = None
         self.nodes: dict[str, RunningNode] = {}
         self._processes: list[ManagedProcess] = []
+        self.api_port = free_port()  # the coordinator's admin API (see `api_url`)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -142,6 +145,26 @@ class LocalCluster:
         process = self.nodes[name].process
         self._processes.remove(process)
         process.kill()
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the coordinator's admin API."""
+        return f"http://127.0.0.1:{self.api_port}/api/v1"
+
+    def create_admin_key(self) -> str:
+        """Bootstrap a platform-admin API key, as an operator would on the coordinator host."""
+        done = subprocess.run(
+            lepton_command(
+                "coordinator", "create-admin-key", "--data-dir", str(self.root / "coordinator")
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ProcessError(f"create-admin-key failed: {done.stderr.strip()}")
+        return done.stdout.strip()
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -203,6 +226,8 @@ class LocalCluster:
                     str(pki.directory),
                     "--port",
                     str(settings.port),
+                    "--api-port",
+                    str(self.api_port),
                 ),
                 log_path=self.root / "logs" / "coordinator.log",
                 env=flower_env(settings.flwr_home),
