@@ -130,9 +130,7 @@ def federation_spec(definition: FederationDefinition) -> FederationSpec:
             privacy=PrivacySpec(**definition.privacy.model_dump()),
             training=TrainingSpec(**definition.training.model_dump()),
             seed=definition.seed,
-            secure_aggregation=SecureAggregationSpec(
-                **definition.secure_aggregation.model_dump()
-            ),
+            secure_aggregation=SecureAggregationSpec(**definition.secure_aggregation.model_dump()),
         )
     except ValidationError as err:
         raise InvalidError(
