@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton.admin_client import AdminClient, AuditVerdict, EnrolledNode, NodeLedger, Release
+from lepton.admin_client import (
+    AdminClient,
+    AuditVerdict,
+    CreatedNode,
+    EnrolledNode,
+    NodeLedger,
+    Release,
+)
 from lepton.cluster import LocalCluster, NodePlan
 from lepton.ledger_report import ledger_rows
 from lepton_fl.config import FederationSpec, Member
@@ -53,11 +60,26 @@ def enroll_sites(
     *,
     on_enrolled: Callable[[Site], object],
 ) -> dict[str, Site]:
-    """Tenant, tenant-admin key, node and enrollment for every plan, hospitals in parallel;
-    `on_enrolled` runs in the calling thread as each node is enrolled (to start it)."""
+    """Tenant, tenant-admin key and node for every plan, then every node's enrollment,
+    hospitals in parallel; `on_enrolled` runs in the calling thread as each node is enrolled
+    (to start it while the others enroll).
+
+    Creating first and enrolling after keeps the quick writes from queueing behind
+    enrollments, which hold the database's write lock while the SuperLink registers a key.
+    """
+    assert cluster.pki is not None
+    pki = cluster.pki
     sites: dict[str, Site] = {}
-    with ThreadPoolExecutor(max_workers=len(plans) or 1) as pool:
-        futures = [pool.submit(_enroll_site, platform, cluster, plan) for plan in plans]
+    with ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
+        created = list(pool.map(lambda plan: _create_site(platform, plan), plans))
+
+        def enroll(plan: NodePlan, site: tuple[str, str, CreatedNode]) -> Site:
+            tenant_id, key, node = site
+            public_key = pki.nodes[plan.name].public_key.read_text(encoding="utf-8")
+            enrolled = platform.anonymous().enroll(node.enrollment_token, public_key)
+            return Site(name=plan.name, tenant_id=tenant_id, tenant_key=key, node=enrolled)
+
+        futures = [pool.submit(enroll, p, c) for p, c in zip(plans, created, strict=True)]
         for future in as_completed(futures):
             site = future.result()
             sites[site.name] = site
@@ -65,16 +87,15 @@ def enroll_sites(
     return {p.name: sites[p.name] for p in plans}
 
 
-def _enroll_site(platform: AdminClient, cluster: LocalCluster, plan: NodePlan) -> Site:
-    assert cluster.pki is not None
+def _create_site(platform: AdminClient, plan: NodePlan) -> tuple[str, str, CreatedNode]:
+    """The platform admin creates the tenant and its admin's key; the tenant admin creates
+    the node with its budget. Returns (tenant id, tenant-admin key, created node)."""
     tenant = platform.create_tenant(plan.name, display_name=INSTITUTIONS.get(plan.name, ""))
     key = platform.create_api_key(
         "tenant_admin", tenant_id=tenant.id, name=f"{plan.name} IT (lepton demo)"
     )
-    created = platform.as_key(key).create_node(plan.name, epsilon_budget=plan.epsilon_budget)
-    public_key = cluster.pki.nodes[plan.name].public_key.read_text(encoding="utf-8")
-    node = platform.anonymous().enroll(created.enrollment_token, public_key)
-    return Site(name=plan.name, tenant_id=tenant.id, tenant_key=key, node=node)
+    node = platform.as_key(key).create_node(plan.name, epsilon_budget=plan.epsilon_budget)
+    return tenant.id, key, node
 
 
 def federation_definition(fed: FederationSpec) -> dict[str, Any]:
