@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -199,10 +200,18 @@ class SuperLink:
         payload = self.flwr("supernode", "register", str(public_key), CONNECTION, "--name", name)
         return int(payload["node-id"])
 
+    def unregister_node(self, node_id: int) -> None:
+        """Unregister a node: its key can no longer connect (used when a node is revoked)."""
+        self.flwr("supernode", "unregister", str(node_id), CONNECTION)
+
+    def stop_run(self, run_id: int) -> None:
+        """Ask the SuperLink to stop a run (`flwr stop`)."""
+        self.flwr("stop", str(run_id), CONNECTION)
+
     def submit_run(self, run: RunSpec, *, work_dir: Path) -> int:
         """Submit the Lepton Flower app for `run`; return Flower's run id."""
         work_dir.mkdir(parents=True, exist_ok=True)
-        config_path = work_dir / f"run-{run.federation.name}.toml"
+        config_path = work_dir / f"run-{run.federation.name}-{time.time_ns()}.toml"
         config_path.write_text(f"lepton-run = {json.dumps(run.model_dump_json())}\n")
         payload = self.flwr(
             "run", str(fab_directory()), CONNECTION, "--run-config", str(config_path)

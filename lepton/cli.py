@@ -66,11 +66,47 @@ def coordinator_start(
     pki_dir: Annotated[Path, typer.Option(help="Directory made by `lepton certs init`.")],
     host: str = "127.0.0.1",
     port: int = 9093,
+    api_host: Annotated[str, typer.Option(help="Where the admin API listens.")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option(min=1, max=65535, help="The admin API's port.")] = 9080,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The admin database (postgresql+psycopg://USER@HOST/DB); default: "
+            "sqlite:///DATA_DIR/admin.db."
+        ),
+    ] = None,
+    api: Annotated[bool, typer.Option(help="Serve the admin API beside the SuperLink.")] = True,
 ) -> None:
-    """Start the SuperLink (TLS, SuperNode authentication, persistent state)."""
-    from coordinator.runner import run_coordinator
+    """Start the SuperLink (TLS, SuperNode authentication, persistent state) and the admin
+    API (FastAPI under /api/v1; schema created or upgraded with Alembic on start)."""
+    from coordinator.runner import ApiOptions, run_coordinator
 
-    raise typer.Exit(run_coordinator(_superlink_settings(data_dir, pki_dir, host, port)))
+    options = ApiOptions(host=api_host, port=api_port, database_url=database_url)
+    settings = _superlink_settings(data_dir, pki_dir, host, port)
+    raise typer.Exit(run_coordinator(settings, api=options if api else None))
+
+
+@coordinator_app.command("create-admin-key")
+def coordinator_create_admin_key(
+    data_dir: Annotated[Path, typer.Option(help="The coordinator's data directory.")],
+    database_url: Annotated[
+        str | None, typer.Option(help="The admin database; default sqlite:///DATA_DIR/admin.db.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "bootstrap",
+) -> None:
+    """Create a platform-admin API key and print it once (run on the coordinator host)."""
+    from coordinator.db import Database, default_sqlite_url
+    from coordinator.services.keys import bootstrap_admin_key
+
+    database = Database(database_url or default_sqlite_url(data_dir.resolve()))
+    database.upgrade()
+    row, key = bootstrap_admin_key(database, name=name)
+    typer.echo(key)
+    typer.echo(
+        f"platform-admin key {row.prefix} created; it is shown only now. Send it as "
+        "`Authorization: Bearer <key>`.",
+        err=True,
+    )
 
 
 @coordinator_app.command("register-node")

@@ -8,6 +8,7 @@ the real CLI and stopped by PID.
 from __future__ import annotations
 
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from lepton_fl.config import Member, RunSpec
 from lepton_fl.crypto import PKIPaths, create_pki
 from lepton_fl.processes import (
     ManagedProcess,
+    ProcessError,
     executable,
     flower_env,
     free_port,
@@ -91,28 +93,64 @@ class LocalCluster:
         self.superlink: SuperLink | None = None
         self.nodes: dict[str, RunningNode] = {}
         self._processes: list[ManagedProcess] = []
+        self.api_port = free_port()  # the coordinator's admin API (see `api_url`)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, *, node_ready_timeout: float = 120.0) -> LocalCluster:
-        """PKI, coordinator, key registration, nodes; returns once every trainer answers."""
+        """PKI, coordinator, key registration, nodes; returns once every trainer answers.
+
+        The cluster registers the node keys itself (`flwr supernode register`). To have the
+        admin API enroll them instead, call `start_coordinator`, enroll, then `start_node`
+        for each node with the member the enrollment returned, and `wait_for_nodes`.
+        """
+        self.start_coordinator()
+        members = self._register([p for p in self.plans if p.register])
+        for plan in self.plans:
+            self.start_node(plan.name, members.get(plan.name))
+        self.wait_for_nodes(timeout=node_ready_timeout)
+        return self
+
+    def start_coordinator(self) -> SuperLink:
+        """The PKI and the coordinator (SuperLink and admin API); no node yet."""
         self.pki = create_pki(
             self.root / "pki", node_names=[p.name for p in self.plans], overwrite=True
         )
         self.superlink = self._start_coordinator(self.pki)
-        members = self._register([p for p in self.plans if p.register])
-        for plan in self.plans:
-            self.nodes[plan.name] = self._start_node(plan, members.get(plan.name))
+        return self.superlink
+
+    def start_node(self, name: str, member: Member | None) -> RunningNode:
+        """Start one planned node; `member` is its registered identity (None: unregistered)."""
+        plan = next((p for p in self.plans if p.name == name), None)
+        if plan is None:
+            raise ProcessError(f"No node named {name!r} is planned in this cluster.")
+        node = self._start_node(plan, member)
+        self.nodes[name] = node
+        return node
+
+    def wait_for_nodes(self, *, timeout: float = 120.0) -> None:
+        """Wait until the trainer of every started, registered node answers."""
         for node in self.nodes.values():
             if node.plan.register:
                 socket_path = node.state_dir / "trainer.sock"
                 wait_until(
                     lambda s=socket_path: ping(s),  # type: ignore[misc]
-                    timeout=node_ready_timeout,
+                    timeout=timeout,
                     what=f"the trainer of {node.plan.name}",
                     process=node.process,
                 )
-        return self
+
+    def wait_for_api(self, *, timeout: float = 60.0) -> None:
+        """Wait until the coordinator's admin API accepts connections."""
+        coordinator = next((p for p in self._processes if p.name == "lepton coordinator"), None)
+        if coordinator is None:
+            raise ProcessError("The coordinator is not started: call start_coordinator first.")
+        wait_until(
+            lambda: port_accepts("127.0.0.1", self.api_port),
+            timeout=timeout,
+            what="the coordinator's admin API",
+            process=coordinator,
+        )
 
     def stop(self) -> None:
         """Stop nodes first, then the coordinator, each by the PID we started."""
@@ -142,6 +180,26 @@ class LocalCluster:
         process = self.nodes[name].process
         self._processes.remove(process)
         process.kill()
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the coordinator's admin API."""
+        return f"http://127.0.0.1:{self.api_port}/api/v1"
+
+    def create_admin_key(self) -> str:
+        """Bootstrap a platform-admin API key, as an operator would on the coordinator host."""
+        done = subprocess.run(
+            lepton_command(
+                "coordinator", "create-admin-key", "--data-dir", str(self.root / "coordinator")
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ProcessError(f"create-admin-key failed: {done.stderr.strip()}")
+        return done.stdout.strip()
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -203,6 +261,8 @@ class LocalCluster:
                     str(pki.directory),
                     "--port",
                     str(settings.port),
+                    "--api-port",
+                    str(self.api_port),
                 ),
                 log_path=self.root / "logs" / "coordinator.log",
                 env=flower_env(settings.flwr_home),

@@ -1,10 +1,15 @@
-"""`lepton demo`: four hospitals, one TLS SuperLink, DP-SGD at every node.
+"""`lepton demo`: four hospitals, one TLS SuperLink, DP-SGD at every node, run through the
+admin API as real admins would.
 
 Everything runs as separate OS processes on 127.0.0.1, exactly as in a deployment: the
-coordinator (`lepton coordinator start`), and per hospital a node (`lepton node start`, a
-trainer daemon plus a `flower-supernode` authenticated by the hospital's key). The demo
-itself plays the platform admin (creates the PKI, registers the node keys, submits the run)
-and, for comparison only, trains a model on each hospital's data alone.
+coordinator (`lepton coordinator start`: the SuperLink and the admin API), and per hospital a
+node (`lepton node start`, a trainer daemon plus a `flower-supernode` authenticated by the
+hospital's key). The demo creates the PKI and bootstraps a platform-admin key on the
+coordinator host (`lepton coordinator create-admin-key`); everything else goes through the
+admin API (lepton/demo_admin.py): tenants, nodes and their enrollment (the coordinator
+registers their keys), the federation, the run and its progress, the ledger and its
+reconciliation with every node's own, a signed release verified offline, the audit chain.
+For comparison only, it also trains a model on each hospital's data alone.
 """
 
 from __future__ import annotations
@@ -24,16 +29,36 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from coordinator.api.settings import AdminSettings
 from coordinator.fl.journal import JournalView, read_journal
+from lepton.admin_client import AdminClient, AuditVerdict, RoundStatus, RunStatus
 from lepton.baseline import BaselineResult, local_only_baselines
 from lepton.cluster import LocalCluster, NodePlan
+from lepton.demo_admin import (
+    LedgerCheck,
+    ReleaseCheck,
+    Site,
+    enroll_sites,
+    epsilon_mismatch,
+    federation_definition,
+    publish_and_verify,
+    reconcile_ledgers,
+    verify_audit,
+)
 from lepton.ledger_report import NodeLedgerReport, read_node_ledger
-from lepton_fl.config import FederationSpec, Member, PrivacySpec, RunSpec, TrainingSpec
+from lepton_fl.config import (
+    FederationSpec,
+    Member,
+    PrivacySpec,
+    SecureAggregationSpec,
+    TrainingSpec,
+)
 from lepton_fl.datasets import HEART_DISEASE_SITES
 from lepton_fl.processes import ProcessError
 
 FEDERATION = "heart-disease"
 RUN_TIMEOUT_S = 170.0
+POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -48,7 +73,7 @@ class DemoOptions:
 
 
 def federation_spec(opts: DemoOptions) -> FederationSpec:
-    """The demo federation: UCI heart disease, a small MLP, DP-SGD at every hospital."""
+    """The demo federation: UCI heart disease, a small MLP, DP-SGD at every hospital, SecAgg+."""
     return FederationSpec(
         name=FEDERATION,
         task="heart_disease",
@@ -58,6 +83,7 @@ def federation_spec(opts: DemoOptions) -> FederationSpec:
             target_epsilon=opts.target_epsilon, delta=1e-5, max_grad_norm=1.0, accountant="rdp"
         ),
         training=TrainingSpec(local_epochs=2, batch_size=16, learning_rate=0.1),
+        secure_aggregation=SecureAggregationSpec(enabled=True),
         seed=0,
     )
 
@@ -76,6 +102,19 @@ def demo_plans(opts: DemoOptions) -> list[NodePlan]:
     ]
 
 
+@dataclass(frozen=True)
+class AdminOutcome:
+    """What the admin API said about the run and the checks after it."""
+
+    base_url: str
+    sites: dict[str, Site]
+    run: RunStatus
+    rounds: list[RoundStatus]
+    ledgers: dict[str, LedgerCheck]
+    release: ReleaseCheck | None
+    audit: AuditVerdict
+
+
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run the whole demo; return (and optionally write) the summary."""
     started = time.monotonic()
@@ -83,43 +122,89 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     if not console.is_terminal:  # CI logs, pipes: wide enough for the final table
         console = Console(width=120)
     fed = federation_spec(opts)
-    with _workspace(opts.workdir) as root, LocalCluster(root, demo_plans(opts)) as cluster:
+    plans = demo_plans(opts)
+    with _workspace(opts.workdir) as root, LocalCluster(root, plans) as cluster:
         console.print(f"[bold]Lepton FL demo[/] — workspace {root}")
-        cluster.start()
-        assert cluster.superlink is not None
-        members = list(cluster.members())
-        console.print(
-            f"SuperLink on https://{cluster.superlink.settings.address} (TLS, SuperNode auth); "
-            f"{len(members)} hospital nodes ready: " + ", ".join(m.name for m in members)
-        )
-        journal_path = cluster.journal_path(FEDERATION)
-        run = RunSpec(federation=fed, members=tuple(members), journal_path=str(journal_path))
-        baselines: dict[str, BaselineResult] = {}
-        baseline_thread = threading.Thread(
-            target=lambda: baselines.update(local_only_baselines(fed, HEART_DISEASE_SITES)),
-            daemon=True,
-        )
-        baseline_thread.start()
-        flower_run_id = cluster.submit(run)
-        console.print(f"Run {flower_run_id} submitted: {fed.rounds} rounds of DP FedAvg")
-        view = _follow(console, cluster, journal_path, fed, members)
-        baseline_thread.join(timeout=120)
-        ledgers = {
-            m.name: read_node_ledger(
-                cluster.nodes[m.name].ledger_path,
-                fed,
-                dataset_id=cluster.nodes[m.name].plan.dataset_id,
-                budget=opts.epsilon_budget,
+        superlink = cluster.start_coordinator()
+        cluster.wait_for_api()
+        admin_key = cluster.create_admin_key()
+        with AdminClient.connect(cluster.api_url) as anonymous:
+            platform = anonymous.as_key(admin_key)
+            console.print(
+                f"Admin API on {platform.base_url}; platform-admin key bootstrapped with "
+                "`lepton coordinator create-admin-key`"
             )
-            for m in members
-        }
-        summary = build_summary(fed, members, view, ledgers, baselines, time.monotonic() - started)
+            sites = enroll_sites(
+                platform,
+                cluster,
+                plans,
+                on_enrolled=lambda site: cluster.start_node(site.name, site.member),
+            )
+            cluster.wait_for_nodes()
+            members = [sites[p.name].member for p in plans]
+            console.print(
+                f"SuperLink on https://{superlink.settings.address} (TLS, SuperNode auth); "
+                f"{len(members)} hospital nodes enrolled through the API (one tenant each) "
+                "and ready: " + ", ".join(m.name for m in members)
+            )
+            baselines: dict[str, BaselineResult] = {}
+            baseline_thread = threading.Thread(
+                target=lambda: baselines.update(local_only_baselines(fed, HEART_DISEASE_SITES)),
+                daemon=True,
+            )
+            baseline_thread.start()
+            federation = platform.create_federation(
+                federation_definition(fed), [sites[p.name].node.id for p in plans]
+            )
+            run = platform.start_run(federation.id)
+            console.print(
+                f"Run {run.id} started through the API: {fed.rounds} rounds of DP FedAvg "
+                "with SecAgg+"
+            )
+            journal_path = AdminSettings(data_dir=root / "coordinator").runs_dir / run.id
+            journal_path = journal_path / "journal.jsonl"
+            names = {site.node.id: name for name, site in sites.items()}
+            run, rounds = _follow(
+                console, cluster, platform, run, journal_path, fed, members, names
+            )
+            view = read_journal(journal_path)  # per-node detail for display only
+            baseline_thread.join(timeout=120)
+            ledgers = {
+                m.name: read_node_ledger(
+                    cluster.nodes[m.name].ledger_path,
+                    fed,
+                    dataset_id=cluster.nodes[m.name].plan.dataset_id,
+                    budget=opts.epsilon_budget,
+                )
+                for m in members
+            }
+            checks = reconcile_ledgers(platform, cluster, sites)
+            release = None
+            if run.state == "finished":
+                first = sites[plans[0].name]
+                release = publish_and_verify(
+                    platform,
+                    anonymous.as_key(first.tenant_key),
+                    run.id,
+                    root / "downloads" / first.name,
+                )
+            audit = verify_audit(platform)
+            outcome = AdminOutcome(platform.base_url, sites, run, rounds, checks, release, audit)
+        summary = build_summary(
+            fed, members, view, ledgers, baselines, time.monotonic() - started, outcome
+        )
     _print_table(console, summary)
     if opts.summary_path is not None:
         opts.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         console.print(f"Summary written to {opts.summary_path}")
-    if view.failure:
-        raise ProcessError(f"The run failed: {view.failure}", code="run_failed")
+    if summary["failure"]:
+        raise ProcessError(f"The run failed: {summary['failure']}", code="run_failed")
+    broken = _failed_checks(summary)
+    if broken:
+        raise ProcessError(
+            "The run finished, but " + "; ".join(broken) + ". See the lines above and the summary.",
+            code="verification_failed",
+        )
     return summary
 
 
@@ -139,11 +224,16 @@ def _workspace(workdir: Path | None) -> Iterator[Path]:
 def _follow(
     console: Console,
     cluster: LocalCluster,
+    api: AdminClient,
+    run: RunStatus,
     journal: Path,
     fed: FederationSpec,
     members: list[Member],
-) -> JournalView:
-    """Show live progress until the run ends; return what the journal says."""
+    names: dict[str, str],
+) -> tuple[RunStatus, list[RoundStatus]]:
+    """Show live progress until the API says the run ended; return its last status and
+    rounds. The run's state and rounds come from the API; the per-node detail of the live
+    table (ε charged, pre-round accuracy) from the run journal."""
     progress = Progress(
         TextColumn("[bold]rounds"),
         BarColumn(),
@@ -152,51 +242,49 @@ def _follow(
     )
     task = progress.add_task("rounds", total=fed.rounds)
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    seen_rounds = 0
-    view = read_journal(journal)
-    if not console.is_terminal:  # a log: one line per round instead of a live display
-        while not view.finished:
-            _check_deadline(deadline, journal)
+    rounds: list[RoundStatus] = []
+    live = (
+        Live(Group(progress, _status_table(run, read_journal(journal), members)), console=console)
+        if console.is_terminal
+        else None
+    )
+    with live if live is not None else contextlib.nullcontext():
+        while True:
+            if len(rounds) < run.rounds_completed or run.ended:
+                fresh = api.rounds(run.id)
+                if live is None:  # a log: one line per round instead of a live display
+                    view = read_journal(journal)
+                    for r in fresh[len(rounds) :]:
+                        console.print(_round_line(r, fed.rounds, names, view))
+                rounds = fresh
+            if live is not None:
+                progress.update(task, completed=len(rounds))
+                live.update(Group(progress, _status_table(run, read_journal(journal), members)))
+            if run.ended:
+                return run, rounds
+            _check_deadline(deadline, run, journal)
             cluster.check_alive()
-            time.sleep(0.25)
-            view = read_journal(journal)
-            rounds = view.of("round")
-            for record in rounds[seen_rounds:]:
-                console.print(_round_line(record, fed.rounds))
-            seen_rounds = len(rounds)
-        return view
-    with Live(
-        Group(progress, _status_table(view, members)),
-        console=console,
-        refresh_per_second=4,
-    ) as live:
-        while not view.finished:
-            _check_deadline(deadline, journal)
-            cluster.check_alive()
-            time.sleep(0.25)
-            view = read_journal(journal)
-            progress.update(task, completed=len(view.of("round")))
-            live.update(Group(progress, _status_table(view, members)))
-    return view
+            time.sleep(POLL_S)
+            run = api.run(run.id)
 
 
-def _check_deadline(deadline: float, journal: Path) -> None:
+def _check_deadline(deadline: float, run: RunStatus, journal: Path) -> None:
     if time.monotonic() > deadline:
         raise ProcessError(
-            f"The run did not finish within {RUN_TIMEOUT_S:.0f} s; see the run journal "
-            f"{journal} and the logs beside the coordinator and node directories.",
+            f"Run {run.id} did not finish within {RUN_TIMEOUT_S:.0f} s (the API says "
+            f"{run.state}, {run.rounds_completed}/{run.rounds_planned} rounds); see the run "
+            f"journal {journal} and the logs beside the coordinator and node directories.",
             code="timeout",
         )
 
 
-def _status_table(view: JournalView, members: list[Member]) -> Table:
+def _status_table(run: RunStatus, view: JournalView, members: list[Member]) -> Table:
     table = Table(title="nodes", expand=False)
     for column in ("hospital", "status", "ε spent", "ε budget", "accuracy (global, pre-round)"):
         table.add_column(column)
     rounds = view.of("round")
-    started = view.of("round_started")
     current = rounds[-1]["nodes"] if rounds else {}
-    in_flight = len(started) > len(rounds)
+    in_flight = run.state == "running" and run.rounds_completed < run.rounds_planned
     for m in members:
         node = current.get(m.name, {})
         charge = node.get("charge", {})
@@ -212,12 +300,18 @@ def _status_table(view: JournalView, members: list[Member]) -> Table:
     return table
 
 
-def _round_line(record: dict[str, Any], total: int) -> str:
+def _round_line(r: RoundStatus, total: int, names: dict[str, str], view: JournalView) -> str:
+    detail: dict[str, Any] = next(
+        (j["nodes"] for j in view.of("round") if j["round"] == r.round), {}
+    )
     parts = []
-    for name, node in record["nodes"].items():
-        eps = node.get("charge", {}).get("epsilon")
-        parts.append(f"{name}={node['status']}" + (f" ε={eps:.2f}" if eps is not None else ""))
-    return f"round {record['round']}/{total} ({record['seconds']:.1f} s): " + ", ".join(parts)
+    for node_id in r.participants:
+        name = names.get(node_id, node_id)
+        eps = detail.get(name, {}).get("charge", {}).get("epsilon")
+        parts.append(f"{name}=ok" + (f" ε={eps:.2f}" if eps is not None else ""))
+    parts += [f"{names.get(n, n)}=refused ({why})" for n, why in r.refusals.items()]
+    seconds = f" ({r.seconds:.1f} s)" if r.seconds is not None else ""
+    return f"round {r.round}/{total}{seconds}: " + ", ".join(parts)
 
 
 # -- summary -----------------------------------------------------------------------------
@@ -230,56 +324,90 @@ def build_summary(
     ledgers: dict[str, NodeLedgerReport],
     baselines: dict[str, BaselineResult],
     wall_seconds: float,
+    admin: AdminOutcome,
 ) -> dict[str, Any]:
-    """The demo summary (a stable schema that later issues extend)."""
+    """The demo summary (a stable schema that later issues extend).
+
+    The run's state, rounds and the coordinator's ledger come from the admin API; the final
+    per-node evaluation and the per-round secure-aggregation detail from the run journal.
+    """
     evaluation = (view.of("evaluation") or [{"nodes": {}}])[-1]["nodes"]
-    rounds = view.of("round")
+    names = {site.node.id: name for name, site in admin.sites.items()}
     nodes = []
+    reconciliation: dict[str, Any] = {}
     for m in members:
         ledger = ledgers[m.name]
+        check = admin.ledgers[m.name]
         final = evaluation.get(m.name, {})
         base = baselines.get(m.name)
-        reported = [
-            r["nodes"][m.name]["charge"]["epsilon"]
-            for r in rounds
-            if "charge" in r["nodes"].get(m.name, {})
-        ]
+        mismatches = list(check.mismatches)
+        disagreement = epsilon_mismatch(ledger.epsilon, check.ledger.epsilon_spent)
+        if disagreement is not None:
+            mismatches.append(disagreement)
+        reconciliation[m.name] = {"ok": check.ok and not mismatches, "mismatches": mismatches}
         nodes.append(
             {
                 "name": m.name,
                 "node_id": m.node_id,
+                "admin_node_id": admin.sites[m.name].node.id,
+                "tenant_id": admin.sites[m.name].tenant_id,
                 "num_examples": ledger.num_examples,
                 "epsilon": ledger.epsilon,
+                "epsilon_coordinator_ledger": check.ledger.epsilon_spent,
                 "epsilon_budget": ledger.epsilon_budget,
-                "epsilon_reported_to_coordinator": reported[-1] if reported else None,
+                "epsilon_reported_to_coordinator": check.ledger.epsilon_reported,
                 "history": ledger.history,
                 "local_only": base.metrics() if base else None,
                 "federated": {"accuracy": final.get("accuracy"), "roc_auc": final.get("roc_auc")},
             }
         )
+    run = admin.run
+    failure = run.failure or (None if run.state == "finished" else f"the run was {run.state}")
+    release = admin.release
     return {
         "federation": fed.name,
         "federation_digest": fed.digest(),
-        "rounds_completed": len([r for r in rounds if r["participants"]]),
+        "rounds_completed": len([r for r in admin.rounds if r.participants]),
         "tls": True,
         "node_auth": True,
         "secure_aggregation": fed.secure_aggregation.enabled,
-        "secagg": secagg_summary(fed, rounds),
+        "secagg": secagg_summary(fed, view.of("round")),
         "delta": fed.privacy.delta,
         "accountant": fed.privacy.accountant,
         "target_epsilon": fed.privacy.target_epsilon,
         "nodes": nodes,
         "rounds": [
             {
-                "round": r["round"],
-                "seconds": r["seconds"],
-                "participants": r["participants"],
-                "train_loss": r["train_loss"],
+                "round": r.round,
+                "seconds": r.seconds,
+                "participants": [names.get(p, p) for p in r.participants],
+                "train_loss": r.train_loss,
             }
-            for r in rounds
+            for r in admin.rounds
         ],
-        "failure": view.failure,
+        "failure": failure,
         "wall_seconds": round(wall_seconds, 2),
+        "admin_api": admin.base_url,
+        "run": {"id": run.id, "state": run.state, "flower_run_id": run.flower_run_id},
+        "ledger_reconciliation": {
+            "ok": all(r["ok"] for r in reconciliation.values()),
+            "nodes": reconciliation,
+        },
+        "release": None
+        if release is None
+        else {
+            "id": release.release.id,
+            "version": release.release.version,
+            "model_digest": release.release.model_digest,
+            "verified": release.verified,
+            "error": release.error,
+        },
+        "audit": {
+            "ok": admin.audit.ok,
+            "events": admin.audit.events_checked,
+            "first_broken_seq": admin.audit.first_broken_seq,
+            "reason": admin.audit.reason,
+        },
     }
 
 
@@ -332,6 +460,7 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
         "local-only AUC",
         "federated AUC",
         "ε spent / budget",
+        "ε coordinator",
     ):
         table.add_column(column, justify="right" if column != "hospital" else "left")
     for node in summary["nodes"]:
@@ -345,9 +474,63 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
             _fmt(local.get("roc_auc")),
             _fmt(fed.get("roc_auc")),
             f"{node['epsilon']:.2f} / {node['epsilon_budget']:.1f}",
+            f"{node['epsilon_coordinator_ledger']:.2f}",
         )
     console.print(table)
     console.print(
         "local-only: the same model and DP-SGD settings trained on one hospital's rows alone. "
         f"Wall time {summary['wall_seconds']:.0f} s."
     )
+    for line in _check_lines(summary):
+        console.print(line)
+
+
+def _check_lines(summary: dict[str, Any]) -> list[str]:
+    """One line each for the ledger, the release and the audit chain; every problem named."""
+    reconciliation = summary["ledger_reconciliation"]
+    nodes = reconciliation["nodes"]
+    if reconciliation["ok"]:
+        lines = [f"Ledger: coordinator and all {len(nodes)} nodes agree"]
+    else:
+        problems = [
+            f"{name}: "
+            + "; ".join(
+                f"run {m['flower_run_id']} round {m['round']}: {m['problem']}"
+                for m in r["mismatches"]
+            )
+            for name, r in nodes.items()
+            if not r["ok"]
+        ]
+        lines = ["[bold red]Ledger MISMATCH[/] — " + " | ".join(problems)]
+    release = summary["release"]
+    if release is None:
+        lines.append("Release: none (the run did not finish)")
+    elif release["verified"]:
+        lines.append(
+            f"Release v{release['version']} signed and verified "
+            f"(model {release['model_digest'][:19]}…)"
+        )
+    else:
+        lines.append(
+            f"[bold red]Release v{release['version']} FAILED verification[/]: {release['error']}"
+        )
+    audit = summary["audit"]
+    if audit["ok"]:
+        lines.append(f"Audit chain: {audit['events']} events, intact")
+    else:
+        lines.append(
+            f"[bold red]Audit chain BROKEN[/] at row {audit['first_broken_seq']}: {audit['reason']}"
+        )
+    return lines
+
+
+def _failed_checks(summary: dict[str, Any]) -> list[str]:
+    failed = []
+    if not summary["ledger_reconciliation"]["ok"]:
+        failed.append("the coordinator's ledger does not reconcile with every node's own")
+    release = summary["release"]
+    if release is not None and not release["verified"]:
+        failed.append(f"release v{release['version']} did not verify")
+    if not summary["audit"]["ok"]:
+        failed.append("the audit chain is broken")
+    return failed

@@ -45,3 +45,20 @@ def read_node_ledger(
             for e in entries
         ],
     )
+
+
+def ledger_rows(path: Path) -> list[dict[str, Any]]:
+    """Every row of a node's own ledger (read-only), as `POST /ledger/nodes/{id}/reconcile`
+    takes them."""
+    with Ledger(path, read_only=True) as ledger:
+        entries = ledger.entries()
+    return [
+        {
+            "flower_run_id": str(e.run_id),
+            "round": e.round,
+            "noise_multiplier": e.noise_multiplier,
+            "sample_rate": e.sample_rate,
+            "steps": e.steps,
+        }
+        for e in entries
+    ]

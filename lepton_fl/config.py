@@ -151,6 +151,12 @@ class RunSpec(_Frozen):
     journal_path: str = Field(description="Where the ServerApp appends the run journal.")
     round_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    admin_database_url: str | None = Field(
+        default=None,
+        description="The coordinator's admin database: the ServerApp records rounds, ledger "
+        "charges and the run's end there (None: the journal only).",
+    )
+    admin_run_id: str | None = Field(default=None, description="The admin service's run id.")
 
     @model_validator(mode="after")
     def _members_unique(self) -> RunSpec:

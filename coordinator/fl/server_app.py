@@ -21,6 +21,7 @@ from coordinator.fl.journal import RunJournal
 from coordinator.fl.messaging import exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
 from coordinator.fl.secure_rounds import SecAggFedAvg, flower_transport
+from coordinator.services.round_sink import open_journal
 from lepton_fl.config import Member, RunSpec
 from lepton_fl.model_init import initial_weights
 from lepton_fl.wire import (
@@ -44,7 +45,7 @@ def main(grid: Grid, context: Context) -> None:
     if not isinstance(raw, str) or not raw:
         raise RunAbortedError("The run config has no 'lepton-run' spec; submit runs via Lepton.")
     run = RunSpec.model_validate_json(raw)
-    journal = RunJournal(Path(run.journal_path))
+    journal = open_journal(run)  # also records rounds, charges and the end in the admin DB
     try:
         drive_run(grid, run, journal, protocol=protocol_for(grid, run))
     except Exception as err:

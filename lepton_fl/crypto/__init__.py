@@ -1,4 +1,6 @@
-"""Cryptographic tooling: the deployment PKI (CA, SuperLink TLS certificate, node keys)."""
+"""Cryptographic tooling: the deployment PKI (CA, SuperLink TLS certificate, node keys) and
+signed model releases (`lepton_fl.crypto.release`: Ed25519 manifests over safetensors weights).
+"""
 
 from lepton_fl.crypto.pki import (
     NodeKeyPaths,

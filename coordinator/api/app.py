@@ -1,0 +1,78 @@
+"""The admin API's application factory."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import APIRouter, FastAPI
+
+from coordinator.api.deps import AppContext
+from coordinator.api.errors import install_error_handlers
+from coordinator.api.routes import audit, federations, ledger, nodes, releases, runs, tenants
+from coordinator.api.schemas import HealthOut
+from coordinator.api.settings import AdminSettings
+from coordinator.db import Database
+from coordinator.services.gateway import NodeRegistry, RunLauncher, SuperLinkGateway
+from coordinator.superlink import SuperLink
+from lepton_fl.crypto.release import generate_signing_key, load_signing_key
+
+API_PREFIX = "/api/v1"
+
+
+def load_or_create_signing_key(settings: AdminSettings) -> Ed25519PrivateKey:
+    """The coordinator's release-signing key, generated (0600) on first start."""
+    if settings.signing_key_path.exists():
+        return load_signing_key(settings.signing_key_path)
+    return generate_signing_key(settings.signing_key_path)
+
+
+def create_app(
+    settings: AdminSettings,
+    *,
+    database: Database | None = None,
+    registry: NodeRegistry | None = None,
+    launcher: RunLauncher | None = None,
+    upgrade: bool = True,
+) -> FastAPI:
+    """The admin API over `settings` (schema upgraded unless `upgrade` is False).
+
+    With `settings.superlink`, node enrollment and runs go to that SuperLink through the
+    `flwr` CLI; `registry`/`launcher` replace it (storage-level tests only).
+    """
+    db = database or Database(settings.resolved_database_url)
+    if upgrade:
+        db.upgrade()
+    if settings.superlink is not None and (registry is None or launcher is None):
+        superlink = SuperLink(settings.superlink)
+        superlink.write_connection_config()
+        gateway = SuperLinkGateway(superlink, keys_dir=settings.node_keys_dir)
+        registry = registry or gateway
+        launcher = launcher or gateway
+    app = FastAPI(
+        title="Lepton FL admin API",
+        version="1",
+        description="Tenants, nodes, federations, runs, the privacy ledger, releases and the "
+        "audit log of a Lepton FL coordinator. Authenticate with `Authorization: Bearer "
+        "<api key>`; every error is JSON with a stable `code` and a `message`.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.context = AppContext(
+        settings=settings,
+        db=db,
+        signing_key=load_or_create_signing_key(settings),
+        registry=registry,
+        launcher=launcher,
+    )
+    install_error_handlers(app)
+    api = APIRouter(prefix=API_PREFIX)
+
+    @api.get("/health", response_model=HealthOut, tags=["health"])
+    async def health() -> HealthOut:
+        """Liveness (no key needed)."""
+        return HealthOut(status="ok")
+
+    for module in (tenants, nodes, federations, runs, ledger, releases, audit):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

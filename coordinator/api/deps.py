@@ -1,0 +1,78 @@
+"""Request dependencies: the services context and the authenticated actor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import make_url
+from starlette.concurrency import run_in_threadpool
+
+from coordinator.api.settings import AdminSettings
+from coordinator.db import Database
+from coordinator.services import keys
+from coordinator.services.common import Actor
+from coordinator.services.errors import UnauthenticatedError
+from coordinator.services.gateway import NodeRegistry, RunLauncher
+from coordinator.services.runs import RunSettings
+
+
+@dataclass
+class AppContext:
+    """What the routes hand to the services."""
+
+    settings: AdminSettings
+    db: Database
+    signing_key: Ed25519PrivateKey
+    registry: NodeRegistry | None
+    launcher: RunLauncher | None
+
+    @property
+    def run_settings(self) -> RunSettings:
+        # The RunSpec travels through the SuperLink (and its state database): it names the
+        # admin database without its password; `lepton coordinator start` puts a password
+        # in PGPASSWORD, which the SuperLink and the ServerApps it starts inherit.
+        return RunSettings(
+            runs_dir=self.settings.runs_dir,
+            database_url=make_url(self.db.url).set(password=None).render_as_string(False),
+            round_timeout_s=self.settings.round_timeout_s,
+            connect_timeout_s=self.settings.connect_timeout_s,
+        )
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Bearer lfk_<prefix>_<secret>`.")
+
+
+async def current_actor(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Actor:
+    """The actor behind `Authorization: Bearer <api key>`; 401 otherwise.
+
+    A cached key is answered without leaving the event loop; a new key is checked (argon2,
+    one database read) in the thread pool.
+    """
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise UnauthenticatedError(
+            "This endpoint needs an API key: send `Authorization: Bearer <api key>`. The "
+            "first platform-admin key comes from `lepton coordinator create-admin-key`.",
+            code="unauthenticated",
+        )
+    context: AppContext = request.app.state.context
+    presented = credentials.credentials
+    cached = keys.cached_actor(presented)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(keys.authenticate, context.db, presented)
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+ActorDep = Annotated[Actor, Depends(current_actor)]

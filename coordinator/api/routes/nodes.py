@@ -1,0 +1,64 @@
+"""Nodes: create (one-time enrollment token), enroll, list, get, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from coordinator.api.deps import ActorDep, ContextDep
+from coordinator.api.routes import ERRORS, SUPERLINK_ERRORS
+from coordinator.api.schemas import EnrollIn, NodeCreatedOut, NodeIn, NodeOut
+from coordinator.services import nodes
+
+router = APIRouter(tags=["nodes"], responses=ERRORS)
+
+
+@router.post("/nodes", response_model=NodeCreatedOut, status_code=status.HTTP_201_CREATED)
+def create_node(body: NodeIn, actor: ActorDep, ctx: ContextDep) -> NodeCreatedOut:
+    """Create a node of a tenant; the response carries its one-time enrollment token."""
+    node, token = nodes.create_node(
+        ctx.db,
+        actor,
+        name=body.name,
+        tenant_id=body.tenant_id,
+        epsilon_budget=body.epsilon_budget,
+        token_ttl_hours=body.token_ttl_hours,
+    )
+    return NodeCreatedOut(**NodeOut.of(node).model_dump(), enrollment_token=token)
+
+
+@router.post("/nodes/enroll", response_model=NodeOut, responses=SUPERLINK_ERRORS)
+def enroll_node(body: EnrollIn, ctx: ContextDep) -> NodeOut:
+    """The node enrolls: its one-time token and OpenSSH public key (no API key needed).
+
+    The coordinator registers the key with the SuperLink; the node id the SuperLink returns
+    is the node's Flower identity.
+    """
+    return NodeOut.of(
+        nodes.enroll_node(
+            ctx.db, token=body.token, public_key=body.public_key, registry=ctx.registry
+        )
+    )
+
+
+@router.get("/nodes", response_model=list[NodeOut])
+def list_nodes(
+    actor: ActorDep,
+    ctx: ContextDep,
+    tenant_id: Annotated[str | None, Query(max_length=36)] = None,
+) -> list[NodeOut]:
+    """Nodes (a tenant admin sees its own)."""
+    return [NodeOut.of(n) for n in nodes.list_nodes(ctx.db, actor, tenant_id=tenant_id)]
+
+
+@router.get("/nodes/{node_id}", response_model=NodeOut)
+def get_node(node_id: str, actor: ActorDep, ctx: ContextDep) -> NodeOut:
+    """One node."""
+    return NodeOut.of(nodes.get_node(ctx.db, actor, node_id))
+
+
+@router.post("/nodes/{node_id}/revoke", response_model=NodeOut, responses=SUPERLINK_ERRORS)
+def revoke_node(node_id: str, actor: ActorDep, ctx: ContextDep) -> NodeOut:
+    """Revoke a node: its key is unregistered from the SuperLink and it can no longer join."""
+    return NodeOut.of(nodes.revoke_node(ctx.db, actor, node_id, registry=ctx.registry))

@@ -1,0 +1,371 @@
+"""Request and response bodies of the admin API."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator.db.tables import (
+    ApiKey,
+    AuditEvent,
+    Federation,
+    FederationMember,
+    Node,
+    Release,
+    Run,
+    RunRound,
+    Tenant,
+)
+from coordinator.services.federations import SLUG_PATTERN, FederationDefinition
+from coordinator.services.ledger import NodeLedger
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+Id = Annotated[str, Field(max_length=36)]
+Name = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=63)]
+Text = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class ErrorOut(BaseModel):
+    """Every error: a stable code, a sentence, and the field when one is to blame."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class MeOut(BaseModel):
+    role: str
+    tenant_id: str | None
+    key_id: str | None
+
+
+class TenantIn(BaseModel):
+    model_config = _STRICT
+    name: Name
+    display_name: Text = ""
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    display_name: str
+    disabled: bool
+    created_at: str
+    disabled_at: str | None
+
+    @classmethod
+    def of(cls, t: Tenant) -> TenantOut:
+        return cls.model_validate(t.model_dump())
+
+
+class ApiKeyIn(BaseModel):
+    model_config = _STRICT
+    role: Literal["platform_admin", "tenant_admin", "auditor"]
+    tenant_id: Id | None = None
+    name: Text = ""
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    prefix: str
+    role: str
+    tenant_id: str | None
+    name: str
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, k: ApiKey) -> ApiKeyOut:
+        return cls.model_validate(k.model_dump(exclude={"key_hash"}))
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key: str = Field(description="The full key. It is shown only now: store it safely.")
+
+
+class NodeIn(BaseModel):
+    model_config = _STRICT
+    name: Name
+    tenant_id: Id | None = Field(
+        default=None, description="Required for platform admins; a tenant admin's own tenant."
+    )
+    epsilon_budget: Annotated[float, Field(gt=0, le=1000)] = 8.0
+    token_ttl_hours: Annotated[int, Field(ge=1, le=720)] = 24
+
+
+class NodeOut(BaseModel):
+    id: str
+    tenant_id: str
+    name: str
+    epsilon_budget: float
+    state: Literal["pending", "enrolled", "revoked"]
+    flower_node_id: str | None
+    public_key_fingerprint: str | None
+    token_expires_at: str | None
+    created_at: str
+    enrolled_at: str | None
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, n: Node) -> NodeOut:
+        return cls.model_validate(
+            n.model_dump(exclude={"token_hash", "public_key"})
+            | {"token_expires_at": n.token_expires_at if n.state == "pending" else None}
+        )
+
+
+class NodeCreatedOut(NodeOut):
+    enrollment_token: str = Field(
+        description="One-time token the node presents with its public key; shown only now."
+    )
+
+
+class EnrollIn(BaseModel):
+    model_config = _STRICT
+    token: Annotated[str, Field(min_length=1, max_length=200)]
+    public_key: Annotated[str, Field(min_length=1, max_length=2000)] = Field(
+        description="The node's OpenSSH EC public key (NAME.pub), e.g. 'ecdsa-sha2-nistp256 AAAA'."
+    )
+
+
+class FederationIn(FederationDefinition):
+    members: list[Id] = Field(default_factory=list, max_length=1000)
+
+
+class FederationOut(BaseModel):
+    id: str
+    name: str
+    digest: str
+    created_at: str
+    definition: FederationDefinition
+
+    @classmethod
+    def of(cls, f: Federation) -> FederationOut:
+        return cls(
+            id=f.id,
+            name=f.name,
+            digest=f.digest,
+            created_at=f.created_at,
+            definition=FederationDefinition.model_validate_json(f.definition),
+        )
+
+
+class MemberOut(BaseModel):
+    federation_id: str
+    node_id: str
+    status: Literal["requested", "approved"]
+    created_at: str
+
+    @classmethod
+    def of(cls, m: FederationMember) -> MemberOut:
+        return cls.model_validate(m.model_dump())
+
+
+class RunMemberOut(BaseModel):
+    node_id: str
+    name: str
+    tenant_id: str
+    flower_node_id: int
+
+
+class RunOut(BaseModel):
+    id: str
+    federation_id: str
+    state: Literal["submitted", "running", "finished", "failed", "stopped"]
+    flower_run_id: str | None
+    planned_epsilon: float
+    rounds_planned: int
+    rounds_completed: int
+    members: list[RunMemberOut]
+    failure: str | None
+    created_at: str
+    finished_at: str | None
+
+    @classmethod
+    def of(cls, r: Run, actor_tenant: str | None = None) -> RunOut:
+        members = [RunMemberOut.model_validate(m) for m in json.loads(r.members)]
+        return cls.model_validate(
+            r.model_dump(exclude={"members", "spec", "journal_path", "checkpoint_path"})
+            | {"members": members}
+        )
+
+
+class RoundOut(BaseModel):
+    round: int
+    participants: list[str]
+    refusals: dict[str, str]
+    num_examples: int
+    train_loss: float | None
+    seconds: float | None
+    recorded_at: str
+
+    @classmethod
+    def of(cls, r: RunRound) -> RoundOut:
+        return cls.model_validate(
+            r.model_dump(exclude={"run_id", "participants", "refusals"})
+            | {"participants": json.loads(r.participants), "refusals": json.loads(r.refusals)}
+        )
+
+
+class LedgerEntryOut(BaseModel):
+    run_id: str
+    federation_id: str
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    epsilon_reported: float
+    recorded_at: str
+
+
+class FederationSpendOut(BaseModel):
+    federation_id: str
+    federation_name: str
+    epsilon: float
+    rounds: int
+
+
+class NodeLedgerOut(BaseModel):
+    node_id: str
+    node_name: str
+    tenant_id: str
+    epsilon_budget: float
+    epsilon_spent: float = Field(description="Recomputed with Opacus from the whole history.")
+    epsilon_remaining: float
+    epsilon_reported: float | None = Field(description="The node's own latest figure.")
+    federations: list[FederationSpendOut]
+    history: list[LedgerEntryOut]
+
+    @classmethod
+    def of(cls, report: NodeLedger) -> NodeLedgerOut:
+        return cls(
+            node_id=report.node_id,
+            node_name=report.node_name,
+            tenant_id=report.tenant_id,
+            epsilon_budget=report.epsilon_budget,
+            epsilon_spent=_finite(report.epsilon_spent),
+            epsilon_remaining=_finite(report.epsilon_remaining),
+            epsilon_reported=report.epsilon_reported,
+            federations=[
+                FederationSpendOut(
+                    federation_id=f.federation_id,
+                    federation_name=f.federation_name,
+                    epsilon=_finite(f.epsilon),
+                    rounds=f.rounds,
+                )
+                for f in report.federations
+            ],
+            history=[LedgerEntryOut.model_validate(e.model_dump()) for e in report.history],
+        )
+
+
+def _finite(value: float) -> float:
+    return value if value < 1e300 else 1e300
+
+
+class NodeLedgerRowIn(BaseModel):
+    model_config = _STRICT
+    flower_run_id: Annotated[str, Field(max_length=24)]
+    round: Annotated[int, Field(ge=0, le=1_000_000)]
+    noise_multiplier: Annotated[float, Field(gt=0, le=1e6)]
+    sample_rate: Annotated[float, Field(gt=0, le=1)]
+    steps: Annotated[int, Field(ge=0, le=10**9)]
+
+
+class ReconcileIn(BaseModel):
+    model_config = _STRICT
+    entries: list[NodeLedgerRowIn] = Field(max_length=100_000)
+
+
+class MismatchOut(BaseModel):
+    flower_run_id: str
+    round: int
+    problem: str
+
+
+class ReconcileOut(BaseModel):
+    ok: bool
+    mismatches: list[MismatchOut]
+
+
+class ReleaseIn(BaseModel):
+    model_config = _STRICT
+    grant_tenant_ids: list[Id] = Field(default_factory=list, max_length=1000)
+
+
+class ReleaseOut(BaseModel):
+    id: str
+    federation_id: str
+    run_id: str
+    version: int
+    model_digest: str
+    created_at: str
+    signed_manifest: dict[str, Any]
+
+    @classmethod
+    def of(cls, r: Release) -> ReleaseOut:
+        return cls.model_validate(
+            r.model_dump(exclude={"directory", "signed_manifest"})
+            | {"signed_manifest": json.loads(r.signed_manifest)}
+        )
+
+
+class GrantIn(BaseModel):
+    model_config = _STRICT
+    tenant_id: Id
+
+
+class GrantOut(BaseModel):
+    release_id: str
+    tenant_id: str
+    created_at: str
+
+
+class ReleaseVerdictOut(BaseModel):
+    ok: bool
+    model_digest: str | None
+    public_key_fingerprint: str
+    code: str | None
+    message: str | None
+
+
+class SigningKeyOut(BaseModel):
+    algorithm: Literal["ed25519"]
+    public_key_pem: str
+    fingerprint: str
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    details: Any
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, e: AuditEvent) -> AuditEventOut:
+        try:
+            details = json.loads(e.details)
+        except ValueError:
+            details = e.details
+        return cls.model_validate(e.model_dump(exclude={"details"}) | {"details": details})
+
+
+class ChainVerdictOut(BaseModel):
+    ok: bool
+    events_checked: int
+    first_broken_seq: int | None
+    reason: str | None
+    head_hash: str | None

@@ -1,0 +1,158 @@
+"""Engine, sessions and schema upgrades for the admin database (SQLite or PostgreSQL).
+
+`Database.write()` opens one transaction that later writers wait for: on SQLite it starts
+with `BEGIN IMMEDIATE` (the write lock is taken up front, so two processes, the API and a
+ServerApp, never interleave read-then-write sequences such as appending to the audit
+chain); on PostgreSQL the audit append takes a transaction-scoped advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session
+
+
+class DatabaseError(RuntimeError):
+    """The database URL is unusable or the database cannot be reached or upgraded."""
+
+    def __init__(self, message: str, *, code: str = "database_unavailable") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    """The embedded default: a SQLite file in the coordinator's data directory."""
+    return f"sqlite:///{(data_dir / 'admin.db').resolve()}"
+
+
+def _check_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise DatabaseError(
+            f"The database URL {url!r} is not a valid SQLAlchemy URL; use "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB.",
+            code="invalid_database_url",
+        ) from err
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseError(
+            f"The database URL {parsed.render_as_string(hide_password=True)} names the "
+            f"{parsed.get_backend_name()!r} backend; Lepton supports sqlite and postgresql.",
+            code="invalid_database_url",
+        )
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pooled: bool) -> Engine:
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if not pooled:
+        kwargs["poolclass"] = NullPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """The admin database: a read engine and a write engine over one URL."""
+
+    def __init__(self, url: str, *, pooled: bool = True) -> None:
+        self.url = _check_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.read_engine = _sqlite_engine(self.url, immediate=False, pooled=pooled)
+            self.write_engine = _sqlite_engine(self.url, immediate=True, pooled=pooled)
+        else:
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if not pooled:
+                kwargs["poolclass"] = NullPool
+            self.read_engine = self.write_engine = create_engine(self.url, **kwargs)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages and logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads; nothing it does is committed."""
+        with Session(self.read_engine) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema to the latest Alembic revision."""
+        upgrade_schema(self)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()
+
+
+def migrations_directory() -> Path:
+    """The Alembic scripts, shipped as package data."""
+    return Path(str(resources.files("coordinator.db") / "migrations"))
+
+
+def alembic_config(database: Database) -> Config:
+    """An Alembic configuration bound to `database` (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    config.attributes["database_url"] = database.url
+    return config
+
+
+def upgrade_schema(database: Database, revision: str = "head") -> None:
+    """Run the Alembic migrations up to `revision`; errors name the database and the fix."""
+    try:
+        with database.write_engine.connect() as connection:
+            config = alembic_config(database)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            connection.commit()
+    except OperationalError as err:
+        raise DatabaseError(
+            f"Cannot open or upgrade the admin database {database.safe_url}: "
+            f"{err.orig}. Check that it is reachable and writable.",
+        ) from err
+    except SQLAlchemyError as err:
+        raise DatabaseError(
+            f"Upgrading the admin database {database.safe_url} failed: {err}.",
+            code="database_upgrade_failed",
+        ) from err

@@ -1,0 +1,255 @@
+"""The coordinator's privacy ledger: every node's DP-SGD charge, per round, per run.
+
+Rows are exactly Opacus accountant history entries (noise multiplier, sample rate, steps)
+plus the delta and accountant they were charged under, so epsilon is always recomputed
+from the history with Opacus (`lepton_fl.privacy.epsilon_spent`), never summed. The
+ServerApp writes them (`record_round`), in the same transaction as the round and its audit
+event. `reconcile` compares this ledger with a node's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from coordinator.db import Database
+from coordinator.db.tables import Federation, LedgerEntry, Node, Run, RunRound
+from coordinator.services import audit
+from coordinator.services.common import Actor, check_tenant_visible, not_found, now_iso
+from coordinator.services.errors import NotFoundError
+from lepton_fl.config import AccountantName
+from lepton_fl.privacy import AccountantStep, epsilon_spent
+
+
+def history_epsilon(entries: Sequence[LedgerEntry]) -> float:
+    """Epsilon of a history, at the delta and accountant of its latest charge."""
+    if not entries:
+        return 0.0
+    latest = entries[-1]
+    steps = [AccountantStep(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
+    accountant: AccountantName = "prv" if latest.accountant == "prv" else "rdp"
+    return epsilon_spent(steps, delta=latest.delta, accountant=accountant)
+
+
+def node_entries(session: Session, node_id: str) -> list[LedgerEntry]:
+    """A node's whole history, in the order it was charged."""
+    return list(
+        session.exec(
+            select(LedgerEntry)
+            .where(LedgerEntry.node_id == node_id)
+            .order_by(col(LedgerEntry.recorded_at), col(LedgerEntry.round))
+        ).all()
+    )
+
+
+def record_round(db: Database, run_id: str, record: dict[str, Any]) -> bool:
+    """Record one round of a run (a journal `round` record) with its charges and audit
+    event, in one transaction. Returns False if the round was already recorded."""
+    with db.write() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise NotFoundError(f"No run with id {run_id!r} exists.", code="run_not_found")
+        rnd = int(record["round"])
+        if session.get(RunRound, (run_id, rnd)) is not None:
+            return False
+        by_name = {m["name"]: m["node_id"] for m in json.loads(run.members)}
+        nodes: dict[str, dict[str, Any]] = record.get("nodes", {})
+        participants = [by_name[n] for n in record.get("participants", []) if n in by_name]
+        refusals = {
+            by_name.get(name, name): str(entry.get("reason"))
+            for name, entry in nodes.items()
+            if entry.get("status") != "ok"
+        }
+        session.add(
+            RunRound(
+                run_id=run_id,
+                round=rnd,
+                participants=json.dumps(participants),
+                refusals=json.dumps(refusals, sort_keys=True),
+                num_examples=int(record.get("num_examples") or 0),
+                train_loss=_finite(record.get("train_loss")),
+                seconds=_finite(record.get("seconds")),
+                recorded_at=now_iso(),
+            )
+        )
+        charges: dict[str, float] = {}
+        for name, entry in nodes.items():
+            charge = entry.get("charge")
+            if not charge or name not in by_name:
+                continue
+            session.add(
+                LedgerEntry(
+                    node_id=by_name[name],
+                    federation_id=run.federation_id,
+                    run_id=run_id,
+                    round=rnd,
+                    noise_multiplier=float(charge["noise_multiplier"]),
+                    sample_rate=float(charge["sample_rate"]),
+                    steps=int(charge["steps"]),
+                    delta=float(charge["delta"]),
+                    accountant=str(charge["accountant"]),
+                    epsilon_reported=float(charge["epsilon"]),
+                    recorded_at=now_iso(),
+                )
+            )
+            charges[by_name[name]] = float(charge["epsilon"])
+        run.rounds_completed = max(run.rounds_completed, rnd)
+        if run.state == "submitted":
+            run.state = "running"
+        session.add(run)
+        audit.append_event(
+            session,
+            Actor(role="system", label="serverapp"),
+            "run.round",
+            f"run:{run_id}",
+            {"round": rnd, "participants": participants, "epsilon_reported": charges},
+        )
+    return True
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+@dataclass
+class FederationSpend:
+    """What a node spent in one federation."""
+
+    federation_id: str
+    federation_name: str
+    epsilon: float
+    rounds: int
+
+
+@dataclass
+class NodeLedger:
+    """A node's ledger report."""
+
+    node_id: str
+    node_name: str
+    tenant_id: str
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    epsilon_reported: float | None
+    federations: list[FederationSpend] = field(default_factory=list)
+    history: list[LedgerEntry] = field(default_factory=list)
+
+
+def node_ledger(
+    db: Database, actor: Actor, node_id: str, *, federation_id: str | None = None
+) -> NodeLedger:
+    """Spent, remaining and history of one node (optionally only one federation's)."""
+    with db.read() as session:
+        node = session.get(Node, node_id)
+        if node is None:
+            raise not_found("node", node_id)
+        check_tenant_visible(actor, node.tenant_id, "node", node_id)
+        entries = node_entries(session, node_id)
+        names = {f.id: f.name for f in session.exec(select(Federation)).all()}
+    spent = history_epsilon(entries)
+    by_federation: dict[str, list[LedgerEntry]] = {}
+    for e in entries:
+        by_federation.setdefault(e.federation_id, []).append(e)
+    if federation_id is not None and federation_id not in names:
+        raise not_found("federation", federation_id)
+    report = NodeLedger(
+        node_id=node.id,
+        node_name=node.name,
+        tenant_id=node.tenant_id,
+        epsilon_budget=node.epsilon_budget,
+        epsilon_spent=spent,
+        epsilon_remaining=max(0.0, node.epsilon_budget - spent),
+        epsilon_reported=entries[-1].epsilon_reported if entries else None,
+        federations=[
+            FederationSpend(fid, names.get(fid, fid), history_epsilon(rows), len(rows))
+            for fid, rows in by_federation.items()
+            if federation_id is None or fid == federation_id
+        ],
+        history=[e for e in entries if federation_id is None or e.federation_id == federation_id],
+    )
+    return report
+
+
+def ledger_overview(db: Database, actor: Actor) -> list[NodeLedger]:
+    """Every visible node's spent and remaining budget (no history)."""
+    with db.read() as session:
+        query = select(Node).order_by(col(Node.created_at))
+        if actor.role == "tenant_admin":
+            query = query.where(Node.tenant_id == actor.tenant_id)
+        node_ids = [n.id for n in session.exec(query).all()]
+    reports = [node_ledger(db, actor, node_id) for node_id in node_ids]
+    for report in reports:
+        report.history = []
+    return reports
+
+
+@dataclass(frozen=True)
+class NodeLedgerRow:
+    """One row of a node's own ledger: the Flower run id, the round and its charge."""
+
+    flower_run_id: str
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A difference between the coordinator's ledger and a node's own."""
+
+    flower_run_id: str
+    round: int
+    problem: str
+
+
+def reconcile(
+    db: Database, actor: Actor, node_id: str, node_rows: Sequence[NodeLedgerRow]
+) -> list[Mismatch]:
+    """Compare the coordinator's ledger of a node with the node's own ledger.
+
+    Only runs this coordinator submitted are compared (a node may train elsewhere too).
+    """
+    report = node_ledger(db, actor, node_id)
+    with db.read() as session:
+        flower_ids = {
+            r.id: r.flower_run_id
+            for r in session.exec(
+                select(Run).where(col(Run.id).in_({e.run_id for e in report.history}))
+            ).all()
+        }
+        known_runs = {
+            r.flower_run_id
+            for r in session.exec(select(Run).where(col(Run.flower_run_id).is_not(None))).all()
+        }
+    mine = {(str(flower_ids.get(e.run_id)), e.round): e for e in report.history}
+    theirs = {(r.flower_run_id, r.round): r for r in node_rows if r.flower_run_id in known_runs}
+    problems: list[Mismatch] = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if a is None:
+            problems.append(Mismatch(*key, "in the node's ledger but not the coordinator's"))
+        elif b is None:
+            problems.append(Mismatch(*key, "in the coordinator's ledger but not the node's"))
+        elif (
+            not math.isclose(a.noise_multiplier, b.noise_multiplier, rel_tol=1e-9)
+            or not math.isclose(a.sample_rate, b.sample_rate, rel_tol=1e-9)
+            or a.steps != b.steps
+        ):
+            problems.append(
+                Mismatch(
+                    *key,
+                    f"charges differ: coordinator (sigma={a.noise_multiplier:g}, "
+                    f"q={a.sample_rate:g}, steps={a.steps}), node (sigma={b.noise_multiplier:g}, "
+                    f"q={b.sample_rate:g}, steps={b.steps})",
+                )
+            )
+    return problems

@@ -1,0 +1,273 @@
+"""End to end through the admin API, as a real admin drives it.
+
+`lepton coordinator start` (a real TLS SuperLink with node authentication, and the admin
+API on a real SQLite file), three real nodes: the API enrolls them (their keys are
+registered with the SuperLink), starts a run, which the ServerApp drives to the end while
+recording the ledger; then a signed release is published, downloaded and verified offline,
+the audit chain verifies, and a row altered directly in the database is named."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from client_node.ledger import Ledger
+from client_node.trainer_channel import ping
+from coordinator.superlink import SuperLink, SuperLinkSettings
+from lepton.cluster import NodePlan, lepton_command, node_toml
+from lepton_fl.crypto import create_pki
+from lepton_fl.crypto.release import verify_release
+from lepton_fl.processes import ManagedProcess, flower_env, free_port, port_accepts, wait_until
+
+pytestmark = pytest.mark.slow
+
+FED = "e2e-admin"
+SITES = {"site-a": ("hospitals", 0), "site-b": ("hospitals", 1), "site-c": ("clinic", 2)}
+
+
+@dataclass
+class Deployment:
+    root: Path
+    client: httpx.Client
+    admin: dict[str, str]
+    superlink: SuperLink
+    processes: list[ManagedProcess]
+
+    def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
+        response = self.client.request(method, path, headers=headers, **kw)
+        assert response.status_code < 300, (method, path, response.status_code, response.text)
+        return response.json() if "json" in response.headers.get("content-type", "") else response
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            process.check_alive()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("admin-e2e")
+    pki = create_pki(root / "pki", node_names=list(SITES), overwrite=True)
+    settings = SuperLinkSettings(
+        data_dir=root / "coordinator",
+        ca_certificate=pki.ca_certificate,
+        server_certificate=pki.server_certificate,
+        server_key=pki.server_key,
+        port=free_port(),
+    )
+    api_port = free_port()
+    coordinator = ManagedProcess(
+        name="lepton coordinator",
+        argv=lepton_command(
+            "coordinator",
+            "start",
+            "--data-dir",
+            str(settings.data_dir),
+            "--pki-dir",
+            str(pki.directory),
+            "--port",
+            str(settings.port),
+            "--api-port",
+            str(api_port),
+        ),
+        log_path=root / "logs" / "coordinator.log",
+        env=flower_env(settings.flwr_home),
+    ).start()
+    processes = [coordinator]
+    try:
+        for port in (settings.port, api_port):
+            wait_until(
+                lambda p=port: port_accepts("127.0.0.1", p),  # type: ignore[misc]
+                timeout=60,
+                what=f"the coordinator on port {port}",
+                process=coordinator,
+            )
+        bootstrap = subprocess.run(
+            lepton_command("coordinator", "create-admin-key", "--data-dir", str(settings.data_dir)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        admin = {"Authorization": f"Bearer {bootstrap.stdout.strip()}"}
+        superlink = SuperLink(settings)
+        superlink.write_connection_config()
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}/api/v1", timeout=60) as client:
+            yield Deployment(root, client, admin, superlink, processes)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def _start_node(d: Deployment, name: str, partition: int) -> ManagedProcess:
+    plan = NodePlan(name, "breast_cancer", f"site-{partition}-of-3", 10.0, (FED,))
+    state_dir = d.root / "nodes" / name
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = state_dir / "node.toml"
+    config.write_text(
+        node_toml(
+            plan,
+            state_dir=state_dir,
+            superlink=d.superlink.settings,
+            key=d.root / "pki" / "nodes" / name,
+        )
+    )
+    process = ManagedProcess(
+        name=f"lepton node ({name})",
+        argv=lepton_command("node", "start", "--config", str(config)),
+        log_path=d.root / "logs" / f"node-{name}.log",
+        env=flower_env(state_dir / "flwr"),
+    ).start()
+    d.processes.append(process)
+    return process
+
+
+@pytest.fixture(scope="module")
+def finished(deployment: Deployment) -> dict[str, Any]:
+    d = deployment
+    tenant_keys: dict[str, dict[str, str]] = {}
+    for tenant in sorted({t for t, _ in SITES.values()}):
+        body = d.call("POST", "/tenants", d.admin, json={"name": tenant})
+        key = d.call(
+            "POST", "/api-keys", d.admin, json={"role": "tenant_admin", "tenant_id": body["id"]}
+        )
+        tenant_keys[tenant] = {"Authorization": f"Bearer {key['key']}"}
+    nodes: dict[str, dict[str, Any]] = {}
+    for name, (tenant, _) in SITES.items():
+        created = d.call(
+            "POST", "/nodes", tenant_keys[tenant], json={"name": name, "epsilon_budget": 10.0}
+        )
+        public_key = (d.root / "pki" / "nodes" / f"{name}.pub").read_text()
+        nodes[name] = d.call(
+            "POST",
+            "/nodes/enroll",
+            {},
+            json={"token": created["enrollment_token"], "public_key": public_key},
+        )
+    started = {name: _start_node(d, name, partition) for name, (_, partition) in SITES.items()}
+    for name, process in started.items():
+        socket = d.root / "nodes" / name / "trainer.sock"
+        wait_until(lambda s=socket: ping(s), timeout=120, what=f"trainer {name}", process=process)  # type: ignore[misc]
+    federation = d.call(
+        "POST",
+        "/federations",
+        d.admin,
+        json={
+            "name": FED,
+            "task": "breast_cancer",
+            "rounds": 2,
+            "min_participants": 3,
+            "privacy": {"target_epsilon": 2.0, "delta": 1e-5, "max_grad_norm": 1.0},
+            "training": {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.3},
+            "secure_aggregation": {"enabled": True},
+            "members": [n["id"] for n in nodes.values()],
+        },
+    )
+    run = d.call("POST", f"/federations/{federation['id']}/runs", d.admin)
+    deadline = time.monotonic() + 240
+    while run["state"] in ("submitted", "running") and time.monotonic() < deadline:
+        d.check_alive()
+        time.sleep(1.0)
+        run = d.call("GET", f"/runs/{run['id']}", d.admin)
+    return {"run": run, "nodes": nodes, "tenant_keys": tenant_keys}
+
+
+def test_run_started_through_the_api_finishes(
+    deployment: Deployment, finished: dict[str, Any]
+) -> None:
+    run = finished["run"]
+    rounds = deployment.call("GET", f"/runs/{run['id']}/rounds", deployment.admin)
+
+    assert run["state"] == "finished", run
+    assert [r["round"] for r in rounds] == [1, 2]
+    node_ids = sorted(n["id"] for n in finished["nodes"].values())
+    assert all(sorted(r["participants"]) == node_ids for r in rounds)
+
+
+def test_ledger_matches_every_nodes_own_ledger(
+    deployment: Deployment, finished: dict[str, Any]
+) -> None:
+    d = deployment
+    for name, node in finished["nodes"].items():
+        report = d.call("GET", f"/ledger/nodes/{node['id']}", d.admin)
+        with Ledger(d.root / "nodes" / name / "ledger.db", read_only=True) as own:
+            rows = [
+                {
+                    "flower_run_id": e.run_id,
+                    "round": e.round,
+                    "noise_multiplier": e.noise_multiplier,
+                    "sample_rate": e.sample_rate,
+                    "steps": e.steps,
+                }
+                for e in own.entries()
+            ]
+        verdict = d.call(
+            "POST", f"/ledger/nodes/{node['id']}/reconcile", d.admin, json={"entries": rows}
+        )
+
+        assert [h["round"] for h in report["history"]] == [1, 2]
+        assert report["epsilon_spent"] == pytest.approx(report["epsilon_reported"], rel=1e-6)
+        assert 0 < report["epsilon_spent"] <= 2.0 + 1e-9
+        assert verdict == {"ok": True, "mismatches": []}
+
+
+def test_signed_release_verifies_offline(
+    deployment: Deployment, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    d = deployment
+    release = d.call("POST", f"/runs/{finished['run']['id']}/releases", d.admin, json={})
+    tenant = finished["tenant_keys"]["clinic"]
+    model = d.call("GET", f"/releases/{release['id']}/model", tenant)
+    manifest = d.call("GET", f"/releases/{release['id']}/manifest", tenant)
+    key = d.call("GET", "/signing-key", {})
+    (tmp_path / "model.safetensors").write_bytes(model.content)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+    verified, weights = verify_release(tmp_path, key["public_key_pem"])
+
+    assert d.call("GET", f"/releases/{release['id']}/verification", d.admin)["ok"] is True
+    assert verified["rounds"] == 2
+    assert len(verified["participants"]) == 3
+    assert weights
+
+
+def test_audit_chain_verifies_then_names_a_tampered_row(
+    deployment: Deployment, finished: dict[str, Any]
+) -> None:
+    d = deployment
+    assert d.call("GET", "/audit/verification", d.admin)["ok"] is True
+    events = d.call("GET", "/audit/events", d.admin, params={"limit": 1000})
+    target = next(e["seq"] for e in events if e["action"] == "run.round")
+
+    with sqlite3.connect(d.root / "coordinator" / "admin.db") as db:
+        db.execute("DROP TRIGGER audit_events_no_update")
+        db.execute(
+            "UPDATE audit_events SET details = replace(details, 'round', 'rouNd') WHERE seq = ?",
+            (target,),
+        )
+
+    verdict = d.call("GET", "/audit/verification", d.admin)
+    assert verdict["ok"] is False
+    assert verdict["first_broken_seq"] == target
+    assert f"Row {target}" in verdict["reason"]
+
+
+def test_revoked_node_is_unregistered(deployment: Deployment, finished: dict[str, Any]) -> None:
+    d = deployment
+    node = finished["nodes"]["site-c"]
+
+    d.call("POST", f"/nodes/{node['id']}/revoke", finished["tenant_keys"]["clinic"])
+
+    listed = d.superlink.flwr("supernode", "list", "lepton").get("nodes", [])
+    live = {
+        int(n["node-id"]) for n in listed if "unregistered" not in str(n.get("status", "")).lower()
+    }
+    assert int(node["flower_node_id"]) not in live
