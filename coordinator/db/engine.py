@@ -101,10 +101,15 @@ def driver_sql(session: Session, sql: str, params: dict[str, Any]) -> Any:
     it skips SQLAlchemy's statement compilation and result machinery, inside the
     session's transaction. Returns the DB-API cursor (the caller fetches and closes).
     """
-    dbapi = session.connection().connection.driver_connection
-    if session.get_bind().dialect.name != "sqlite":
-        sql = _NAMED_PARAM.sub(r"%(\1)s", sql)
+    cached = session.info.get("driver_connection")
+    if cached is None:
+        connection = session.connection()
+        cached = (connection.connection.driver_connection, connection.dialect.name)
+        session.info["driver_connection"] = cached
+    dbapi, dialect = cached
     assert dbapi is not None
+    if dialect != "sqlite":
+        sql = _NAMED_PARAM.sub(r"%(\1)s", sql)
     cursor = dbapi.cursor()
     cursor.execute(sql, params)
     return cursor
