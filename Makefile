@@ -55,6 +55,7 @@ postgres:
 bench: setup
 	$(BIN)/python bench/dp_overhead.py
 	$(BIN)/python bench/round_overhead.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-summary.json
