@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from coordinator.api.deps import AppContext
 from coordinator.api.errors import install_error_handlers
@@ -35,6 +38,12 @@ def create_app(
 ) -> FastAPI:
     """The admin API over `settings` (schema upgraded unless `upgrade` is False).
 
+    Routes that do one short indexed statement or two (single-row reads, creating a
+    tenant) are `async` and run it on the event loop: a thread-pool hop costs more than
+    the query, and with a busy loop a worker thread waits for the GIL. Everything that can
+    take long (the SuperLink's CLI, argon2, epsilon recomputation, scans) is a plain `def`
+    route, which FastAPI runs in its thread pool.
+
     With `settings.superlink`, node enrollment and runs go to that SuperLink through the
     `flwr` CLI; `registry`/`launcher` replace it (storage-level tests only).
     """
@@ -65,14 +74,49 @@ def create_app(
         launcher=launcher,
     )
     install_error_handlers(app)
-    api = APIRouter(prefix=API_PREFIX)
 
-    @api.get("/health", response_model=HealthOut, tags=["health"])
+    @app.get(f"{API_PREFIX}/health", response_model=HealthOut, tags=["health"])
     async def health() -> HealthOut:
         """Liveness (no key needed)."""
         return HealthOut(status="ok")
 
     for module in (tenants, nodes, federations, runs, ledger, releases, audit):
-        api.include_router(module.router)
-    app.include_router(api)
+        app.include_router(module.router, prefix=API_PREFIX)
+    _declare_bearer_auth(app)
     return app
+
+
+PUBLIC_OPERATIONS = {
+    f"{API_PREFIX}/health",
+    f"{API_PREFIX}/signing-key",
+    f"{API_PREFIX}/nodes/enroll",
+}
+
+
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """Document the bearer API key in the OpenAPI schema (the docs' Authorize button)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key: `Bearer lfk_<prefix>_<secret>`.",
+                }
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path in PUBLIC_OPERATIONS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

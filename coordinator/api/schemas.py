@@ -61,7 +61,7 @@ class TenantOut(BaseModel):
 
     @classmethod
     def of(cls, t: Tenant) -> TenantOut:
-        return cls.model_validate(t.model_dump())
+        return cls.model_validate(t, from_attributes=True)
 
 
 class ApiKeyIn(BaseModel):
@@ -83,7 +83,7 @@ class ApiKeyOut(BaseModel):
 
     @classmethod
     def of(cls, k: ApiKey) -> ApiKeyOut:
-        return cls.model_validate(k.model_dump(exclude={"key_hash"}))
+        return cls.model_validate(k, from_attributes=True)
 
 
 class ApiKeyCreatedOut(ApiKeyOut):
@@ -115,10 +115,10 @@ class NodeOut(BaseModel):
 
     @classmethod
     def of(cls, n: Node) -> NodeOut:
-        return cls.model_validate(
-            n.model_dump(exclude={"token_hash", "public_key"})
-            | {"token_expires_at": n.token_expires_at if n.state == "pending" else None}
-        )
+        out = cls.model_validate(n, from_attributes=True)
+        if out.state != "pending":
+            out.token_expires_at = None
+        return out
 
 
 class NodeCreatedOut(NodeOut):
@@ -165,7 +165,7 @@ class MemberOut(BaseModel):
 
     @classmethod
     def of(cls, m: FederationMember) -> MemberOut:
-        return cls.model_validate(m.model_dump())
+        return cls.model_validate(m, from_attributes=True)
 
 
 class RunMemberOut(BaseModel):
@@ -190,10 +190,18 @@ class RunOut(BaseModel):
 
     @classmethod
     def of(cls, r: Run, actor_tenant: str | None = None) -> RunOut:
-        members = [RunMemberOut.model_validate(m) for m in json.loads(r.members)]
-        return cls.model_validate(
-            r.model_dump(exclude={"members", "spec", "journal_path", "checkpoint_path"})
-            | {"members": members}
+        return cls(
+            id=r.id,
+            federation_id=r.federation_id,
+            state=r.state,  # type: ignore[arg-type]
+            flower_run_id=r.flower_run_id,
+            planned_epsilon=r.planned_epsilon,
+            rounds_planned=r.rounds_planned,
+            rounds_completed=r.rounds_completed,
+            members=[RunMemberOut.model_validate(m) for m in json.loads(r.members)],
+            failure=r.failure,
+            created_at=r.created_at,
+            finished_at=r.finished_at,
         )
 
 
@@ -208,9 +216,14 @@ class RoundOut(BaseModel):
 
     @classmethod
     def of(cls, r: RunRound) -> RoundOut:
-        return cls.model_validate(
-            r.model_dump(exclude={"run_id", "participants", "refusals"})
-            | {"participants": json.loads(r.participants), "refusals": json.loads(r.refusals)}
+        return cls(
+            round=r.round,
+            participants=json.loads(r.participants),
+            refusals=json.loads(r.refusals),
+            num_examples=r.num_examples,
+            train_loss=r.train_loss,
+            seconds=r.seconds,
+            recorded_at=r.recorded_at,
         )
 
 
@@ -264,7 +277,9 @@ class NodeLedgerOut(BaseModel):
                 )
                 for f in report.federations
             ],
-            history=[LedgerEntryOut.model_validate(e.model_dump()) for e in report.history],
+            history=[
+                LedgerEntryOut.model_validate(e, from_attributes=True) for e in report.history
+            ],
         )
 
 
@@ -313,9 +328,14 @@ class ReleaseOut(BaseModel):
 
     @classmethod
     def of(cls, r: Release) -> ReleaseOut:
-        return cls.model_validate(
-            r.model_dump(exclude={"directory", "signed_manifest"})
-            | {"signed_manifest": json.loads(r.signed_manifest)}
+        return cls(
+            id=r.id,
+            federation_id=r.federation_id,
+            run_id=r.run_id,
+            version=r.version,
+            model_digest=r.model_digest,
+            created_at=r.created_at,
+            signed_manifest=json.loads(r.signed_manifest),
         )
 
 
@@ -360,7 +380,16 @@ class AuditEventOut(BaseModel):
             details = json.loads(e.details)
         except ValueError:
             details = e.details
-        return cls.model_validate(e.model_dump(exclude={"details"}) | {"details": details})
+        return cls(
+            seq=e.seq,
+            at=e.at,
+            actor=e.actor,
+            action=e.action,
+            target=e.target,
+            details=details,
+            prev_hash=e.prev_hash,
+            hash=e.hash,
+        )
 
 
 class ChainVerdictOut(BaseModel):

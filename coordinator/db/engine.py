@@ -8,19 +8,24 @@ chain); on PostgreSQL the audit append takes a transaction-scoped advisory lock.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, bindparam, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
+
+T = TypeVar("T", bound=SQLModel)
 
 
 class DatabaseError(RuntimeError):
@@ -57,8 +62,13 @@ def _check_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pooled: bool) -> Engine:
+    """A SQLite engine. Writers begin with BEGIN IMMEDIATE; readers emit no BEGIN at all:
+    each statement is its own snapshot (SQLite autocommit), which is what single-row reads
+    and the append-only tables need, and it spares two statements per read."""
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    if not pooled:
+    if pooled:
+        kwargs.update(pool_size=8, max_overflow=48)
+    else:
         kwargs["poolclass"] = NullPool
     engine = create_engine(url, **kwargs)
 
@@ -72,11 +82,47 @@ def _sqlite_engine(url: str, *, immediate: bool, pooled: bool) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_NAMED_PARAM = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
+
+
+def driver_sql(session: Session, sql: str, params: dict[str, Any]) -> Any:
+    """Run hand-written SQL (`:name` parameters) on the session's DB-API connection.
+
+    For the few statements on the hot write path (the audit append, creating a tenant):
+    it skips SQLAlchemy's statement compilation and result machinery, inside the
+    session's transaction. Returns the DB-API cursor (the caller fetches and closes).
+    """
+    cached = session.info.get("driver_connection")
+    if cached is None:
+        connection = session.connection()
+        cached = (connection.connection.driver_connection, connection.dialect.name)
+        session.info["driver_connection"] = cached
+    dbapi, dialect = cached
+    assert dbapi is not None
+    if dialect != "sqlite":
+        sql = _NAMED_PARAM.sub(r"%(\1)s", sql)
+    cursor = dbapi.cursor()
+    cursor.execute(sql, params)
+    return cursor
+
+
+class Record(dict[str, Any]):
+    """A row as returned by `Database.fetch`: a dict whose keys are also attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as err:
+            raise AttributeError(name) from err
 
 
 class Database:
@@ -92,10 +138,16 @@ class Database:
             self.read_engine = _sqlite_engine(self.url, immediate=False, pooled=pooled)
             self.write_engine = _sqlite_engine(self.url, immediate=True, pooled=pooled)
         else:
-            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 8, "max_overflow": 24}
             if not pooled:
+                del kwargs["pool_size"], kwargs["max_overflow"]
                 kwargs["poolclass"] = NullPool
             self.read_engine = self.write_engine = create_engine(self.url, **kwargs)
+        # SQLite has one writer at a time: threads of this process queue here and wake as
+        # soon as the lock is free, instead of polling SQLite's busy handler (which sleeps
+        # in growing steps). Other processes (ServerApps) still meet the busy handler.
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._fetch_cache: dict[type[SQLModel], tuple[str, bool]] = {}
 
     @property
     def safe_url(self) -> str:
@@ -111,8 +163,48 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+        with (
+            self._write_lock or contextlib.nullcontext(),
+            Session(self.write_engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
+
+    def fetch(self, model: type[T], ident: str) -> T | None:
+        """One row by primary key: the hot read path.
+
+        Returns a read-only record with the model's attributes, not an ORM instance (building
+        one costs more than the query). The SQL is compiled once per table for this engine's
+        dialect and run on a pooled DB-API connection.
+        """
+        sql, positional = self._fetch_sql(model)
+        params: Any = (ident,) if positional else {"ident": ident}
+        connection = self.read_engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+                names = [d[0] for d in cursor.description or ()]
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool (rolled back there)
+        return None if row is None else cast("T", Record(zip(names, row, strict=True)))
+
+    def _fetch_sql(self, model: type[SQLModel]) -> tuple[str, bool]:
+        cached = self._fetch_cache.get(model)
+        if cached is None:
+            table = model.__table__  # type: ignore[attr-defined]
+            (key,) = table.primary_key.columns
+            compiled = (
+                select(table)
+                .where(key == bindparam("ident"))
+                .compile(dialect=self.read_engine.dialect)
+            )
+            cached = (str(compiled), bool(compiled.positional))
+            self._fetch_cache[model] = cached
+        return cached
 
     def upgrade(self) -> None:
         """Create or upgrade the schema to the latest Alembic revision."""

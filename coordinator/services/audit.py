@@ -12,16 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from coordinator.db import Database
+from coordinator.db.engine import Record, driver_sql
 from coordinator.db.tables import AuditEvent
 from coordinator.services.common import Actor, canonical_json, now_iso, require_role
 
 GENESIS_HASH = "0" * 64
+_LAST_EVENT = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+_INSERT_EVENT = (
+    "INSERT INTO audit_events (seq, at, actor, action, target, details, prev_hash, hash) "
+    "VALUES (:seq, :at, :actor, :action, :target, :details, :prev_hash, :hash)"
+)
 #: Key of the PostgreSQL advisory lock that serialises appends to the chain.
 _APPEND_LOCK = 0x4C4550544F4E  # "LEPTON"
 _VERIFY_BATCH = 1000
@@ -50,32 +56,26 @@ def append_event(
     """Append one event in the caller's transaction (which holds the write lock)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK})
-    last = session.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)).first()
-    seq = 1 if last is None else last.seq + 1
-    prev_hash = GENESIS_HASH if last is None else last.hash
+    cursor = driver_sql(session, _LAST_EVENT, {})
+    last = cursor.fetchone()
+    cursor.close()
+    seq = 1 if last is None else int(last[0]) + 1
+    prev_hash = GENESIS_HASH if last is None else str(last[1])
     at = now_iso()
     details_json = canonical_json(details)
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        actor=actor.label,
-        action=action,
-        target=target,
-        details=details_json,
-        prev_hash=prev_hash,
-        hash=event_hash(
-            seq=seq,
-            at=at,
-            actor=actor.label,
-            action=action,
-            target=target,
-            details=details_json,
-            prev_hash=prev_hash,
-        ),
-    )
-    session.add(event)
-    session.flush()
-    return event
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "at": at,
+        "actor": actor.label,
+        "action": action,
+        "target": target,
+        "details": details_json,
+        "prev_hash": prev_hash,
+    }
+    fields["hash"] = event_hash(**fields)
+    event = Record(fields)
+    driver_sql(session, _INSERT_EVENT, fields).close()
+    return cast(AuditEvent, event)
 
 
 @dataclass(frozen=True)

@@ -197,10 +197,7 @@ def list_federations(db: Database, actor: Actor) -> list[Federation]:
 
 def get_federation(db: Database, actor: Actor, federation_id: str) -> Federation:
     """One federation."""
-    with db.read() as session:
-        federation = (
-            session.get(Federation, federation_id) if looks_like_id(federation_id) else None
-        )
+    federation = db.fetch(Federation, federation_id) if looks_like_id(federation_id) else None
     if federation is None:
         raise not_found("federation", federation_id)
     return federation

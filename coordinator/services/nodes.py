@@ -204,8 +204,7 @@ def list_nodes(db: Database, actor: Actor, *, tenant_id: str | None = None) -> l
 
 def get_node(db: Database, actor: Actor, node_id: str) -> Node:
     """One node; 404 if it is another tenant's."""
-    with db.read() as session:
-        node = session.get(Node, node_id) if looks_like_id(node_id) else None
+    node = db.fetch(Node, node_id) if looks_like_id(node_id) else None
     if node is None:
         raise not_found("node", node_id)
     check_tenant_visible(actor, node.tenant_id, "node", node_id)

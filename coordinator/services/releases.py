@@ -183,8 +183,7 @@ def _grants(db: Database, release_id: str) -> list[str]:
 
 def get_release(db: Database, actor: Actor, release_id: str) -> Release:
     """A release the actor may see (tenant admins: only permitted ones)."""
-    with db.read() as session:
-        release = session.get(Release, release_id) if looks_like_id(release_id) else None
+    release = db.fetch(Release, release_id) if looks_like_id(release_id) else None
     if release is None:
         raise not_found("release", release_id)
     if actor.role == "tenant_admin" and actor.tenant_id not in _permitted_tenants(

@@ -245,8 +245,7 @@ def _visible(actor: Actor, run: Run) -> bool:
 
 def get_run(db: Database, actor: Actor, run_id: str) -> Run:
     """A run; its end is taken from the journal if the ServerApp could not record it."""
-    with db.read() as session:
-        run = session.get(Run, run_id) if looks_like_id(run_id) else None
+    run = db.fetch(Run, run_id) if looks_like_id(run_id) else None
     if run is None or not _visible(actor, run):
         raise not_found("run", run_id)
     if run.state in ACTIVE_STATES:

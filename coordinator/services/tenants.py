@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from coordinator.db import Database
+from coordinator.db.engine import Record, driver_sql
 from coordinator.db.tables import Node, Tenant
 from coordinator.services import audit, keys
 from coordinator.services.common import (
@@ -24,6 +26,10 @@ from coordinator.services.errors import ConflictError
 from coordinator.services.gateway import NodeRegistry
 
 log = logging.getLogger(__name__)
+_INSERT = (
+    "INSERT INTO tenants (id, name, display_name, disabled, created_at, disabled_at) "
+    "VALUES (:id, :name, :display_name, :disabled, :created_at, :disabled_at)"
+)
 
 
 def create_tenant(db: Database, actor: Actor, *, name: str, display_name: str = "") -> Tenant:
@@ -32,10 +38,23 @@ def create_tenant(db: Database, actor: Actor, *, name: str, display_name: str = 
     require_role(actor, "platform_admin", action="create tenants")
     try:
         with db.write() as session:
-            if session.exec(select(Tenant).where(Tenant.name == name)).first() is not None:
+            cursor = driver_sql(
+                session, "SELECT id FROM tenants WHERE name = :name", {"name": name}
+            )
+            clash = cursor.fetchone()
+            cursor.close()
+            if clash is not None:
                 raise _duplicate(name)
-            tenant = Tenant(id=new_id(), name=name, display_name=display_name, created_at=now_iso())
-            session.add(tenant)
+            fields = {
+                "id": new_id(),
+                "name": name,
+                "display_name": display_name,
+                "disabled": False,
+                "created_at": now_iso(),
+                "disabled_at": None,
+            }
+            driver_sql(session, _INSERT, fields).close()
+            tenant = cast(Tenant, Record(fields))
             audit.append_event(
                 session, actor, "tenant.create", f"tenant:{tenant.id}", {"name": name}
             )
@@ -62,8 +81,7 @@ def list_tenants(db: Database, actor: Actor) -> list[Tenant]:
 def get_tenant(db: Database, actor: Actor, tenant_id: str) -> Tenant:
     """One tenant (404 for another tenant's admin)."""
     check_tenant_visible(actor, tenant_id, "tenant", tenant_id)
-    with db.read() as session:
-        tenant = session.get(Tenant, tenant_id) if looks_like_id(tenant_id) else None
+    tenant = db.fetch(Tenant, tenant_id) if looks_like_id(tenant_id) else None
     if tenant is None:
         raise not_found("tenant", tenant_id)
     return tenant

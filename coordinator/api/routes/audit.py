@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from coordinator.api.deps import ActorDep, ContextDep
+from coordinator.api.deps import CallerDep
 from coordinator.api.routes import ERRORS
 from coordinator.api.schemas import AuditEventOut, ChainVerdictOut
 from coordinator.services import audit
@@ -16,8 +16,7 @@ router = APIRouter(tags=["audit"], responses=ERRORS)
 
 @router.get("/audit/events", response_model=list[AuditEventOut])
 def list_events(
-    actor: ActorDep,
-    ctx: ContextDep,
+    caller: CallerDep,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     action: Annotated[str | None, Query(max_length=100)] = None,
@@ -25,11 +24,13 @@ def list_events(
     """Events in order, after sequence number `after` (platform admins and auditors)."""
     return [
         AuditEventOut.of(e)
-        for e in audit.list_events(ctx.db, actor, after=after, limit=limit, action=action)
+        for e in audit.list_events(
+            caller.ctx.db, caller.actor, after=after, limit=limit, action=action
+        )
     ]
 
 
 @router.get("/audit/verification", response_model=ChainVerdictOut)
-def verify_chain(actor: ActorDep, ctx: ContextDep) -> ChainVerdictOut:
+def verify_chain(caller: CallerDep) -> ChainVerdictOut:
     """Recompute the hash chain; name the first row that was altered, removed or inserted."""
-    return ChainVerdictOut(**audit.verify_chain(ctx.db, actor).__dict__)
+    return ChainVerdictOut(**audit.verify_chain(caller.ctx.db, caller.actor).__dict__)

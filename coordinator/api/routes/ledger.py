@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from coordinator.api.deps import ActorDep, ContextDep
+from coordinator.api.deps import CallerDep
 from coordinator.api.routes import ERRORS
 from coordinator.api.schemas import MismatchOut, NodeLedgerOut, ReconcileIn, ReconcileOut
 from coordinator.services import ledger
@@ -16,26 +16,27 @@ router = APIRouter(tags=["ledger"], responses=ERRORS)
 
 
 @router.get("/ledger", response_model=list[NodeLedgerOut])
-def overview(actor: ActorDep, ctx: ContextDep) -> list[NodeLedgerOut]:
+def overview(caller: CallerDep) -> list[NodeLedgerOut]:
     """Every visible node's budget, spent and remaining epsilon."""
-    return [NodeLedgerOut.of(r) for r in ledger.ledger_overview(ctx.db, actor)]
+    return [NodeLedgerOut.of(r) for r in ledger.ledger_overview(caller.ctx.db, caller.actor)]
 
 
 @router.get("/ledger/nodes/{node_id}", response_model=NodeLedgerOut)
 def node_ledger(
     node_id: str,
-    actor: ActorDep,
-    ctx: ContextDep,
+    caller: CallerDep,
     federation_id: Annotated[str | None, Query(max_length=36)] = None,
 ) -> NodeLedgerOut:
     """One node's ledger (optionally one federation's part of its history)."""
     if not looks_like_id(node_id):
         raise not_found("node", node_id)
-    return NodeLedgerOut.of(ledger.node_ledger(ctx.db, actor, node_id, federation_id=federation_id))
+    return NodeLedgerOut.of(
+        ledger.node_ledger(caller.ctx.db, caller.actor, node_id, federation_id=federation_id)
+    )
 
 
 @router.post("/ledger/nodes/{node_id}/reconcile", response_model=ReconcileOut)
-def reconcile(node_id: str, body: ReconcileIn, actor: ActorDep, ctx: ContextDep) -> ReconcileOut:
+def reconcile(node_id: str, body: ReconcileIn, caller: CallerDep) -> ReconcileOut:
     """Compare with the node's own ledger rows (read-only: auditors may call it)."""
     if not looks_like_id(node_id):
         raise not_found("node", node_id)
@@ -43,7 +44,7 @@ def reconcile(node_id: str, body: ReconcileIn, actor: ActorDep, ctx: ContextDep)
         ledger.NodeLedgerRow(e.flower_run_id, e.round, e.noise_multiplier, e.sample_rate, e.steps)
         for e in body.entries
     ]
-    problems = ledger.reconcile(ctx.db, actor, node_id, rows)
+    problems = ledger.reconcile(caller.ctx.db, caller.actor, node_id, rows)
     return ReconcileOut(
         ok=not problems,
         mismatches=[

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from coordinator.api.deps import ActorDep, ContextDep
+from coordinator.api.deps import CallerDep, ContextDep
 from coordinator.api.routes import ERRORS, SUPERLINK_ERRORS
 from coordinator.api.schemas import EnrollIn, NodeCreatedOut, NodeIn, NodeOut
 from coordinator.services import nodes
@@ -15,11 +15,11 @@ router = APIRouter(tags=["nodes"], responses=ERRORS)
 
 
 @router.post("/nodes", response_model=NodeCreatedOut, status_code=status.HTTP_201_CREATED)
-def create_node(body: NodeIn, actor: ActorDep, ctx: ContextDep) -> NodeCreatedOut:
+def create_node(body: NodeIn, caller: CallerDep) -> NodeCreatedOut:
     """Create a node of a tenant; the response carries its one-time enrollment token."""
     node, token = nodes.create_node(
-        ctx.db,
-        actor,
+        caller.ctx.db,
+        caller.actor,
         name=body.name,
         tenant_id=body.tenant_id,
         epsilon_budget=body.epsilon_budget,
@@ -44,21 +44,24 @@ def enroll_node(body: EnrollIn, ctx: ContextDep) -> NodeOut:
 
 @router.get("/nodes", response_model=list[NodeOut])
 def list_nodes(
-    actor: ActorDep,
-    ctx: ContextDep,
+    caller: CallerDep,
     tenant_id: Annotated[str | None, Query(max_length=36)] = None,
 ) -> list[NodeOut]:
     """Nodes (a tenant admin sees its own)."""
-    return [NodeOut.of(n) for n in nodes.list_nodes(ctx.db, actor, tenant_id=tenant_id)]
+    return [
+        NodeOut.of(n) for n in nodes.list_nodes(caller.ctx.db, caller.actor, tenant_id=tenant_id)
+    ]
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut)
-def get_node(node_id: str, actor: ActorDep, ctx: ContextDep) -> NodeOut:
+async def get_node(node_id: str, caller: CallerDep) -> NodeOut:
     """One node."""
-    return NodeOut.of(nodes.get_node(ctx.db, actor, node_id))
+    return NodeOut.of(nodes.get_node(caller.ctx.db, caller.actor, node_id))
 
 
 @router.post("/nodes/{node_id}/revoke", response_model=NodeOut, responses=SUPERLINK_ERRORS)
-def revoke_node(node_id: str, actor: ActorDep, ctx: ContextDep) -> NodeOut:
+def revoke_node(node_id: str, caller: CallerDep) -> NodeOut:
     """Revoke a node: its key is unregistered from the SuperLink and it can no longer join."""
-    return NodeOut.of(nodes.revoke_node(ctx.db, actor, node_id, registry=ctx.registry))
+    return NodeOut.of(
+        nodes.revoke_node(caller.ctx.db, caller.actor, node_id, registry=caller.ctx.registry)
+    )

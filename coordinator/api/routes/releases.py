@@ -7,7 +7,7 @@ import json
 from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
 
-from coordinator.api.deps import ActorDep, ContextDep
+from coordinator.api.deps import CallerDep, ContextDep
 from coordinator.api.routes import ERRORS
 from coordinator.api.schemas import (
     ErrorOut,
@@ -25,7 +25,7 @@ router = APIRouter(tags=["releases"], responses=ERRORS)
 
 
 @router.get("/signing-key", response_model=SigningKeyOut)
-def signing_key(ctx: ContextDep) -> SigningKeyOut:
+async def signing_key(ctx: ContextDep) -> SigningKeyOut:
     """The coordinator's Ed25519 public key that signs release manifests (no key needed)."""
     pem = public_key_pem(ctx.signing_key)
     return SigningKeyOut(
@@ -36,39 +36,39 @@ def signing_key(ctx: ContextDep) -> SigningKeyOut:
 @router.post(
     "/runs/{run_id}/releases", response_model=ReleaseOut, status_code=status.HTTP_201_CREATED
 )
-def create_release(run_id: str, body: ReleaseIn, actor: ActorDep, ctx: ContextDep) -> ReleaseOut:
+def create_release(run_id: str, body: ReleaseIn, caller: CallerDep) -> ReleaseOut:
     """Promote a finished run's final model to the federation's next release (platform admin)."""
     return ReleaseOut.of(
         releases.create_release(
-            ctx.db,
-            actor,
+            caller.ctx.db,
+            caller.actor,
             run_id,
-            releases_dir=ctx.settings.releases_dir,
-            signing_key=ctx.signing_key,
+            releases_dir=caller.ctx.settings.releases_dir,
+            signing_key=caller.ctx.signing_key,
             grant_tenant_ids=body.grant_tenant_ids,
         )
     )
 
 
 @router.get("/releases", response_model=list[ReleaseOut])
-def list_releases(actor: ActorDep, ctx: ContextDep) -> list[ReleaseOut]:
+def list_releases(caller: CallerDep) -> list[ReleaseOut]:
     """Releases this key may see."""
-    return [ReleaseOut.of(r) for r in releases.list_releases(ctx.db, actor)]
+    return [ReleaseOut.of(r) for r in releases.list_releases(caller.ctx.db, caller.actor)]
 
 
 @router.get("/releases/{release_id}", response_model=ReleaseOut)
-def get_release(release_id: str, actor: ActorDep, ctx: ContextDep) -> ReleaseOut:
+async def get_release(release_id: str, caller: CallerDep) -> ReleaseOut:
     """One release with its signed manifest."""
-    return ReleaseOut.of(releases.get_release(ctx.db, actor, release_id))
+    return ReleaseOut.of(releases.get_release(caller.ctx.db, caller.actor, release_id))
 
 
 @router.get(
     "/releases/{release_id}/manifest",
     responses={200: {"content": {"application/json": {}}, "description": "manifest.json"}},
 )
-def download_manifest(release_id: str, actor: ActorDep, ctx: ContextDep) -> Response:
+def download_manifest(release_id: str, caller: CallerDep) -> Response:
     """The signed manifest, exactly as in the release's manifest.json."""
-    release = releases.get_release(ctx.db, actor, release_id)
+    release = releases.get_release(caller.ctx.db, caller.actor, release_id)
     body = json.dumps(json.loads(release.signed_manifest), indent=2, sort_keys=True)
     return Response(body, media_type="application/json")
 
@@ -81,23 +81,25 @@ def download_manifest(release_id: str, actor: ActorDep, ctx: ContextDep) -> Resp
         403: {"model": ErrorOut},
     },
 )
-def download_model(release_id: str, actor: ActorDep, ctx: ContextDep) -> FileResponse:
+def download_model(release_id: str, caller: CallerDep) -> FileResponse:
     """The model weights (safetensors), for permitted tenants and platform admins."""
-    path = releases.model_path(ctx.db, actor, release_id)
+    path = releases.model_path(caller.ctx.db, caller.actor, release_id)
     return FileResponse(path, media_type="application/octet-stream", filename="model.safetensors")
 
 
 @router.get("/releases/{release_id}/verification", response_model=ReleaseVerdictOut)
-def verify_release(release_id: str, actor: ActorDep, ctx: ContextDep) -> ReleaseVerdictOut:
+def verify_release(release_id: str, caller: CallerDep) -> ReleaseVerdictOut:
     """Verify the stored release: the manifest's signature and the model's digest."""
-    verdict = releases.verify_stored_release(ctx.db, actor, release_id, signing_key=ctx.signing_key)
+    verdict = releases.verify_stored_release(
+        caller.ctx.db, caller.actor, release_id, signing_key=caller.ctx.signing_key
+    )
     return ReleaseVerdictOut(**verdict.__dict__)
 
 
 @router.post(
     "/releases/{release_id}/grants", response_model=GrantOut, status_code=status.HTTP_201_CREATED
 )
-def grant_release(release_id: str, body: GrantIn, actor: ActorDep, ctx: ContextDep) -> GrantOut:
+def grant_release(release_id: str, body: GrantIn, caller: CallerDep) -> GrantOut:
     """Allow another tenant to download a release (platform admin)."""
-    grant = releases.grant_release(ctx.db, actor, release_id, body.tenant_id)
+    grant = releases.grant_release(caller.ctx.db, caller.actor, release_id, body.tenant_id)
     return GrantOut.model_validate(grant.model_dump())
