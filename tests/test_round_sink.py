@@ -11,12 +11,10 @@ from lepton_fl.config import FederationSpec, Member, PrivacySpec, RunSpec
 
 
 def _run(tmp_path: Path, **admin: str) -> RunSpec:
-    spec = FederationSpec(
-        name="f", task="breast_cancer", min_participants=1, privacy=PrivacySpec(target_epsilon=1)
-    )
+    spec = FederationSpec(name="f", task="breast_cancer", privacy=PrivacySpec(target_epsilon=1))
     return RunSpec(
         federation=spec,
-        members=(Member(name="a", node_id=1),),
+        members=tuple(Member(name=name, node_id=i) for i, name in enumerate("abc", start=1)),
         journal_path=str(tmp_path / "run" / "journal.jsonl"),
         **admin,  # type: ignore[arg-type]
     )
