@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +20,10 @@ import httpx
 import pytest
 
 from client_node.ledger import Ledger
-from client_node.trainer_channel import ping
-from coordinator.superlink import SuperLink, SuperLinkSettings
-from lepton.cluster import NodePlan, lepton_command, node_toml
-from lepton_fl.crypto import create_pki
+from coordinator.superlink import SuperLink
+from lepton.cluster import LocalCluster, NodePlan
+from lepton_fl.config import Member
 from lepton_fl.crypto.release import verify_release
-from lepton_fl.processes import ManagedProcess, flower_env, free_port, port_accepts, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,98 +33,39 @@ SITES = {"site-a": ("hospitals", 0), "site-b": ("hospitals", 1), "site-c": ("cli
 
 @dataclass
 class Deployment:
-    root: Path
+    cluster: LocalCluster
     client: httpx.Client
     admin: dict[str, str]
-    superlink: SuperLink
-    processes: list[ManagedProcess]
+
+    @property
+    def root(self) -> Path:
+        return self.cluster.root
+
+    @property
+    def superlink(self) -> SuperLink:
+        assert self.cluster.superlink is not None
+        return self.cluster.superlink
 
     def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
         response = self.client.request(method, path, headers=headers, **kw)
         assert response.status_code < 300, (method, path, response.status_code, response.text)
         return response.json() if "json" in response.headers.get("content-type", "") else response
 
-    def check_alive(self) -> None:
-        for process in self.processes:
-            process.check_alive()
-
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    root = tmp_path_factory.mktemp("admin-e2e")
-    pki = create_pki(root / "pki", node_names=list(SITES), overwrite=True)
-    settings = SuperLinkSettings(
-        data_dir=root / "coordinator",
-        ca_certificate=pki.ca_certificate,
-        server_certificate=pki.server_certificate,
-        server_key=pki.server_key,
-        port=free_port(),
-    )
-    api_port = free_port()
-    coordinator = ManagedProcess(
-        name="lepton coordinator",
-        argv=lepton_command(
-            "coordinator",
-            "start",
-            "--data-dir",
-            str(settings.data_dir),
-            "--pki-dir",
-            str(pki.directory),
-            "--port",
-            str(settings.port),
-            "--api-port",
-            str(api_port),
-        ),
-        log_path=root / "logs" / "coordinator.log",
-        env=flower_env(settings.flwr_home),
-    ).start()
-    processes = [coordinator]
-    try:
-        for port in (settings.port, api_port):
-            wait_until(
-                lambda p=port: port_accepts("127.0.0.1", p),  # type: ignore[misc]
-                timeout=60,
-                what=f"the coordinator on port {port}",
-                process=coordinator,
-            )
-        bootstrap = subprocess.run(
-            lepton_command("coordinator", "create-admin-key", "--data-dir", str(settings.data_dir)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        admin = {"Authorization": f"Bearer {bootstrap.stdout.strip()}"}
-        superlink = SuperLink(settings)
-        superlink.write_connection_config()
-        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}/api/v1", timeout=60) as client:
-            yield Deployment(root, client, admin, superlink, processes)
-    finally:
-        for process in reversed(processes):
-            process.stop()
-
-
-def _start_node(d: Deployment, name: str, partition: int) -> ManagedProcess:
-    plan = NodePlan(name, "breast_cancer", f"site-{partition}-of-3", 10.0, (FED,))
-    state_dir = d.root / "nodes" / name
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config = state_dir / "node.toml"
-    config.write_text(
-        node_toml(
-            plan,
-            state_dir=state_dir,
-            superlink=d.superlink.settings,
-            key=d.root / "pki" / "nodes" / name,
-        )
-    )
-    process = ManagedProcess(
-        name=f"lepton node ({name})",
-        argv=lepton_command("node", "start", "--config", str(config)),
-        log_path=d.root / "logs" / f"node-{name}.log",
-        env=flower_env(state_dir / "flwr"),
-    ).start()
-    d.processes.append(process)
-    return process
+    """`lepton coordinator start` (SuperLink + admin API) with nothing registered: the API
+    enrolls the nodes."""
+    plans = [
+        NodePlan(name, "breast_cancer", f"site-{partition}-of-3", 10.0, (FED,))
+        for name, (_, partition) in SITES.items()
+    ]
+    with LocalCluster(tmp_path_factory.mktemp("admin-e2e"), plans) as cluster:
+        cluster.start_coordinator()
+        cluster.wait_for_api()
+        admin = {"Authorization": f"Bearer {cluster.create_admin_key()}"}
+        with httpx.Client(base_url=cluster.api_url, timeout=60) as client:
+            yield Deployment(cluster, client, admin)
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +90,9 @@ def finished(deployment: Deployment) -> dict[str, Any]:
             {},
             json={"token": created["enrollment_token"], "public_key": public_key},
         )
-    started = {name: _start_node(d, name, partition) for name, (_, partition) in SITES.items()}
-    for name, process in started.items():
-        socket = d.root / "nodes" / name / "trainer.sock"
-        wait_until(lambda s=socket: ping(s), timeout=120, what=f"trainer {name}", process=process)  # type: ignore[misc]
+    for name, node in nodes.items():
+        d.cluster.start_node(name, Member(name=name, node_id=int(node["flower_node_id"])))
+    d.cluster.wait_for_nodes(timeout=120)
     federation = d.call(
         "POST",
         "/federations",
@@ -174,7 +111,7 @@ def finished(deployment: Deployment) -> dict[str, Any]:
     run = d.call("POST", f"/federations/{federation['id']}/runs", d.admin)
     deadline = time.monotonic() + 240
     while run["state"] in ("submitted", "running") and time.monotonic() < deadline:
-        d.check_alive()
+        d.cluster.check_alive()
         time.sleep(1.0)
         run = d.call("GET", f"/runs/{run['id']}", d.admin)
     return {"run": run, "nodes": nodes, "tenant_keys": tenant_keys}
@@ -198,7 +135,7 @@ def test_ledger_matches_every_nodes_own_ledger(
     d = deployment
     for name, node in finished["nodes"].items():
         report = d.call("GET", f"/ledger/nodes/{node['id']}", d.admin)
-        with Ledger(d.root / "nodes" / name / "ledger.db", read_only=True) as own:
+        with Ledger(d.cluster.nodes[name].ledger_path, read_only=True) as own:
             rows = [
                 {
                     "flower_run_id": e.run_id,
