@@ -1,5 +1,6 @@
 """Demo data: agreed per-task tabular encodings, real partitions, seeded stratified splits."""
 
+from lepton_fl.datasets.examples import Examples, LocalSplit, Modality
 from lepton_fl.datasets.heart_disease import HEART_DISEASE_SCHEMA, HEART_DISEASE_SITES
 from lepton_fl.datasets.registry import (
     TASKS,
@@ -16,6 +17,9 @@ __all__ = [
     "HEART_DISEASE_SITES",
     "TASKS",
     "DatasetError",
+    "Examples",
+    "LocalSplit",
+    "Modality",
     "TabularSchema",
     "TabularSplit",
     "TaskInfo",

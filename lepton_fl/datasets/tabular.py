@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lepton_fl.datasets.examples import Examples, LocalSplit
+
 __all__ = [
     "BinaryFeature",
     "CategoricalFeature",
@@ -61,6 +63,16 @@ class TabularSplit:
     def num_features(self) -> int:
         """Width of the encoded feature vector."""
         return len(self.feature_names)
+
+    def local(self) -> LocalSplit:
+        """The same data as a modality-independent :class:`LocalSplit` (inputs ``(x,)``)."""
+        return LocalSplit(
+            name=self.name,
+            modality="tabular",
+            train=Examples(inputs=(self.x_train,), labels=self.y_train),
+            test=Examples(inputs=(self.x_test,), labels=self.y_test),
+            num_classes=self.num_classes,
+        )
 
 
 @dataclass(frozen=True)
