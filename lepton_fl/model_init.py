@@ -27,6 +27,8 @@ Shapes = list[tuple[int, ...]]
 def task_dimensions(task: str) -> tuple[int, int]:
     """``(num_features, num_classes)`` of a registered task, from its agreed schema."""
     info = get_task(task)
+    if info.schema is None:
+        raise ValueError(f"Task {task!r} is not tabular: it has no feature schema.")
     return info.schema.num_features, info.num_classes
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Examples", "LocalSplit", "Modality"]
+__all__ = ["Examples", "ImageSpec", "LocalSplit", "Modality", "TextSpec"]
 
 Modality = Literal["tabular", "image", "text"]
 
@@ -67,3 +67,24 @@ class LocalSplit:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example's first input."""
         return self.train.input_shape
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a task's images are prepared, agreed by every site: decoded, converted to
+    ``channels`` (1 grayscale, 3 RGB), resized to ``size`` x ``size``, scaled to [0, 1], then
+    normalised as ``(x - mean) / std`` (one mean and std for every channel)."""
+
+    channels: Literal[1, 3]
+    size: int
+    mean: float = 0.5
+    std: float = 0.5
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """How a task's texts are tokenised, agreed by every site: the registered tokenizer
+    ``tokenizer`` (see ``lepton_fl.models``), padded or truncated to ``max_length`` tokens."""
+
+    tokenizer: str
+    max_length: int = 128

@@ -10,6 +10,7 @@ from lepton_fl.datasets.breast_cancer import (
     BREAST_CANCER_SCHEMA,
     load_breast_cancer_partition,
 )
+from lepton_fl.datasets.examples import ImageSpec, LocalSplit, Modality, TextSpec
 from lepton_fl.datasets.heart_disease import (
     HEART_DISEASE_SCHEMA,
     HEART_DISEASE_SITES,
@@ -17,7 +18,15 @@ from lepton_fl.datasets.heart_disease import (
 )
 from lepton_fl.datasets.tabular import DatasetError, TabularSchema, TabularSplit
 
-__all__ = ["TASKS", "TaskInfo", "get_task", "list_partitions", "list_tasks", "load_partition"]
+__all__ = [
+    "TASKS",
+    "TaskInfo",
+    "get_task",
+    "list_partitions",
+    "list_tasks",
+    "load_local",
+    "load_partition",
+]
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,15 @@ class TaskInfo:
 
     name: str
     description: str
-    schema: TabularSchema
+    schema: TabularSchema | None  # tabular tasks: the agreed encoding
     partitions: tuple[str, ...]
-    loader: Callable[..., TabularSplit]  # (partition, *, seed, test_fraction) -> TabularSplit
+    # (partition, *, seed, test_fraction) -> TabularSplit (tabular) or LocalSplit
+    loader: Callable[..., TabularSplit | LocalSplit]
     num_classes: int = 2
+    modality: Modality = "tabular"
+    labels: tuple[str, ...] = ()  # class names, index = label; empty: "0", "1", ...
+    image: ImageSpec | None = None  # image tasks: how every site prepares its images
+    text: TextSpec | None = None  # text tasks: how every site tokenises its texts
 
 
 TASKS: Mapping[str, TaskInfo] = {
@@ -78,6 +92,25 @@ def load_partition(
     ``heart_disease``: ``partition`` is a hospital (only its rows are read into the split).
     ``breast_cancer``: ``partition`` is ``"site-<i>-of-<n>"``, a stratified 1/n share.
     """
+    loaded = _load(task, partition, seed=seed, test_fraction=test_fraction)
+    if not isinstance(loaded, TabularSplit):
+        raise DatasetError(
+            f"task {task!r} is not tabular; load it with load_local", code="bad_argument"
+        )
+    return loaded
+
+
+def load_local(
+    task: str, partition: str, *, seed: int = 0, test_fraction: float = 0.25
+) -> LocalSplit:
+    """Load one partition of any task (tabular, image or text) as a :class:`LocalSplit`."""
+    loaded = _load(task, partition, seed=seed, test_fraction=test_fraction)
+    return loaded.local() if isinstance(loaded, TabularSplit) else loaded
+
+
+def _load(
+    task: str, partition: str, *, seed: int, test_fraction: float
+) -> TabularSplit | LocalSplit:
     info = get_task(task)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise DatasetError(f"seed must be an int, got {seed!r}", code="bad_argument")
