@@ -4,6 +4,7 @@ scikit-learn, and the wire contract that carries them (malformed matrices are re
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,11 @@ from sklearn.metrics import (
 from torch import nn
 
 from client_node.trainer.evaluation import evaluate
-from coordinator.fl.server_app import aggregate_record, eval_record
+from coordinator.fl.journal import RunJournal, read_journal
+from coordinator.fl.rounds import NodeOutcome, RoundOutcome
+from coordinator.fl.server_app import aggregate_record, eval_record, round_record
 from lepton_fl import wire
+from lepton_fl.config import Member
 from lepton_fl.metrics import (
     ClassificationMetrics,
     aggregate_metrics,
@@ -417,6 +421,31 @@ def test_coordinator_aggregate_record_is_weighted_and_names_who_is_left_out() ->
     mixed = aggregate_record({"a": evaluations["a"], "t": three})
     assert mixed is not None
     assert "disagree on the number of classes" in str(mixed["error"])
+
+
+def test_round_record_in_the_journal_carries_each_node_and_the_federation(tmp_path: Path) -> None:
+    nodes = _nodes()
+
+    def ok(name: str, node_id: int, m: ClassificationMetrics) -> NodeOutcome:
+        reply = wire.TrainReply(status="ok", num_examples=m.num_examples * 4, evaluation=_full(m))
+        return NodeOutcome(member=Member(name=name, node_id=node_id), status="ok", reply=reply)
+
+    refused = NodeOutcome(
+        member=Member(name="c", node_id=3), status="refused", code="budget", reason="over"
+    )
+    outcome = RoundOutcome(
+        round=1, weights=[], outcomes=[ok("a", 1, nodes["a"]), ok("b", 2, nodes["b"]), refused]
+    )
+    journal = RunJournal(tmp_path / "journal.jsonl")
+    journal.write("round", **round_record(outcome))
+    (entry,) = read_journal(journal.path).of("round")
+
+    assert entry["nodes"]["a"]["pre_round_eval"]["accuracy"] == pytest.approx(5 / 8)
+    assert entry["nodes"]["a"]["pre_round_eval"]["confusion"] == [[2, 2], [1, 3]]
+    assert "pre_round_eval" not in entry["nodes"]["c"]
+    assert entry["pre_round_eval"]["nodes"] == ["a", "b"]  # the refused node is not counted
+    assert entry["pre_round_eval"]["accuracy"] == pytest.approx(0.7)
+    assert entry["pre_round_eval"]["confusion"] == [[3, 2], [1, 4]]
 
 
 # -- the demo's table ------------------------------------------------------------------------
