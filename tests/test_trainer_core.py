@@ -145,5 +145,9 @@ def test_trainer_evaluate_reports_history_epsilon(make_trainer) -> None:  # type
     assert reply.status == "ok"
     assert reply.evaluation is not None
     assert reply.evaluation.num_examples > 0
+    assert reply.evaluation.confusion is not None  # precision, recall, F1 and the matrix too
+    assert sum(map(sum, reply.evaluation.confusion)) == reply.evaluation.num_examples
+    assert trained.evaluation is not None
+    assert trained.evaluation.classification() is not None
     assert trained.charge is not None
     assert reply.epsilon == pytest.approx(trained.charge.epsilon)

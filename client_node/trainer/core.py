@@ -304,6 +304,10 @@ class NodeTrainer:
             loss=result.loss,
             accuracy=result.accuracy,
             roc_auc=result.roc_auc,
+            precision=result.precision,
+            recall=result.recall,
+            f1=result.f1,
+            confusion=result.confusion,
         )
 
 
