@@ -32,7 +32,11 @@ def _settings(tmp_path: Path, *, budget: float = 10.0) -> NodeSettings:
         {
             "node": {"name": "clinic", "state_dir": str(tmp_path)},
             "data": {"task": "breast_cancer", "partition": "site-0-of-3"},
-            "privacy": {"epsilon_budget": budget, "federations": ["clinic-fed"]},
+            "privacy": {
+                "epsilon_budget": budget,
+                "federations": ["clinic-fed"],
+                "require_secure_aggregation": False,  # these tests send plain rounds
+            },
             "superlink": {"address": "127.0.0.1:1", "root_certificates": str(tmp_path / "ca.pem")},
             "auth": {"private_key": str(tmp_path / "key")},
         }
