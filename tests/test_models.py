@@ -489,3 +489,24 @@ def test_node_and_coordinator_agree_and_the_node_trains_any_modality(
         assert np.isfinite(evaluated.evaluation.loss)
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("case", ["cnn-gray", "tiny_bert"])
+def test_empty_poisson_batches_are_noise_only_steps(case: str) -> None:
+    """q = 1/20 over 20 examples: about a third of the Poisson batches are empty (BERT cannot run
+    a forward pass on those); each is still one noisy step."""
+    torch.set_num_threads(1)
+    spec, shape = CASES[case]
+    n = 20
+    model = build_model(spec, input_shape=shape, num_classes=3, seed=0)
+    trainer = DPTrainer(
+        model=model, inputs=_inputs_for(spec, shape, n), labels=np.arange(n) % 3, batch_size=1,
+        learning_rate=0.1, max_grad_norm=1.0, device=CPU, seed=2, reproducible_noise=True,
+    )  # fmt: skip
+    sizes: list[int] = []
+    original = trainer._dp_step
+    trainer._dp_step = lambda xb, yb: sizes.append(len(yb)) or original(xb, yb)  # type: ignore[method-assign]
+    result = trainer.train(epochs=1, noise_multiplier=1.0)
+    assert result.steps == n == len(sizes)
+    assert 0 in sizes
+    assert np.isfinite(result.train_loss)

@@ -394,9 +394,10 @@ class DPTrainer:
             ghost_loss.backward()
             optimizer.step()
             return float(ghost_loss.detach()) * size if size else 0.0
-        if size == 0 and self._mode == "ew":
-            # ExpandedWeights rejects a batch of 0; hand the optimizer the empty per-sample
-            # gradients that hooks mode produces, so the step is noise only, as in hooks mode.
+        if size == 0:
+            # ExpandedWeights rejects a batch of 0, and so do models that reshape by batch
+            # (BERT's attention); hand the optimizer the empty per-sample gradients that hooks
+            # mode produces for a plain model, so the step is noise only in every mode.
             for p in self._params:
                 setattr(p, "grad_sample", p.new_zeros((0, *p.shape)))  # noqa: B010
             optimizer.step()
