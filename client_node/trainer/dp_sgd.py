@@ -205,6 +205,13 @@ def _epoch_batches(loader: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[lis
 class DPTrainer:
     """Owns one local dataset + model on one device; built ONCE and reused every round.
 
+    Data of any modality: ``inputs`` holds one array per positional argument of the model, first
+    axis the example (``Examples.inputs``: ``(features,)``, ``(pixels,)`` or the four token
+    arrays of a text model), ``labels`` the integer classes; every batch gathers the same rows of
+    each array and calls ``model(*batch)``. Float inputs become float32, integer inputs int64;
+    only float inputs are checked for NaN. ``x=``/``y=`` remain as the tabular spelling of
+    ``inputs=(x,)``/``labels=y``. Frozen parameters (``requires_grad=False``) are never updated.
+
     The Opacus wrappers (``GradSampleModule``, ``DPOptimizer``, ``DPDataLoader``) are made once in
     ``__init__`` and kept; between rounds the caller loads the global model with
     ``set_weights(trainer.model, weights)`` (in place, so the wrappers see it), and each
