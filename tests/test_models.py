@@ -464,7 +464,11 @@ def test_node_and_coordinator_agree_and_the_node_trains_any_modality(
         {
             "node": {"name": "site-a", "state_dir": str(tmp_path)},
             "data": {"task": info.name, "partition": "site-a"},
-            "privacy": {"epsilon_budget": 50.0, "federations": ["toy-fed"]},
+            "privacy": {
+                "epsilon_budget": 50.0,
+                "federations": ["toy-fed"],
+                "require_secure_aggregation": False,  # a plain round, in process
+            },
             "superlink": {"address": "127.0.0.1:1", "root_certificates": str(tmp_path / "ca.pem")},
             "auth": {"private_key": str(tmp_path / "key")},
         }
