@@ -113,7 +113,7 @@ def measure(
     # Whole rounds first (they also set the noise multiplier and warm both paths up).
     dp_round = trainer.train(epochs=ROUND_EPOCHS, noise_multiplier=NOISE_MULTIPLIER)
     plain_round = trainer.train_non_private(epochs=ROUND_EPOCHS)
-    xb = (torch.as_tensor(split.x_train[:batch_size]),)
+    xb = torch.as_tensor(split.x_train[:batch_size])
     yb = torch.as_tensor(split.y_train[:batch_size])
     # The trainer's own step functions, on the same batch (private API, used on purpose).
     plain_wall, dp_wall, plain_cpu, dp_cpu = _time_pair(
