@@ -21,7 +21,7 @@ from client_node.supernode import start_supernode
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
 from client_node.trainer.service import TrainerServer
-from lepton_fl.datasets import load_partition
+from lepton_fl.datasets import load_local
 from lepton_fl.processes import ProcessError
 
 log = logging.getLogger("lepton.node")
@@ -33,7 +33,7 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
     stop = stop or threading.Event()
     settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    split = load_partition(
+    split = load_local(
         settings.data.task,
         settings.data.partition,
         seed=settings.data.seed,
@@ -55,8 +55,8 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         "node %s: trainer ready on %s (%d train / %d test rows of %s, device %s)",
         settings.node.name,
         settings.trainer_socket,
-        len(split.y_train),
-        len(split.y_test),
+        len(split.train),
+        len(split.test),
         settings.dataset_id,
         device,
     )

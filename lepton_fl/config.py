@@ -60,12 +60,66 @@ class TrainingSpec(_Frozen):
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.05
 
 
-class ModelConfig(_Frozen):
-    """Which registered model to build, and its size."""
+ModelName = Literal["tabular_mlp", "cnn", "minilm", "tiny_bert"]
 
-    name: Literal["tabular_mlp"] = "tabular_mlp"
+# Transformer layers of each text model (lepton_fl.models checks the same numbers).
+TEXT_MODEL_LAYERS = {"minilm": 6, "tiny_bert": 2}
+_TEXT_MODELS = tuple(TEXT_MODEL_LAYERS)
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+class ModelConfig(_Frozen):
+    """Which registered model to build (see ``lepton_fl.models``), and its size.
+
+    ``tabular_mlp``: an MLP of widths ``hidden``. ``cnn``: convolution blocks of ``channels``
+    (default ``(16, 32)``, GroupNorm) then a head of widths ``hidden``. ``minilm`` (the packaged
+    all-MiniLM-L6-v2) and ``tiny_bert`` (a 2-layer BERT with a locally trained tokenizer):
+    ``trainable_layers`` top transformer layers plus the head are trained and exchanged, the rest
+    stays frozen as shipped (``None``: every layer is trained). ``dropout`` is the dropout of the
+    MLP and CNN heads. Options left unset are omitted from the canonical JSON, so specs written
+    before they existed keep their digest.
+    """
+
+    name: ModelName = "tabular_mlp"
     hidden: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = (32,)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    channels: tuple[Annotated[int, Field(ge=1, le=1024)], ...] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        exclude_if=_is_none,
+        description="cnn only: output channels of each convolution block (default (16, 32)).",
+    )
+    trainable_layers: Annotated[int, Field(ge=0, le=64)] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description=(
+            "minilm and tiny_bert only: how many of the top transformer layers are trained "
+            "(with the classification head); the others stay frozen. Unset: all are trained."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_the_model(self) -> ModelConfig:
+        if self.channels is not None and self.name != "cnn":
+            raise ValueError(
+                f"model.channels applies to the 'cnn' model only, not {self.name!r}; remove it."
+            )
+        if self.trainable_layers is not None and self.name not in _TEXT_MODELS:
+            raise ValueError(
+                f"model.trainable_layers applies to {list(_TEXT_MODELS)} only, not "
+                f"{self.name!r}; remove it."
+            )
+        layers = TEXT_MODEL_LAYERS.get(self.name, 0)
+        if self.trainable_layers is not None and self.trainable_layers > layers:
+            raise ValueError(
+                f"model.trainable_layers = {self.trainable_layers} but {self.name!r} has "
+                f"only {layers} transformer layers; use 0 to {layers}."
+            )
+        return self
 
 
 class SecureAggregationSpec(_Frozen):

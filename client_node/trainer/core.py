@@ -23,8 +23,8 @@ from client_node.settings import NodeSettings
 from client_node.trainer.dp_sgd import DPTrainer
 from client_node.trainer.evaluation import evaluate
 from lepton_fl.config import AccountantName, FederationSpec
-from lepton_fl.datasets import TabularSplit
-from lepton_fl.models import ModelSpec, build_model, get_weights, set_weights
+from lepton_fl.datasets import LocalSplit, TabularSplit
+from lepton_fl.models import ModelSpec, build_model, get_weights, model_spec, set_weights
 from lepton_fl.privacy import (
     AccountantStep,
     PrivacyAccountingError,
@@ -63,10 +63,15 @@ class NodeTrainer:
     """Handles train and evaluate requests for one node and one local dataset."""
 
     def __init__(
-        self, *, settings: NodeSettings, split: TabularSplit, ledger: Ledger, device: torch.device
+        self,
+        *,
+        settings: NodeSettings,
+        split: LocalSplit | TabularSplit,
+        ledger: Ledger,
+        device: torch.device,
     ) -> None:
         self.settings = settings
-        self.split = split
+        self.split: LocalSplit = split.local() if isinstance(split, TabularSplit) else split
         self.ledger = ledger
         self.device = device
         self.policy = SitePolicy(settings.privacy, node_task=settings.data.task)
@@ -149,7 +154,8 @@ class NodeTrainer:
             return engine.num_examples
 
     def model_shapes(self, fed: FederationSpec) -> list[tuple[int, ...]]:
-        """Tensor shapes of the federation's model at this node."""
+        """Shapes of the exchanged tensors (the trainable parameters) of the federation's model
+        at this node."""
         with self._lock:
             _, initial = self._engine(fed)
             return [tuple(w.shape) for w in initial]
@@ -274,9 +280,7 @@ class NodeTrainer:
 
     def _engine(self, fed: FederationSpec) -> tuple[DPTrainer, list[np.ndarray]]:
         """The DP engine for this model configuration, built once and reused every round."""
-        spec = ModelSpec(
-            name=fed.model.name, hidden=tuple(fed.model.hidden), dropout=fed.model.dropout
-        )
+        spec = model_spec(fed.model)
         key = _EngineKey(
             model=spec,
             batch_size=fed.training.batch_size,
@@ -285,18 +289,19 @@ class NodeTrainer:
             seed=fed.seed,
         )
         if key not in self._engines:
+            train = self.split.train
             model = build_model(
                 spec,
-                num_features=self.split.num_features,
+                input_shape=self.split.input_shape,
                 num_classes=self.split.num_classes,
                 seed=fed.seed,
             )
             initial = get_weights(model)
             engine = DPTrainer(
                 model=model,
-                x=self.split.x_train,
-                y=self.split.y_train,
-                batch_size=min(fed.training.batch_size, len(self.split.y_train)),
+                inputs=train.inputs,
+                labels=train.labels,
+                batch_size=min(fed.training.batch_size, len(train)),
                 learning_rate=fed.training.learning_rate,
                 max_grad_norm=fed.privacy.max_grad_norm,
                 device=self.device,
@@ -306,7 +311,8 @@ class NodeTrainer:
         return self._engines[key]
 
     def _evaluate(self, engine: DPTrainer) -> EvalMetrics:
-        result = evaluate(engine.model, self.split.x_test, self.split.y_test, device=self.device)
+        test = self.split.test
+        result = evaluate(engine.model, test.inputs, test.labels, device=self.device)
         return EvalMetrics(
             num_examples=result.num_examples,
             loss=result.loss,

@@ -36,7 +36,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -57,7 +57,16 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DPTrainer", "GradSampleMode", "OptimizerName", "TrainResult", "resolve_device"]
+from client_node.trainer.inputs import as_tensor, model_inputs
+
+__all__ = [
+    "DPTrainer",
+    "GradSampleMode",
+    "OptimizerName",
+    "TrainResult",
+    "model_inputs",
+    "resolve_device",
+]
 
 OptimizerName = Literal["sgd", "adam"]
 
@@ -155,6 +164,29 @@ def _resolve_mode(
     return "ghost" if batch_size * params >= _GHOST_MIN_ELEMENTS else "ew"
 
 
+def _training_arrays(
+    inputs: Sequence[npt.NDArray[np.generic]] | None,
+    labels: npt.NDArray[np.integer] | None,
+    x: npt.NDArray[np.floating] | None,
+    y: npt.NDArray[np.integer] | None,
+) -> tuple[tuple[npt.NDArray[np.generic], ...], npt.NDArray[np.generic]]:
+    if x is not None or y is not None:  # the older tabular spelling: x (n, d), y (n,)
+        if inputs is not None or labels is not None or x is None or y is None:
+            raise ValueError("give inputs= and labels=, or (tabular) x= and y=, not a mix")
+        x_arr, y_arr = np.asarray(x), np.asarray(y)
+        if x_arr.ndim != 2 or y_arr.ndim != 1 or len(x_arr) != len(y_arr):
+            raise ValueError(f"x must be (n, d) and y (n,), got {x_arr.shape} and {y_arr.shape}")
+        inputs, labels = (x_arr,), y_arr
+    if inputs is None or labels is None:
+        raise ValueError("DPTrainer needs the training inputs and labels")
+    arrays, y_arr = model_inputs(inputs, labels)
+    if len(y_arr) == 0:
+        raise ValueError("the local training set is empty")
+    if not np.issubdtype(y_arr.dtype, np.integer) or (y_arr.astype(np.int64) < 0).any():
+        raise ValueError("labels must be non-negative integer class labels")
+    return arrays, y_arr
+
+
 def _epoch_batches(loader: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[list[int]]:
     """The index lists ``loader`` would fetch in one epoch, exactly, without fetching them.
 
@@ -172,6 +204,13 @@ def _epoch_batches(loader: DataLoader[tuple[torch.Tensor, ...]]) -> Iterator[lis
 
 class DPTrainer:
     """Owns one local dataset + model on one device; built ONCE and reused every round.
+
+    Data of any modality: ``inputs`` holds one array per positional argument of the model, first
+    axis the example (``Examples.inputs``: ``(features,)``, ``(pixels,)`` or the four token
+    arrays of a text model), ``labels`` the integer classes; every batch gathers the same rows of
+    each array and calls ``model(*batch)``. Float inputs become float32, integer inputs int64;
+    only float inputs are checked for NaN. ``x=``/``y=`` remain as the tabular spelling of
+    ``inputs=(x,)``/``labels=y``. Frozen parameters (``requires_grad=False``) are never updated.
 
     The Opacus wrappers (``GradSampleModule``, ``DPOptimizer``, ``DPDataLoader``) are made once in
     ``__init__`` and kept; between rounds the caller loads the global model with
@@ -192,8 +231,8 @@ class DPTrainer:
         self,
         *,
         model: nn.Module,
-        x: npt.NDArray[np.floating],
-        y: npt.NDArray[np.integer],
+        inputs: Sequence[npt.NDArray[np.generic]] | None = None,
+        labels: npt.NDArray[np.integer] | None = None,
         batch_size: int,
         learning_rate: float,
         max_grad_norm: float,
@@ -202,17 +241,11 @@ class DPTrainer:
         optimizer: OptimizerName = "sgd",
         reproducible_noise: bool = False,
         grad_sample_mode: GradSampleMode = "auto",
+        x: npt.NDArray[np.floating] | None = None,
+        y: npt.NDArray[np.integer] | None = None,
     ) -> None:
-        x_arr, y_arr = np.asarray(x), np.asarray(y)
-        if x_arr.ndim != 2 or y_arr.ndim != 1 or len(x_arr) != len(y_arr):
-            raise ValueError(f"x must be (n, d) and y (n,), got {x_arr.shape} and {y_arr.shape}")
+        arrays, y_arr = _training_arrays(inputs, labels, x, y)
         n = len(y_arr)
-        if n == 0:
-            raise ValueError("the local training set is empty")
-        if not np.isfinite(x_arr).all():
-            raise ValueError("x contains NaN or infinite values")
-        if not np.issubdtype(y_arr.dtype, np.integer) or (y_arr < 0).any():
-            raise ValueError("y must hold non-negative integer class labels")
         if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
             raise ValueError(
                 f"batch_size must be an int in [1, {n}] (the number of local examples), "
@@ -250,9 +283,9 @@ class DPTrainer:
         self._plain_optimizer = self._make_optimizer(self._plain_model)
 
         # Kept on the training device: batches are gathered by index, no per-step copy.
-        self._features = torch.as_tensor(x_arr, dtype=torch.float32).to(device)
+        self._inputs = tuple(as_tensor(a).to(device) for a in arrays)
         self._labels = torch.as_tensor(y_arr, dtype=torch.int64).to(device)
-        self._dataset = TensorDataset(self._features, self._labels)
+        self._dataset = TensorDataset(*self._inputs, self._labels)
 
         sampling_seed = self._seed if reproducible_noise else _os_seed()
         noise_seed = self._seed + 1 if reproducible_noise else _os_seed()
@@ -309,9 +342,10 @@ class DPTrainer:
         )
 
     def _make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        trainable = [p for p in module.parameters() if p.requires_grad]  # frozen parts stay
         if self._optimizer_name == "adam":
-            return torch.optim.Adam(module.parameters(), lr=self._lr)
-        return torch.optim.SGD(module.parameters(), lr=self._lr)
+            return torch.optim.Adam(trainable, lr=self._lr)
+        return torch.optim.SGD(trainable, lr=self._lr)
 
     @property
     def model(self) -> nn.Module:
@@ -347,36 +381,46 @@ class DPTrainer:
             torch.manual_seed((self._seed * 1_000_003 + self._calls) & _SEED_MASK)
             yield
 
-    def _dp_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+    def _batch(self, idx: list[int]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The rows ``idx`` of every input and of the labels (what the loader's collate does)."""
+        index = torch.as_tensor(idx, dtype=torch.int64, device=self._device)
+        return tuple(a[index] for a in self._inputs), self._labels[index]
+
+    def _dp_step(self, xb: tuple[torch.Tensor, ...] | torch.Tensor, yb: torch.Tensor) -> float:
         """One DP-SGD step on a Poisson batch; returns the batch's summed loss (0 if empty).
 
         Every call is exactly one ``optimizer.step()`` (clip, noise, update), empty batch included.
         """
+        if isinstance(xb, torch.Tensor):  # one input (tabular features)
+            xb = (xb,)
         optimizer = self._dp_optimizer
         optimizer.zero_grad(set_to_none=True)
         size = len(yb)
         if self._dp_loss is not None:  # ghost clipping: two backward passes inside backward()
-            ghost_loss = self._dp_loss(self._gsm(xb), yb)
+            ghost_loss = self._dp_loss(self._gsm(*xb), yb)
             ghost_loss.backward()
             optimizer.step()
             return float(ghost_loss.detach()) * size if size else 0.0
-        if size == 0 and self._mode == "ew":
-            # ExpandedWeights rejects a batch of 0; hand the optimizer the empty per-sample
-            # gradients that hooks mode produces, so the step is noise only, as in hooks mode.
+        if size == 0:
+            # ExpandedWeights rejects a batch of 0, and so do models that reshape by batch
+            # (BERT's attention); hand the optimizer the empty per-sample gradients that hooks
+            # mode produces for a plain model, so the step is noise only in every mode.
             for p in self._params:
                 setattr(p, "grad_sample", p.new_zeros((0, *p.shape)))  # noqa: B010
             optimizer.step()
             return 0.0
-        loss = self._criterion(self._gsm(xb), yb)
+        loss = self._criterion(self._gsm(*xb), yb)
         loss.backward()
         optimizer.step()
         return float(loss.detach()) * size if size else 0.0
 
-    def _plain_step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+    def _plain_step(self, xb: tuple[torch.Tensor, ...] | torch.Tensor, yb: torch.Tensor) -> float:
         """One ordinary minibatch step on the hook-free twin; returns the batch's summed loss."""
+        if isinstance(xb, torch.Tensor):
+            xb = (xb,)
         optimizer = self._plain_optimizer
         optimizer.zero_grad(set_to_none=True)
-        loss = self._criterion(self._plain_model(xb), yb)
+        loss = self._criterion(self._plain_model(*xb), yb)
         loss.backward()
         optimizer.step()
         return float(loss.detach()) * len(yb)
@@ -395,9 +439,8 @@ class DPTrainer:
             start = time.perf_counter()
             for _ in range(epochs):
                 for idx in _epoch_batches(self._dp_loader):  # Opacus's Poisson sampler
-                    index = torch.as_tensor(idx, dtype=torch.int64, device=self._device)
-                    yb = self._labels[index]
-                    loss_sum += self._dp_step(self._features[index], yb)
+                    xb, yb = self._batch(idx)
+                    loss_sum += self._dp_step(xb, yb)
                     seen += len(yb)
                     steps += 1
             seconds = time.perf_counter() - start
@@ -432,9 +475,8 @@ class DPTrainer:
             start = time.perf_counter()
             for _ in range(epochs):
                 for idx in _epoch_batches(self._plain_loader):
-                    index = torch.as_tensor(idx, dtype=torch.int64, device=self._device)
-                    yb = self._labels[index]
-                    loss_sum += self._plain_step(self._features[index], yb)
+                    xb, yb = self._batch(idx)
+                    loss_sum += self._plain_step(xb, yb)
                     seen += len(yb)
                     steps += 1
             seconds = time.perf_counter() - start

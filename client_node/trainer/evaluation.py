@@ -3,6 +3,7 @@ precision, recall, F1, ROC-AUC, confusion matrix)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from client_node.trainer.inputs import as_tensor, model_inputs
 from lepton_fl.metrics import Confusion, classification_metrics
 from lepton_fl.models.weights import unwrap_model
 
@@ -39,36 +41,47 @@ class EvalResult:
     confusion: Confusion
 
 
-def evaluate(
-    model: nn.Module,
-    x: npt.NDArray[np.floating],
-    y: npt.NDArray[np.integer],
-    *,
-    device: torch.device,
-) -> EvalResult:
-    """Evaluate ``model`` (plain or Opacus-wrapped, already on ``device``) on ``(x, y)``.
-
-    The model's train/eval mode is restored afterwards. Raises ``ValueError`` for empty data,
-    mismatched lengths or labels outside the model's classes.
-    """
-    x_arr, y_arr = np.asarray(x), np.asarray(y, dtype=np.int64)
-    if x_arr.ndim != 2 or y_arr.ndim != 1 or len(x_arr) != len(y_arr):
-        raise ValueError(f"x must be (n, d) and y (n,), got {x_arr.shape} and {y_arr.shape}")
-    if len(y_arr) == 0:
-        raise ValueError("cannot evaluate on an empty data set")
+def _logits(
+    model: nn.Module, inputs: tuple[npt.NDArray[np.generic], ...], *, device: torch.device
+) -> torch.Tensor:
+    """The model's float64 CPU logits on every example, in chunks; train/eval mode restored."""
     module = unwrap_model(model)
+    module.to(device)
+    n = len(inputs[0])
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat(
+            return torch.cat(
                 [
-                    module(torch.as_tensor(x_arr[i : i + _CHUNK], dtype=torch.float32).to(device))
-                    for i in range(0, len(x_arr), _CHUNK)
+                    module(*(as_tensor(a[i : i + _CHUNK]).to(device) for a in inputs))
+                    for i in range(0, n, _CHUNK)
                 ]
             ).to("cpu", dtype=torch.float64)
     finally:
         module.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    inputs: Sequence[npt.NDArray[np.generic]] | npt.NDArray[np.generic],
+    y: npt.NDArray[np.integer],
+    *,
+    device: torch.device,
+) -> EvalResult:
+    """Evaluate ``model`` (plain or Opacus-wrapped; moved to ``device``) on ``inputs`` and
+    their labels ``y``.
+
+    ``inputs``: one array per positional argument of the model (``Examples.inputs``); a single
+    array (tabular features ``(n, d)``) means one argument. The model's train/eval mode is
+    restored afterwards. Raises ``ValueError`` for empty data, mismatched lengths, NaN in float
+    inputs or labels outside the model's classes.
+    """
+    arrays, raw_labels = model_inputs(inputs, y)
+    y_arr = np.asarray(raw_labels, dtype=np.int64)
+    if len(y_arr) == 0:
+        raise ValueError("cannot evaluate on an empty data set")
+    logits = _logits(model, arrays, device=device)
     num_classes = logits.shape[1]
     if y_arr.min() < 0 or y_arr.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] for this model")

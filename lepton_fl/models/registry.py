@@ -2,28 +2,55 @@
 
 Builds are deterministic for a seed (the global RNG is forked, not consumed) and every registered
 architecture must pass ``opacus.validators.ModuleValidator.validate(model, strict=True)``.
+A model is called as ``model(*inputs)`` on the inputs of ``lepton_fl.datasets.Examples``:
+
+- ``tabular_mlp``: ``(features,)``, input shape ``(num_features,)``;
+- ``cnn``: ``(pixels,)``, input shape ``(channels, height, width)``;
+- ``minilm``, ``tiny_bert``: ``(input_ids, attention_mask, token_type_ids, position_ids)``,
+  input shape ``(max_length,)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from lepton_fl.models.cnn import ImageCNN
 from lepton_fl.models.tabular_mlp import TabularMLP
 
-__all__ = ["ModelBuilder", "ModelSpec", "build_model", "list_models", "register_model"]
+if TYPE_CHECKING:
+    from lepton_fl.config import ModelConfig
+
+__all__ = [
+    "ModelBuilder",
+    "ModelSpec",
+    "build_model",
+    "list_models",
+    "model_spec",
+    "register_model",
+]
+
+DEFAULT_CHANNELS = (16, 32)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which architecture to build, and its size."""
+    """Which architecture to build, and its size.
+
+    ``hidden``/``dropout``: the MLP (``tabular_mlp``) and the CNN's head. ``channels``: the CNN's
+    convolution blocks. ``trainable_layers``: text models, top transformer layers trained with
+    the head (``None``: all).
+    """
 
     name: str = "tabular_mlp"
     hidden: tuple[int, ...] = (32,)
     dropout: float = 0.0
+    channels: tuple[int, ...] = DEFAULT_CHANNELS
+    trainable_layers: int | None = None
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden)  # accept lists from JSON, store a tuple
@@ -32,22 +59,80 @@ class ModelSpec:
             raise ValueError(f"hidden widths must be positive ints, got {hidden!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        channels = tuple(self.channels)
+        object.__setattr__(self, "channels", channels)
+        if not channels or any(
+            not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels
+        ):
+            raise ValueError(f"channels must be one or more positive ints, got {channels!r}")
+        layers = self.trainable_layers
+        if layers is not None and (not isinstance(layers, int) or layers < 0):
+            raise ValueError(f"trainable_layers must be None or an int >= 0, got {layers!r}")
 
 
-ModelBuilder = Callable[[ModelSpec, int, int], nn.Module]
-"""``(spec, num_features, num_classes) -> module``; called under a seeded RNG."""
+def model_spec(config: ModelConfig) -> ModelSpec:
+    """The :class:`ModelSpec` of a federation's ``ModelConfig`` (unset options: defaults)."""
+    return ModelSpec(
+        name=config.name,
+        hidden=tuple(config.hidden),
+        dropout=config.dropout,
+        channels=tuple(config.channels) if config.channels is not None else DEFAULT_CHANNELS,
+        trainable_layers=config.trainable_layers,
+    )
 
 
-def _build_tabular_mlp(spec: ModelSpec, num_features: int, num_classes: int) -> nn.Module:
+ModelBuilder = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
+"""``(spec, input_shape, num_classes) -> module``; called under a seeded RNG."""
+
+
+def _build_tabular_mlp(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ValueError(
+            f"the tabular_mlp model takes feature vectors of shape (num_features,), "
+            f"got {input_shape}"
+        )
     return TabularMLP(
-        num_features=num_features,
+        num_features=input_shape[0],
         num_classes=num_classes,
         hidden=spec.hidden,
         dropout=spec.dropout,
     )
 
 
-_REGISTRY: dict[str, ModelBuilder] = {"tabular_mlp": _build_tabular_mlp}
+def _build_cnn(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return ImageCNN(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        channels=spec.channels,
+        hidden=spec.hidden,
+        dropout=spec.dropout,
+    )
+
+
+def _build_minilm(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from lepton_fl.models.text import build_minilm
+
+    return build_minilm(
+        input_shape=input_shape, num_classes=num_classes, trainable_layers=spec.trainable_layers
+    )
+
+
+def _build_tiny_bert(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from lepton_fl.models.text import build_tiny_bert
+
+    return build_tiny_bert(
+        input_shape=input_shape, num_classes=num_classes, trainable_layers=spec.trainable_layers
+    )
+
+
+_REGISTRY: dict[str, ModelBuilder] = {
+    "tabular_mlp": _build_tabular_mlp,
+    "cnn": _build_cnn,
+    "minilm": _build_minilm,
+    "tiny_bert": _build_tiny_bert,
+}
 
 
 def register_model(name: str, builder: ModelBuilder) -> None:
@@ -62,14 +147,30 @@ def list_models() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def build_model(spec: ModelSpec, *, num_features: int, num_classes: int, seed: int) -> nn.Module:
-    """Build ``spec`` with weights drawn from ``seed`` (same seed, same weights), on the CPU.
+def build_model(
+    spec: ModelSpec,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int,
+    seed: int,
+    num_features: int | None = None,
+) -> nn.Module:
+    """Build ``spec`` for inputs of ``input_shape`` (one example's first input), with weights
+    drawn from ``seed`` (same seed, same weights), on the CPU.
 
+    ``num_features=d`` is the older spelling of ``input_shape=(d,)`` (tabular models).
     The global torch RNG is forked for the build, so callers' random state is untouched.
     """
     builder = _REGISTRY.get(spec.name)
     if builder is None:
         raise ValueError(f"unknown model {spec.name!r}; choose one of {list(list_models())}")
+    if (input_shape is None) == (num_features is None):
+        raise ValueError("give exactly one of input_shape and num_features")
+    shape = (int(num_features),) if num_features is not None else tuple(input_shape or ())
+    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(f"input_shape must be positive ints, got {shape!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builder(spec, num_features, num_classes)
+        return builder(spec, shape, num_classes)

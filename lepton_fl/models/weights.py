@@ -1,4 +1,10 @@
-"""Model weights as lists of float32 NumPy arrays (state_dict order), and their digest.
+"""Exchanged model weights as lists of float32 NumPy arrays, and their digest.
+
+What travels between the nodes and the coordinator is exactly the model's *trainable
+parameters* (``requires_grad``), in ``named_parameters`` order. Frozen parts (the lower layers of
+a partly trained transformer) and buffers are rebuilt identically on every side from the
+package and the seed, so they never travel. For models without frozen parts or buffers (the
+tabular MLP, the CNN) this is the whole state_dict, in state_dict order.
 
 Every function here accepts a plain module or the same module wrapped by Opacus
 (``GradSampleModule`` prefixes state_dict keys with ``_module.``): they always work on the
@@ -17,7 +23,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-__all__ = ["get_weights", "set_weights", "unwrap_model", "weights_digest"]
+__all__ = ["get_weights", "set_weights", "trainable_parameters", "unwrap_model", "weights_digest"]
 
 _DIGEST_MAGIC = b"lepton-fl/weights/v1\x00"
 
@@ -32,23 +38,33 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The (unwrapped) model's trainable parameters by name, in ``named_parameters`` order:
+    the tensors that are exchanged."""
+    return {
+        name: parameter
+        for name, parameter in unwrap_model(model).named_parameters()
+        if parameter.requires_grad
+    }
+
+
 def get_weights(model: nn.Module) -> list[npt.NDArray[np.float32]]:
-    """Float32 copies of every state_dict tensor of the (unwrapped) model, in state_dict order."""
-    state = unwrap_model(model).state_dict()
+    """Float32 copies of the (unwrapped) model's trainable parameters, in a fixed order."""
     return [
         np.array(t.detach().to("cpu", dtype=torch.float32).numpy(), dtype=np.float32, copy=True)
-        for t in state.values()
+        for t in trainable_parameters(model).values()
     ]
 
 
 def set_weights(model: nn.Module, weights: Sequence[npt.NDArray[np.generic]]) -> None:
-    """Copy ``weights`` into the (unwrapped) model's tensors in place, in state_dict order.
+    """Copy ``weights`` into the (unwrapped) model's trainable parameters in place, in the
+    order of :func:`get_weights`.
 
     In place means optimizers and Opacus wrappers that hold the parameters keep working.
     Raises ``ValueError`` naming the tensor on a wrong count, a wrong shape or a non-finite value;
     nothing is modified unless every tensor checks out.
     """
-    state = unwrap_model(model).state_dict(keep_vars=True)
+    state = trainable_parameters(model)
     if len(weights) != len(state):
         raise ValueError(
             f"expected {len(state)} weight arrays ({', '.join(state)}), got {len(weights)}"
