@@ -1,8 +1,11 @@
 """`lepton node start`: the long-lived trainer daemon plus the node's SuperNode.
 
-Order matters: the data, the model engine and the ledger are loaded and checked first, so a
-bad data file or an unreadable ledger stops the node before it ever joins a federation;
-then the trainer serves its socket; then the SuperNode connects to the SuperLink.
+Order matters: the data, the model engine and the ledger are loaded and checked first, so an
+unreadable ledger stops the node before it ever joins a federation; then the trainer serves its
+socket; then the SuperNode connects to the SuperLink. Data that fails its connector's checks
+does not stop the node: the trainer stays up, logs the connector's message and refuses every
+request with ``data_invalid`` and that message, which reaches the run's status at the
+coordinator (no row ever leaves the node).
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ import signal
 import threading
 from types import FrameType
 
+import numpy as np
 import torch
 
+from client_node.connectors import ConnectorError, load_node_data
 from client_node.ledger import Ledger
 from client_node.settings import NodeConfigError, NodeSettings
 from client_node.supernode import start_supernode
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
 from client_node.trainer.service import TrainerServer
-from lepton_fl.datasets import load_partition
+from lepton_fl.datasets import LocalSplit, TabularSplit, get_task
 from lepton_fl.processes import ProcessError
 
 log = logging.getLogger("lepton.node")
@@ -33,12 +38,7 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
     stop = stop or threading.Event()
     settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    split = load_partition(
-        settings.data.task,
-        settings.data.partition,
-        seed=settings.data.seed,
-        test_fraction=settings.data.test_fraction,
-    )
+    split, data_error = _load_data(settings)
     try:
         device = resolve_device(settings.node.device)
     except ValueError as err:
@@ -48,7 +48,9 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         ) from err
     torch.set_num_threads(settings.node.torch_threads)
     ledger = Ledger(settings.ledger_path)
-    trainer = NodeTrainer(settings=settings, split=split, ledger=ledger, device=device)
+    trainer = NodeTrainer(
+        settings=settings, split=split, ledger=ledger, device=device, data_error=data_error
+    )
     server = TrainerServer(trainer, settings.trainer_socket)
     server.start()
     log.info(
@@ -74,6 +76,59 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
             supernode.stop()
         server.stop()
         ledger.close()
+
+
+def _load_data(settings: NodeSettings) -> tuple[TabularSplit, str | None]:
+    """The node's checked data, or an empty stand-in and the connector's message."""
+    try:
+        local = load_node_data(settings)
+    except ConnectorError as err:
+        log.error(
+            "node %s: its data cannot be used; the trainer stays up and refuses every request "
+            "(code data_invalid) until it is fixed: %s",
+            settings.node.name,
+            err,
+        )
+        return _empty_split(settings), str(err)
+    if local.modality != "tabular":
+        message = (
+            f"task {settings.data.task!r} is {local.modality} data, which this trainer cannot "
+            "train yet."
+        )
+        log.error("node %s: %s", settings.node.name, message)
+        return _empty_split(settings), message
+    return _tabular(local, settings), None
+
+
+def _tabular(local: LocalSplit, settings: NodeSettings) -> TabularSplit:
+    # The trainer takes a TabularSplit until it takes the modality-independent LocalSplit.
+    schema = get_task(settings.data.task).schema
+    width = local.input_shape[0]
+    names = schema.feature_names if schema else tuple(f"x{k}" for k in range(width))
+    return TabularSplit(
+        name=local.name,
+        feature_names=names,
+        x_train=local.train.inputs[0].astype(np.float32),
+        y_train=local.train.labels,
+        x_test=local.test.inputs[0].astype(np.float32),
+        y_test=local.test.labels,
+        num_classes=local.num_classes,
+    )
+
+
+def _empty_split(settings: NodeSettings) -> TabularSplit:
+    """No rows: what a trainer that refuses every request because of its data holds."""
+    empty_x = np.zeros((0, 0), dtype=np.float32)
+    empty_y = np.zeros(0, dtype=np.int64)
+    return TabularSplit(
+        name=settings.data.partition,
+        feature_names=(),
+        x_train=empty_x,
+        y_train=empty_y,
+        x_test=empty_x,
+        y_test=empty_y,
+        num_classes=1,
+    )
 
 
 def flower_exit_code(returncode: int, log_tail: str) -> int:

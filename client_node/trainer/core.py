@@ -63,9 +63,18 @@ class NodeTrainer:
     """Handles train and evaluate requests for one node and one local dataset."""
 
     def __init__(
-        self, *, settings: NodeSettings, split: TabularSplit, ledger: Ledger, device: torch.device
+        self,
+        *,
+        settings: NodeSettings,
+        split: TabularSplit,
+        ledger: Ledger,
+        device: torch.device,
+        data_error: str | None = None,
     ) -> None:
         self.settings = settings
+        # Why the node's data cannot be used (a connector's message), or None: while set, the
+        # trainer stays up and refuses every train, evaluate and secure-aggregation request.
+        self.data_error = data_error
         self.split = split
         self.ledger = ledger
         self.device = device
@@ -97,6 +106,7 @@ class NodeTrainer:
         with self._lock:
             try:
                 self._check_policy(instruction.federation)
+                self._check_data()
                 engine, initial = self._engine(instruction.federation)
             except RequestRefusedError as refusal:
                 return EvaluateReply(status="refused", code=refusal.code, reason=refusal.reason)
@@ -130,6 +140,7 @@ class NodeTrainer:
     def model_shapes(self, fed: FederationSpec) -> list[tuple[int, ...]]:
         """Tensor shapes of the federation's model at this node."""
         with self._lock:
+            self._check_data()
             _, initial = self._engine(fed)
             return [tuple(w.shape) for w in initial]
 
@@ -139,6 +150,7 @@ class NodeTrainer:
         """Policy, round and budget checks for a round: (engine, sigma, history, accountant)."""
         fed = instruction.federation
         self._check_policy(fed)
+        self._check_data()
         if not 1 <= instruction.round <= fed.rounds:
             raise RequestRefusedError(
                 "bad_round", f"Round {instruction.round} is outside the run's 1..{fed.rounds}."
@@ -238,6 +250,14 @@ class NodeTrainer:
                 "delta_too_large",
                 f"The federation asks for delta={fed.privacy.delta:g}, above this site's "
                 f"maximum of {policy.max_delta:g}.",
+            )
+
+    def _check_data(self) -> None:
+        if self.data_error is not None:
+            raise RequestRefusedError(
+                "data_invalid",
+                f"Node {self.settings.node.name!r} refuses: its local data cannot be used. "
+                f"{self.data_error}",
             )
 
     def _noise_for_run(self, run_id: int, fed: FederationSpec, *, steps_per_round: int) -> float:
