@@ -90,13 +90,10 @@ class DataSection(_Section):
     @model_validator(mode="before")
     @classmethod
     def _default_partition(cls, raw: Any) -> Any:
-        if (
-            isinstance(raw, dict)
-            and raw.get("source", "builtin") != "builtin"
-            and "partition" not in raw
-            and isinstance(raw.get("path"), str | Path)
-        ):
-            return {**raw, "partition": Path(raw["path"]).stem or "local"}
+        if isinstance(raw, dict) and raw.get("source", "builtin") != "builtin":
+            path = raw.get("path")
+            name = Path(path).stem if isinstance(path, str | Path) else ""
+            return {"partition": name or "local", **raw}
         return raw
 
     @model_validator(mode="after")

@@ -81,6 +81,7 @@ def _heart_rows(n: int = 12) -> list[list[str]]:
                 str(150 - i),
                 "no" if i % 2 else "yes",
                 "NaN" if i == 5 else f"{i / 10:.1f}",  # NaN in a nullable feature: missing
+                "flat" if i % 2 else "upsloping",
                 str(i % 4),
                 "normal" if i % 2 else "reversable defect",
                 str(i % 2),
@@ -327,7 +328,7 @@ CSV_CASES: list[Case] = [
         "unreadable",
         ["not UTF-8"],
     ),
-    ("binary junk", _raw_file(b"PAR1\x00\x01\x02"), "unreadable", ["site.csv"]),
+    ("binary junk", _raw_file(b"PAR1\x00\x01\x02"), "unreadable", ["site.csv", "binary"]),
     (
         "ragged row",
         _csv_case(_ragged),
@@ -1132,7 +1133,8 @@ def test_settings_data_path_resolves_against_node_toml(tmp_path: Path) -> None:
             ["target only apply to csv or parquet"],
         ),
         ('task = "t"\nsource = "excel"\npath = "x.xlsx"', ["[data.source]"]),
-        ('task = "heart_disease"\nsource = "csv"', ["[data.partition]"]),
+        ('task = "heart_disease"\nsource = "csv"', ["set path"]),
+        ('task = "heart_disease"', ["[data.partition]"]),
     ],
 )
 def test_settings_bad_data_section_is_named(

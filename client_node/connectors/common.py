@@ -72,6 +72,14 @@ def read_csv(path: Path) -> CsvTable:
     rows: list[list[str]] = []
     lines: list[int] = []
     try:
+        with path.open("rb") as raw:
+            if b"\x00" in raw.read(65536):
+                raise ConnectorError(
+                    f"The CSV file {path} is binary, not text (is it a Parquet or Excel "
+                    'file?). Export it as UTF-8 CSV, or set source = "parquet" for Parquet.',
+                    code="unreadable",
+                    path=path,
+                )
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
             try:
