@@ -30,18 +30,29 @@ from client_node.connectors import (
     ConnectorError,
     Tokenize,
     describe_split,
+    empty_split,
     load_node_data,
 )
 from client_node.ledger import Ledger
 from client_node.runner import _load_data
 from client_node.settings import DataSection, NodeConfigError, NodeSettings, load_node_settings
 from client_node.trainer.core import NodeTrainer, RequestRefusedError
+from client_node.trainer.secure import SecureAggregation
+from client_node.trainer.service import handle_request
 from lepton.cli import app
 from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
 from lepton_fl.datasets import HEART_DISEASE_SCHEMA, ImageSpec, TaskInfo, TextSpec, get_task
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.tabular import stratified_split
-from lepton_fl.wire import Envelope, RoundInstruction
+from lepton_fl.wire import (
+    Envelope,
+    RoundInstruction,
+    envelope_request,
+    evaluate_reply_from_records,
+    instruction_to_records,
+    records_from_bytes,
+    train_reply_from_records,
+)
 
 # -- tabular: heart disease rows, declared in node.toml -----------------------------------------
 
@@ -1320,3 +1331,27 @@ def test_runner_stops_on_node_toml_mistakes_but_not_on_bad_data(tmp_path: Path) 
     assert error is not None
     assert "cleveland.csv does not exist" in error
     assert len(split.y_train) == 0
+
+
+def test_refusal_travels_over_the_relay_contract_as_a_status(broken_node: NodeTrainer) -> None:
+    """What the coordinator gets back through the node's relay: a refused status and reason."""
+    secure = SecureAggregation(broken_node)
+    answers = []
+    for kind in ("train", "evaluate"):
+        envelope = Envelope(kind=kind, run_id=2, message_id="m", node_id=9)
+        data = envelope_request(envelope, instruction_to_records(RoundInstruction(FED, 1)))
+        answers.append(records_from_bytes(handle_request(broken_node, secure, data)))
+
+    train = train_reply_from_records(answers[0])
+    evaluation = evaluate_reply_from_records(answers[1])
+
+    for reply in (train, evaluation):
+        assert (reply.status, reply.code) == ("refused", "data_invalid")
+        assert "column 'age'" in reply.reason
+    assert train.weights == []
+    assert broken_node.ledger.entries() == []
+
+
+def test_empty_split_has_no_rows() -> None:
+    split = empty_split("x", "image", 3)
+    assert (len(split.train), len(split.test), split.num_classes) == (0, 0, 3)

@@ -10,6 +10,7 @@ of its ``data_invalid`` refusal.
 
 from __future__ import annotations
 
+from client_node.connectors.common import empty_split
 from client_node.connectors.errors import ConnectorError
 from client_node.connectors.images import load_image_folder, prepare_image
 from client_node.connectors.tabular import load_tabular
@@ -24,6 +25,7 @@ __all__ = [
     "ConnectorError",
     "Tokenize",
     "describe_split",
+    "empty_split",
     "load_image_folder",
     "load_node_data",
     "load_tabular",

@@ -21,6 +21,7 @@ __all__ = [
     "CsvTable",
     "LabelMapper",
     "check_file",
+    "empty_split",
     "is_missing_text",
     "read_csv",
     "split_examples",
@@ -255,4 +256,14 @@ def split_examples(
         train=take(train_idx),
         test=take(test_idx),
         num_classes=num_classes,
+    )
+
+
+def empty_split(name: str, modality: Modality, num_classes: int) -> LocalSplit:
+    """A split with no rows: what a trainer holds while its data is refused."""
+    nothing = Examples(
+        inputs=(np.zeros((0, 1), dtype=np.float32),), labels=np.zeros(0, dtype=np.int64)
+    )
+    return LocalSplit(
+        name=name, modality=modality, train=nothing, test=nothing, num_classes=num_classes
     )
