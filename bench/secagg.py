@@ -203,8 +203,16 @@ def measure_cluster(
     n: int, hidden: tuple[int, ...], rounds: int, *, secure_first: bool, pairs: int
 ) -> dict[str, Any]:
     """Start one n-node cluster, submit the plain and secure runs to it, read the journals."""
-    plans = [
-        NodePlan(f"site-{i}", TASK, f"site-{i}-of-{n}", NODE_BUDGET, (FED_NAME,)) for i in range(n)
+    plans = [  # the plain runs need nodes that accept plain rounds
+        NodePlan(
+            f"site-{i}",
+            TASK,
+            f"site-{i}-of-{n}",
+            NODE_BUDGET,
+            (FED_NAME,),
+            require_secure_aggregation=False,
+        )
+        for i in range(n)
     ]
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()

@@ -11,7 +11,10 @@ with ``read_only=True`` (or plain ``sqlite3`` with ``mode=ro``) at the same time
 Within a process a :class:`Ledger` may be shared between threads.
 
 The schema version is SQLite's ``PRAGMA user_version``; a file written by a newer
-schema is refused rather than guessed at.
+schema is refused rather than guessed at. Version 2 records the federation of each charge
+(so a site can cap epsilon per federation); a writer migrates a version-1 file in place by
+adding the column, keeping every entry (their federation is unknown: NULL). A read-only
+opener reads a version-1 file as it is, without migrating it.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ from typing import IO, Any, Self
 
 from lepton_fl.privacy.accounting import AccountantStep, PrivacyAccountingError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_S = 10.0
 _TABLE = "ledger_entries"
 _COLUMNS = (
     "dataset_id, run_id, round, noise_multiplier, sample_rate, steps, accountant, delta, "
-    "epsilon_after, num_examples, recorded_at"
+    "epsilon_after, num_examples, recorded_at, federation"
 )
+_COLUMNS_V1 = _COLUMNS.removesuffix(", federation")
+_FEDERATION_COLUMN = "federation TEXT CHECK (federation IS NULL OR length(federation) > 0)"
 _SCHEMA = f"""
 CREATE TABLE {_TABLE} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,6 +55,7 @@ CREATE TABLE {_TABLE} (
     epsilon_after REAL NOT NULL CHECK (epsilon_after >= 0),
     num_examples INTEGER NOT NULL CHECK (num_examples >= 0),
     recorded_at TEXT NOT NULL,
+    {_FEDERATION_COLUMN},
     UNIQUE (dataset_id, run_id, round)
 );
 CREATE INDEX ix_{_TABLE}_dataset ON {_TABLE} (dataset_id, seq);
@@ -100,6 +106,7 @@ class LedgerEntry:
     epsilon_after: float  # the dataset's epsilon after this round, as computed then
     num_examples: int
     recorded_at: str  # ISO-8601, UTC
+    federation: str | None = None  # None: recorded before ledgers named the federation
 
     @property
     def step(self) -> AccountantStep:
@@ -127,6 +134,7 @@ class Ledger:
         self._mutex = threading.Lock()
         self._lock_file: IO[bytes] | None = None
         self._conn: sqlite3.Connection | None = None
+        self._select_columns = _COLUMNS
         if self.path.is_dir():
             raise LedgerError(
                 f"The ledger path {self.path} is a directory; give the path of a file "
@@ -227,6 +235,9 @@ class Ledger:
                 )
             if version == SCHEMA_VERSION:
                 return
+            if version == 1 and self.read_only:  # read as it is; the writer migrates it
+                self._select_columns = f"{_COLUMNS_V1}, NULL"
+                return
             if version == 0 and self.read_only:
                 raise LedgerError(
                     f"The file {self.path} is not a Lepton FL ledger (it has no ledger "
@@ -247,6 +258,9 @@ class Ledger:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version == SCHEMA_VERSION:  # another writer got there first
             return
+        if version == 1:
+            self._migrate_v1(conn)
+            return
         tables = [
             row[0]
             for row in conn.execute(
@@ -265,6 +279,19 @@ class Ledger:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def _migrate_v1(self, conn: sqlite3.Connection) -> None:
+        """Version 1 -> 2: add the federation column; every entry stays as it was."""
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})").fetchall()}
+        if "dataset_id" not in columns:
+            raise LedgerError(
+                f"The file {self.path} says it is a version-1 ledger but has no "
+                f"{_TABLE} table; restore it from a backup. {_NOT_DELETE}",
+                code="corrupt",
+            )
+        if "federation" not in columns:
+            conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {_FEDERATION_COLUMN}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     # -- writing -------------------------------------------------------------------
 
     def record(
@@ -278,8 +305,12 @@ class Ledger:
         delta: float,
         epsilon_after: float,
         num_examples: int,
+        federation: str | None = None,
     ) -> LedgerEntry:
         """Append one charge in its own transaction, committed before this returns.
+
+        ``federation`` names the federation the round was trained for (per-federation
+        epsilon caps read it back); None only for callers that do not know it.
 
         Raises:
             LedgerError: ``duplicate_round`` when (dataset_id, run_id, round) is already
@@ -298,6 +329,7 @@ class Ledger:
             epsilon_after=_epsilon(epsilon_after),
             num_examples=_count(num_examples, "num_examples"),
             recorded_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+            federation=None if federation is None else _text(federation, "federation"),
         )
         with self._mutex:
             conn = self._writable()
@@ -306,7 +338,7 @@ class Ledger:
                 try:
                     conn.execute(
                         f"INSERT INTO {_TABLE} ({_COLUMNS}) "  # noqa: S608 - constants only
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         _row(entry),
                     )
                     conn.execute("COMMIT")
@@ -380,7 +412,7 @@ class Ledger:
     def _select(
         self, conn: sqlite3.Connection, where: str, params: tuple[object, ...]
     ) -> list[LedgerEntry]:
-        query = f"SELECT {_COLUMNS} FROM {_TABLE} {where} ORDER BY seq"  # noqa: S608
+        query = f"SELECT {self._select_columns} FROM {_TABLE} {where} ORDER BY seq"  # noqa: S608
         rows = conn.execute(query, params).fetchall()
         try:
             return [_entry(row) for row in rows]
@@ -532,6 +564,7 @@ def _row(entry: LedgerEntry) -> tuple[object, ...]:
         entry.epsilon_after,
         entry.num_examples,
         entry.recorded_at,
+        entry.federation,
     )
 
 
@@ -548,6 +581,7 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
         epsilon_after=float(row[8]),
         num_examples=int(row[9]),
         recorded_at=str(row[10]),
+        federation=None if row[11] is None else str(row[11]),
     )
     AccountantStep(entry.noise_multiplier, entry.sample_rate, entry.steps)  # validates
     return entry

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -178,6 +179,45 @@ class PrivacySection(_Section):
     federations: tuple[str, ...] = Field(
         default=(), description="Federations this node accepts; empty accepts none."
     )
+    tasks: tuple[str, ...] = Field(
+        default=(),
+        description="Tasks this node accepts; empty accepts only the task it serves ([data].task).",
+    )
+    federation_epsilon: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Maximum epsilon per federation on this dataset, over all its runs.",
+    )
+    max_epsilon_per_federation: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="Default cap for federations not named in [privacy.federation_epsilon]; "
+        "None: only epsilon_budget caps them.",
+    )
+    min_noise_multiplier: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="Refuse runs whose calibrated DP-SGD noise multiplier is below this.",
+    )
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Refuse federations that clip per-sample gradients above this."
+    )
+    require_secure_aggregation: StrictBool = Field(
+        default=True,
+        description="Refuse federations without secure aggregation, and any plain train request.",
+    )
+
+    @model_validator(mode="after")
+    def _caps_name_accepted_federations(self) -> PrivacySection:
+        unknown = sorted(set(self.federation_epsilon) - set(self.federations))
+        if unknown:
+            raise ValueError(
+                f"[privacy.federation_epsilon] sets a cap for {unknown}, which [privacy]."
+                f"federations (= {list(self.federations)}) does not accept; fix the name or "
+                "add the federation to federations"
+            )
+        return self
+
+    def epsilon_cap(self, federation: str) -> float | None:
+        """The maximum epsilon this site allows `federation` to spend on its dataset."""
+        return self.federation_epsilon.get(federation, self.max_epsilon_per_federation)
 
 
 class SuperLinkSection(_Section):

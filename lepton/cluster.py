@@ -40,6 +40,7 @@ class NodePlan:
     epsilon_budget: float
     federations: tuple[str, ...]
     register: bool = True
+    require_secure_aggregation: bool = True  # false only for plain-round benchmarks
 
     @property
     def dataset_id(self) -> str:
@@ -75,7 +76,8 @@ def node_toml(plan: NodePlan, *, state_dir: Path, superlink: SuperLinkSettings, 
         f'[node]\nname = "{plan.name}"\nstate_dir = {json.dumps(str(state_dir))}\n'
         'device = "auto"\n\n'
         f'[data]\ntask = "{plan.task}"\npartition = "{plan.partition}"\n\n'
-        f"[privacy]\nepsilon_budget = {plan.epsilon_budget}\nfederations = [{federations}]\n\n"
+        f"[privacy]\nepsilon_budget = {plan.epsilon_budget}\nfederations = [{federations}]\n"
+        f"require_secure_aggregation = {str(plan.require_secure_aggregation).lower()}\n\n"
         f'[superlink]\naddress = "{superlink.address}"\n'
         f"root_certificates = {json.dumps(str(superlink.ca_certificate))}\n\n"
         f"[auth]\nprivate_key = {json.dumps(str(key))}\n\n"

@@ -331,7 +331,8 @@ def build_summary(
     The run's state, rounds and the coordinator's ledger come from the admin API; the final
     per-node evaluation and the per-round secure-aggregation detail from the run journal.
     """
-    evaluation = (view.of("evaluation") or [{"nodes": {}}])[-1]["nodes"]
+    last_evaluation = (view.of("evaluation") or [{"nodes": {}}])[-1]
+    evaluation = last_evaluation["nodes"]
     names = {site.node.id: name for name, site in admin.sites.items()}
     nodes = []
     reconciliation: dict[str, Any] = {}
@@ -358,7 +359,7 @@ def build_summary(
                 "epsilon_reported_to_coordinator": check.ledger.epsilon_reported,
                 "history": ledger.history,
                 "local_only": base.metrics() if base else None,
-                "federated": {"accuracy": final.get("accuracy"), "roc_auc": final.get("roc_auc")},
+                "federated": {key: final.get(key) for key in EVAL_FIELDS},
             }
         )
     run = admin.run
@@ -376,6 +377,7 @@ def build_summary(
         "accountant": fed.privacy.accountant,
         "target_epsilon": fed.privacy.target_epsilon,
         "nodes": nodes,
+        "federation_metrics": last_evaluation.get("aggregate"),
         "rounds": [
             {
                 "round": r.round,
@@ -438,8 +440,41 @@ def secagg_summary(fed: FederationSpec, rounds: list[dict[str, Any]]) -> dict[st
     }
 
 
+EVAL_FIELDS = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "confusion")
+"""What the summary shows of each node's final evaluation (`federated`)."""
+
+
 def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "-"
+
+
+def _metric_cells(metrics: dict[str, Any]) -> list[str]:
+    return [_fmt(metrics.get(key)) for key in ("precision", "recall", "f1")]
+
+
+def _federation_lines(summary: dict[str, Any]) -> list[str]:
+    """The federation's figures: examples-weighted means and the pooled confusion matrix."""
+    agg = summary.get("federation_metrics")
+    if not agg:
+        return ["Federation metrics: none (no node reported a full evaluation)"]
+    if "error" in agg:
+        return [f"[bold red]Federation metrics not combined[/]: {agg['error']}"]
+    lines = [
+        f"Federation ({agg['num_examples']} held-out rows, weighted by rows): "
+        f"accuracy {_fmt(agg['accuracy'])}, precision {_fmt(agg['precision'])}, "
+        f"recall {_fmt(agg['recall'])}, F1 {_fmt(agg['f1'])}, ROC-AUC {_fmt(agg['roc_auc'])}"
+        + (
+            f" (AUC undefined at {', '.join(agg['roc_auc_skipped'])})"
+            if agg["roc_auc_skipped"]
+            else ""
+        ),
+        f"Pooled confusion (rows true, columns predicted): {agg['confusion']}; pooled "
+        f"precision {_fmt(agg['pooled_precision'])}, recall {_fmt(agg['pooled_recall'])}, "
+        f"F1 {_fmt(agg['pooled_f1'])}",
+    ]
+    if agg.get("left_out"):
+        lines.append(f"Left out (no full evaluation): {', '.join(agg['left_out'])}")
+    return lines
 
 
 def _print_table(console: Console, summary: dict[str, Any]) -> None:
@@ -459,6 +494,9 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
         "federated acc",
         "local-only AUC",
         "federated AUC",
+        "fed precision",
+        "fed recall",
+        "fed F1",
         "ε spent / budget",
         "ε coordinator",
     ):
@@ -473,10 +511,26 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
             _fmt(fed.get("accuracy")),
             _fmt(local.get("roc_auc")),
             _fmt(fed.get("roc_auc")),
+            *_metric_cells(fed),
             f"{node['epsilon']:.2f} / {node['epsilon_budget']:.1f}",
             f"{node['epsilon_coordinator_ledger']:.2f}",
         )
+    agg = summary.get("federation_metrics") or {}
+    if "accuracy" in agg:
+        table.add_row(
+            "federation (weighted)",
+            "-",  # the rows column counts training rows; the evaluation's are held out
+            "-",
+            _fmt(agg["accuracy"]),
+            "-",
+            _fmt(agg["roc_auc"]),
+            *_metric_cells(agg),
+            "",
+            "",
+        )
     console.print(table)
+    for line in _federation_lines(summary):
+        console.print(line)
     console.print(
         "local-only: the same model and DP-SGD settings trained on one hospital's rows alone. "
         f"Wall time {summary['wall_seconds']:.0f} s."

@@ -17,6 +17,7 @@ import pytest
 from admin_support import AdminApi, Tenant, play_serverapp
 
 from coordinator.superlink import SuperLink
+from lepton_fl.config import FederationSpec
 from lepton_fl.crypto.release import verify_signed_manifest
 
 
@@ -168,6 +169,9 @@ def test_release_manifest_is_signed_and_complete(world: World) -> None:
     assert manifest["secure_aggregation"]["enabled"] is True
     assert set(manifest["epsilon_spent"]) == {n["id"] for n in world.nodes}
     assert manifest["model_digest"] == world.release["model_digest"]
+    spec = FederationSpec.model_validate(manifest["federation"]["spec"])  # what a node rebuilds
+    assert spec.digest() == manifest["federation"]["spec_digest"]
+    assert spec.privacy.target_epsilon == 2.0
 
 
 def test_release_download_matches_its_digest_and_verifies(world: World) -> None:

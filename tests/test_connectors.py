@@ -1077,6 +1077,7 @@ state_dir = "state"
 [privacy]
 epsilon_budget = 4.0
 federations = ["f"]
+require_secure_aggregation = false  # the refusal tests send plain rounds
 
 [superlink]
 address = "127.0.0.1:9093"

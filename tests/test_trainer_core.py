@@ -32,7 +32,11 @@ def _settings(tmp_path: Path, *, budget: float = 10.0) -> NodeSettings:
         {
             "node": {"name": "clinic", "state_dir": str(tmp_path)},
             "data": {"task": "breast_cancer", "partition": "site-0-of-3"},
-            "privacy": {"epsilon_budget": budget, "federations": ["clinic-fed"]},
+            "privacy": {
+                "epsilon_budget": budget,
+                "federations": ["clinic-fed"],
+                "require_secure_aggregation": False,  # these tests send plain rounds
+            },
             "superlink": {"address": "127.0.0.1:1", "root_certificates": str(tmp_path / "ca.pem")},
             "auth": {"private_key": str(tmp_path / "key")},
         }
@@ -145,5 +149,9 @@ def test_trainer_evaluate_reports_history_epsilon(make_trainer) -> None:  # type
     assert reply.status == "ok"
     assert reply.evaluation is not None
     assert reply.evaluation.num_examples > 0
+    assert reply.evaluation.confusion is not None  # precision, recall, F1 and the matrix too
+    assert sum(map(sum, reply.evaluation.confusion)) == reply.evaluation.num_examples
+    assert trained.evaluation is not None
+    assert trained.evaluation.classification() is not None
     assert trained.charge is not None
     assert reply.epsilon == pytest.approx(trained.charge.epsilon)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from client_node.ledger import Ledger
+from client_node.policy import PlannedSpend, PolicyRefusedError, RequestKind, SitePolicy
 from client_node.settings import NodeSettings
 from client_node.trainer.dp_sgd import DPTrainer
 from client_node.trainer.evaluation import evaluate
@@ -28,7 +29,6 @@ from lepton_fl.privacy import (
     AccountantStep,
     PrivacyAccountingError,
     calibrate_noise_multiplier,
-    check_round,
     epsilon_spent,
 )
 from lepton_fl.wire import (
@@ -78,34 +78,53 @@ class NodeTrainer:
         self.split = split
         self.ledger = ledger
         self.device = device
+        self.policy = SitePolicy(settings.privacy, node_task=settings.data.task)
         self._lock = threading.Lock()
         self._engines: dict[_EngineKey, tuple[DPTrainer, list[np.ndarray]]] = {}
         self._noise: dict[tuple[int, str], float] = {}
         self._replies: dict[tuple[int, int], TrainReply] = {}
+        self._secure_keys: set[tuple[int, int]] = set()  # replies trained for SecAgg+
 
     # -- requests -------------------------------------------------------------------------
 
-    def train(self, envelope: Envelope, instruction: RoundInstruction) -> TrainReply:
-        """One DP-SGD round, or a refusal with a reason. Never trains twice per round."""
+    def train(
+        self, envelope: Envelope, instruction: RoundInstruction, *, secure: bool = False
+    ) -> TrainReply:
+        """One DP-SGD round, or a refusal with a reason. Never trains twice per round.
+
+        ``secure``: the round came through secure aggregation (only the SecAgg+ layer
+        says so); a plain request is refused while the site requires secure aggregation.
+        """
         with self._lock:
             key = (envelope.run_id, instruction.round)
             if key in self._replies:  # a redelivered message: same answer, no new charge
+                if key in self._secure_keys and not secure:  # never unmask a secure update
+                    return TrainReply(
+                        status="refused",
+                        code="already_trained",
+                        reason=f"Round {instruction.round} of run {envelope.run_id} was trained "
+                        "inside secure aggregation; its update leaves this node only masked, "
+                        "never in answer to a plain train request.",
+                    )
                 return self._replies[key]
             started = time.perf_counter()
             try:
-                reply = self._train(envelope, instruction)
+                reply = self._train(envelope, instruction, "secure" if secure else "plain")
             except RequestRefusedError as refusal:
                 return TrainReply(status="refused", code=refusal.code, reason=refusal.reason)
             reply = dataclasses.replace(reply, node_seconds=time.perf_counter() - started)
             self._replies = {k: v for k, v in self._replies.items() if k[0] == envelope.run_id}
             self._replies[key] = reply
+            self._secure_keys = {k for k in self._secure_keys if k in self._replies}
+            if secure:
+                self._secure_keys.add(key)
             return reply
 
     def evaluate(self, envelope: Envelope, instruction: RoundInstruction) -> EvaluateReply:
         """Evaluate the given model on this node's held-out split."""
         with self._lock:
             try:
-                self._check_policy(instruction.federation)
+                self._check_policy(instruction.federation, "evaluate")
                 self._check_data()
                 engine, initial = self._engine(instruction.federation)
             except RequestRefusedError as refusal:
@@ -126,7 +145,9 @@ class NodeTrainer:
 
     # -- the round ------------------------------------------------------------------------
 
-    def admit(self, envelope: Envelope, instruction: RoundInstruction) -> int:
+    def admit(
+        self, envelope: Envelope, instruction: RoundInstruction, *, secure: bool = True
+    ) -> int:
         """Check a run's round against the site policy and budget without training.
 
         Returns the node's training-set size for the federation (its FedAvg weight); raises
@@ -134,7 +155,7 @@ class NodeTrainer:
         before a node joins a session, so that a node that would refuse does not join.
         """
         with self._lock:
-            engine, *_ = self._plan(envelope, instruction)
+            engine, *_ = self._plan(envelope, instruction, "secure" if secure else "plain")
             return engine.num_examples
 
     def model_shapes(self, fed: FederationSpec) -> list[tuple[int, ...]]:
@@ -145,11 +166,11 @@ class NodeTrainer:
             return [tuple(w.shape) for w in initial]
 
     def _plan(
-        self, envelope: Envelope, instruction: RoundInstruction
+        self, envelope: Envelope, instruction: RoundInstruction, kind: RequestKind
     ) -> tuple[DPTrainer, float, list[AccountantStep], AccountantName]:
         """Policy, round and budget checks for a round: (engine, sigma, history, accountant)."""
         fed = instruction.federation
-        self._check_policy(fed)
+        self._check_policy(fed, kind)
         self._check_data()
         if not 1 <= instruction.round <= fed.rounds:
             raise RequestRefusedError(
@@ -171,24 +192,24 @@ class NodeTrainer:
         planned = AccountantStep(
             noise_multiplier=sigma, sample_rate=engine.sample_rate, steps=steps
         )
-        history = self.ledger.history(dataset_id)
-        decision = check_round(
-            history,
-            planned,
-            budget=self.settings.privacy.epsilon_budget,
-            delta=privacy.delta,
-            accountant=accountant,
-        )
-        if not decision.allowed:
-            raise RequestRefusedError("budget_exhausted", decision.reason)
-        return engine, sigma, history, accountant
+        entries = self.ledger.entries(dataset_id)
+        remaining = fed.rounds - instruction.round + 1
+        try:  # the site's floor: noise, this federation's epsilon cap, the lifetime budget
+            self.policy.check_spend(
+                fed, PlannedSpend(planned, remaining), entries, accountant=accountant
+            )
+        except PolicyRefusedError as refusal:
+            raise RequestRefusedError(refusal.code, refusal.reason) from refusal
+        return engine, sigma, [e.step for e in entries], accountant
 
-    def _train(self, envelope: Envelope, instruction: RoundInstruction) -> TrainReply:
+    def _train(
+        self, envelope: Envelope, instruction: RoundInstruction, kind: RequestKind
+    ) -> TrainReply:
         fed = instruction.federation
         privacy = fed.privacy
         dataset_id = self.settings.dataset_id
         run_id = str(envelope.run_id)
-        engine, sigma, history, accountant = self._plan(envelope, instruction)
+        engine, sigma, history, accountant = self._plan(envelope, instruction, kind)
         _, initial = self._engine(fed)
         try:
             set_weights(engine.model, instruction.weights or initial)
@@ -212,6 +233,7 @@ class NodeTrainer:
             delta=privacy.delta,
             epsilon_after=epsilon,
             num_examples=result.num_examples,
+            federation=fed.name,
         )
         return TrainReply(
             status="ok",
@@ -231,26 +253,12 @@ class NodeTrainer:
             ),
         )
 
-    def _check_policy(self, fed: FederationSpec) -> None:
-        policy = self.settings.privacy
-        if fed.name not in policy.federations:
-            raise RequestRefusedError(
-                "federation_not_accepted",
-                f"This node does not accept federation {fed.name!r}; its site policy accepts "
-                f"{list(policy.federations) or 'none'}. Add it to [privacy].federations.",
-            )
-        if fed.task != self.settings.data.task:
-            raise RequestRefusedError(
-                "task_mismatch",
-                f"The federation trains task {fed.task!r} but this node serves "
-                f"{self.settings.data.task!r}.",
-            )
-        if fed.privacy.delta > policy.max_delta:
-            raise RequestRefusedError(
-                "delta_too_large",
-                f"The federation asks for delta={fed.privacy.delta:g}, above this site's "
-                f"maximum of {policy.max_delta:g}.",
-            )
+    def _check_policy(self, fed: FederationSpec, kind: RequestKind) -> None:
+        """The site policy's checks of the federation spec and of how the request came."""
+        try:
+            self.policy.check_request(fed, kind=kind)
+        except PolicyRefusedError as refusal:
+            raise RequestRefusedError(refusal.code, refusal.reason) from refusal
 
     def _check_data(self) -> None:
         if self.data_error is not None:
@@ -324,6 +332,10 @@ class NodeTrainer:
             loss=result.loss,
             accuracy=result.accuracy,
             roc_auc=result.roc_auc,
+            precision=result.precision,
+            recall=result.recall,
+            f1=result.f1,
+            confusion=result.confusion,
         )
 
 

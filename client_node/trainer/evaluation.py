@@ -1,4 +1,5 @@
-"""Evaluation of a classifier on local data: loss, accuracy and ROC AUC."""
+"""Evaluation of a classifier on local data: loss and `lepton_fl.metrics` (accuracy,
+precision, recall, F1, ROC-AUC, confusion matrix)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from lepton_fl.metrics import Confusion, classification_metrics
 from lepton_fl.models.weights import unwrap_model
 
 __all__ = ["EvalResult", "evaluate"]
@@ -21,24 +22,21 @@ _CHUNK = 8192
 class EvalResult:
     """Metrics over ``num_examples`` examples.
 
-    ``loss`` is the mean cross-entropy. ``roc_auc`` is on P(class 1) for two classes and the
-    one-vs-rest macro average over the classes present otherwise; it is ``None`` when ``y``
-    holds a single class (AUC is undefined then).
+    ``loss`` is the mean cross-entropy; the other figures follow `lepton_fl.metrics`: for two
+    classes precision, recall and F1 are those of class 1 and ``roc_auc`` is on P(class 1);
+    for more classes they are macro averages and ``roc_auc`` is one-vs-rest over the classes
+    present. ``roc_auc`` is ``None`` when ``y`` holds a single class (AUC is undefined then).
+    ``confusion[i][j]`` counts the examples of true class ``i`` predicted as ``j``.
     """
 
     num_examples: int
     loss: float
     accuracy: float
     roc_auc: float | None
-
-
-def _roc_auc(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64]) -> float | None:
-    present = np.unique(y)
-    if len(present) < 2:
-        return None
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(y, probs[:, 1]))
-    return float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
+    precision: float
+    recall: float
+    f1: float
+    confusion: Confusion
 
 
 def evaluate(
@@ -74,10 +72,16 @@ def evaluate(
     num_classes = logits.shape[1]
     if y_arr.min() < 0 or y_arr.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] for this model")
-    labels = torch.from_numpy(y_arr)
-    loss = float(nn.functional.cross_entropy(logits, labels))
-    accuracy = float((logits.argmax(dim=1) == labels).double().mean())
+    loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(y_arr)))
     probs = torch.softmax(logits, dim=1).numpy()
+    m = classification_metrics(y_arr, probs, num_classes)
     return EvalResult(
-        num_examples=len(y_arr), loss=loss, accuracy=accuracy, roc_auc=_roc_auc(y_arr, probs)
+        num_examples=m.num_examples,
+        loss=loss,
+        accuracy=m.accuracy,
+        roc_auc=m.roc_auc,
+        precision=m.precision,
+        recall=m.recall,
+        f1=m.f1,
+        confusion=m.confusion,
     )

@@ -166,7 +166,7 @@ class SecureAggregation:
             return self._answers[answer_key]
         self._check_round(instruction, session)
         example_total, scale = round_weighting_from(content)
-        reply = self.trainer.train(envelope, instruction)
+        reply = self.trainer.train(envelope, instruction, secure=True)
         if reply.status != "ok":
             return train_reply_to_records(reply)
         received = instruction.weights

@@ -10,7 +10,7 @@ model from the federation's seed, and aggregation is numpy.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,10 @@ from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundP
 from coordinator.fl.secure_rounds import SecAggFedAvg, flower_transport
 from coordinator.services.round_sink import open_journal
 from lepton_fl.config import Member, RunSpec
+from lepton_fl.metrics import aggregate_metrics
 from lepton_fl.model_init import initial_weights
 from lepton_fl.wire import (
+    EvalMetrics,
     RoundInstruction,
     WireError,
     evaluate_reply_from_records,
@@ -90,8 +92,10 @@ def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundP
             )
         weights = outcome.weights
         save_checkpoint(Path(run.journal_path).with_name("checkpoint.npz"), weights, rnd)
-    evaluation = evaluate(grid, members, RoundInstruction(fed, fed.rounds, weights), run)
-    journal.write("evaluation", round=fed.rounds, nodes=evaluation)
+    evaluation, metrics = evaluate(grid, members, RoundInstruction(fed, fed.rounds, weights), run)
+    journal.write(
+        "evaluation", round=fed.rounds, nodes=evaluation, aggregate=aggregate_record(metrics)
+    )
     journal.write("run_finished", rounds_completed=fed.rounds)
 
 
@@ -128,12 +132,18 @@ def round_record(outcome: RoundOutcome) -> dict[str, object]:
         if total
         else None
     )
+    pre_round = {
+        o.member.name: o.reply.evaluation
+        for o in participants
+        if o.reply is not None and o.reply.evaluation is not None
+    }
     return {
         "round": outcome.round,
         "seconds": outcome.seconds,
         "participants": [o.member.name for o in participants],
         "num_examples": total,
         "train_loss": train_loss,
+        "pre_round_eval": aggregate_record(pre_round),
         "nodes": nodes,
         **({"secagg": outcome.details} if outcome.details else {}),
     }
@@ -152,11 +162,7 @@ def node_record(o: NodeOutcome) -> dict[str, object]:
         node_seconds=reply.node_seconds,
     )
     if reply.evaluation is not None:
-        record["pre_round_eval"] = {
-            "accuracy": reply.evaluation.accuracy,
-            "roc_auc": reply.evaluation.roc_auc,
-            "loss": reply.evaluation.loss,
-        }
+        record["pre_round_eval"] = eval_record(reply.evaluation)
     if reply.charge is not None:
         c = reply.charge
         record["charge"] = {
@@ -171,10 +177,50 @@ def node_record(o: NodeOutcome) -> dict[str, object]:
     return record
 
 
+def eval_record(ev: EvalMetrics) -> dict[str, object]:
+    """A node's evaluation figures for the journal (precision, recall, F1 and the confusion
+    matrix only when the node sent them)."""
+    record: dict[str, object] = {
+        "num_examples": ev.num_examples,
+        "accuracy": ev.accuracy,
+        "roc_auc": ev.roc_auc,
+        "loss": ev.loss,
+    }
+    if ev.confusion is not None:
+        record.update(
+            precision=ev.precision,
+            recall=ev.recall,
+            f1=ev.f1,
+            confusion=[list(row) for row in ev.confusion],
+        )
+    return record
+
+
+def aggregate_record(evaluations: Mapping[str, EvalMetrics]) -> dict[str, object] | None:
+    """The federation's figures over the nodes that evaluated, weighted by their examples
+    (`lepton_fl.metrics.aggregate_metrics`); ``None`` when no node sent full metrics.
+
+    ``left_out`` names the nodes that sent no precision, recall, F1 and confusion matrix;
+    ``error`` says why nothing could be combined (the nodes disagree on the classes)."""
+    full = {name: ev.classification() for name, ev in evaluations.items()}
+    usable = {name: m for name, m in full.items() if m is not None}
+    left_out = sorted(name for name, m in full.items() if m is None)
+    if not usable:
+        return None
+    try:
+        combined = aggregate_metrics(
+            usable, losses={name: evaluations[name].loss for name in usable}
+        )
+    except ValueError as err:
+        return {"error": str(err), "left_out": left_out}
+    return {**combined.as_dict(), "left_out": left_out}
+
+
 def evaluate(
     grid: Grid, members: Sequence[Member], instruction: RoundInstruction, run: RunSpec
-) -> dict[str, dict[str, object]]:
-    """Ask every member to evaluate the final model on its own held-out split."""
+) -> tuple[dict[str, dict[str, object]], dict[str, EvalMetrics]]:
+    """Ask every member to evaluate the final model on its own held-out split. Returns each
+    member's journal entry, and the figures of those that evaluated (for `aggregate_record`)."""
     replies = exchange(
         grid,
         {m.node_id: instruction_to_records(instruction) for m in members},
@@ -183,6 +229,7 @@ def evaluate(
         timeout=run.round_timeout_s,
     )
     results: dict[str, dict[str, object]] = {}
+    metrics: dict[str, EvalMetrics] = {}
     for m in members:
         message = replies.get(m.node_id)
         if message is None:
@@ -198,13 +245,12 @@ def evaluate(
             continue
         entry: dict[str, object] = {"status": reply.status, "reason": reply.reason}
         if reply.evaluation is not None:
-            ev = reply.evaluation
-            entry.update(
-                num_examples=ev.num_examples, accuracy=ev.accuracy, roc_auc=ev.roc_auc, loss=ev.loss
-            )
+            entry.update(eval_record(reply.evaluation))
+            if reply.status == "ok":
+                metrics[m.name] = reply.evaluation
         entry.update(epsilon=reply.epsilon, epsilon_budget=reply.epsilon_budget)
         results[m.name] = entry
-    return results
+    return results, metrics
 
 
 def save_checkpoint(path: Path, weights: Sequence[np.ndarray], rnd: int) -> None:

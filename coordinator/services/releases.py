@@ -39,7 +39,7 @@ from coordinator.services.common import (
     require_writer,
 )
 from coordinator.services.errors import ConflictError, ForbiddenError
-from coordinator.services.federations import load_definition
+from coordinator.services.federations import check_definition, load_definition
 from coordinator.services.ledger import history_epsilon
 from lepton_fl.crypto.release import (
     MODEL_FILE,
@@ -88,6 +88,7 @@ def create_release(
             if not looks_like_id(tenant_id) or session.get(Tenant, tenant_id) is None:
                 raise not_found("tenant", tenant_id)
         definition = load_definition(federation)
+        spec = check_definition(definition)
         members = {m["node_id"]: m for m in json.loads(run.members)}
         rounds = session.exec(
             select(RunRound).where(RunRound.run_id == run_id).order_by(col(RunRound.round))
@@ -118,6 +119,10 @@ def create_release(
                 "id": federation.id,
                 "name": federation.name,
                 "digest": federation.digest,
+                # the spec every run was sent (task, model, seed): a node rebuilds the model
+                # from it (and can check it against spec_digest) before it serves predictions
+                "spec": json.loads(spec.canonical_json()),
+                "spec_digest": spec.digest(),
             },
             "run": {"id": run.id, "flower_run_id": run.flower_run_id},
             "rounds": run.rounds_completed,

@@ -16,6 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 
 from lepton_fl.config import FederationSpec
+from lepton_fl.metrics import (
+    ClassificationMetrics,
+    Confusion,
+    rates_from_confusion,
+    validate_confusion,
+)
 from lepton_fl.wire.records import (
     WIRE_VERSION,
     WireError,
@@ -48,12 +54,39 @@ class RoundInstruction:
 
 @dataclass(frozen=True)
 class EvalMetrics:
-    """Aggregate-safe evaluation figures of one model on one node's held-out split."""
+    """Aggregate-safe evaluation figures of one model on one node's held-out split.
+
+    The figures follow `lepton_fl.metrics` (class 1 for two classes, macro averages for
+    more; ``confusion[i][j]`` counts true class ``i`` predicted as ``j``). ``precision``,
+    ``recall``, ``f1`` and ``confusion`` travel together: all four or none (a node that
+    computes only loss, accuracy and AUC). Decoding checks them (see `_eval_from`).
+    """
 
     num_examples: int
     loss: float
     accuracy: float
     roc_auc: float | None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    confusion: Confusion | None = None
+
+    def classification(self) -> ClassificationMetrics | None:
+        """The figures as `ClassificationMetrics` (for `aggregate_metrics`); ``None`` when
+        this node sent no precision, recall, F1 and confusion matrix."""
+        if self.precision is None or self.recall is None or self.f1 is None:
+            return None
+        if self.confusion is None:
+            return None
+        return ClassificationMetrics(
+            num_examples=self.num_examples,
+            accuracy=self.accuracy,
+            precision=self.precision,
+            recall=self.recall,
+            f1=self.f1,
+            roc_auc=self.roc_auc,
+            confusion=self.confusion,
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +210,7 @@ def train_reply_from_records(records: RecordDict) -> TrainReply:
         train_loss=float(metrics["train-loss"]),
         train_seconds=float(metrics["train-seconds"]),
         node_seconds=float(metrics.get("node-seconds", 0.0)),
-        evaluation=_eval_from(metrics),
+        evaluation=_eval_from(records),
         charge=charge,
     )
 
@@ -206,7 +239,7 @@ def evaluate_reply_from_records(records: RecordDict) -> EvaluateReply:
         status=status,
         code=code,
         reason=reason,
-        evaluation=_eval_from(metrics),
+        evaluation=_eval_from(records),
         epsilon=None if epsilon is None else float(epsilon),
         epsilon_budget=None if budget is None else float(budget),
     )
@@ -265,26 +298,99 @@ def _status(records: RecordDict) -> tuple[ReplyStatus, str, str]:
     return typed, _get(config, "code", str), _get(config, "reason", str)
 
 
-def _eval_metrics(evaluation: EvalMetrics) -> dict[str, int | float]:
-    metrics: dict[str, int | float] = {
+_EVAL_EXTRA = ("eval-precision", "eval-recall", "eval-f1", "eval-confusion", "eval-num-classes")
+
+
+def _eval_metrics(evaluation: EvalMetrics) -> dict[str, MetricRecordValues]:
+    metrics: dict[str, MetricRecordValues] = {
         "eval-num-examples": evaluation.num_examples,
         "eval-loss": evaluation.loss,
         "eval-accuracy": evaluation.accuracy,
     }
     if evaluation.roc_auc is not None:
         metrics["eval-roc-auc"] = evaluation.roc_auc
+    extra = (evaluation.precision, evaluation.recall, evaluation.f1, evaluation.confusion)
+    if any(v is not None for v in extra):
+        if (
+            evaluation.precision is None
+            or evaluation.recall is None
+            or evaluation.f1 is None
+            or evaluation.confusion is None
+        ):
+            raise ValueError("precision, recall, f1 and confusion must be given together")
+        metrics["eval-precision"] = evaluation.precision
+        metrics["eval-recall"] = evaluation.recall
+        metrics["eval-f1"] = evaluation.f1
+        metrics["eval-num-classes"] = len(evaluation.confusion)
+        metrics["eval-confusion"] = [int(v) for row in evaluation.confusion for v in row]
     return metrics
 
 
-def _eval_from(metrics: dict[str, float]) -> EvalMetrics | None:
+def _eval_from(records: RecordDict) -> EvalMetrics | None:
+    """Decode a node's evaluation, checking it: a positive whole number of examples, rates in
+    [0, 1], and (when present) a square confusion matrix of non-negative counts that sums to
+    the number of examples and agrees with the accuracy, precision, recall and F1."""
+    metrics = _metrics(records) if _METRICS in records else {}
     if "eval-accuracy" not in metrics:
         return None
+    raw = records[_METRICS]
+    if not isinstance(raw, MetricRecord):  # _metrics checked it already; this informs mypy
+        raise WireError(f"Record {_METRICS!r} is missing or not a MetricRecord.")
+    n = raw.get("eval-num-examples")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise WireError(f"Field 'eval-num-examples' must be a positive whole number, got {n!r}.")
+    if "eval-loss" not in metrics:
+        raise WireError("Field 'eval-loss' is missing from the evaluation.")
     roc = metrics.get("eval-roc-auc")
+    for key in ("eval-accuracy", "eval-roc-auc", "eval-precision", "eval-recall", "eval-f1"):
+        if key in metrics and not 0.0 <= metrics[key] <= 1.0:
+            raise WireError(f"Field {key!r} must lie in [0, 1], got {metrics[key]!r}.")
+    present = [key for key in _EVAL_EXTRA if key in raw]
+    if not present:
+        return EvalMetrics(
+            num_examples=n,
+            loss=float(metrics["eval-loss"]),
+            accuracy=float(metrics["eval-accuracy"]),
+            roc_auc=None if roc is None else float(roc),
+        )
+    if len(present) != len(_EVAL_EXTRA):
+        missing = ", ".join(repr(k) for k in _EVAL_EXTRA if k not in raw)
+        raise WireError(f"The evaluation is incomplete: {missing} missing.")
+    k = raw["eval-num-classes"]
+    flat = raw["eval-confusion"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise WireError(f"Field 'eval-num-classes' must be a whole number >= 2, got {k!r}.")
+    if not isinstance(flat, list) or len(flat) != k * k:
+        got = len(flat) if isinstance(flat, list) else type(flat).__name__
+        raise WireError(f"Field 'eval-confusion' must hold {k} x {k} = {k * k} counts, got {got}.")
+    try:
+        confusion = validate_confusion(
+            [flat[i * k : (i + 1) * k] for i in range(k)], num_examples=n
+        )
+    except ValueError as err:
+        raise WireError(f"Field 'eval-confusion' is invalid: {err}.") from err
+    expected = dict(
+        zip(
+            ("eval-accuracy", "eval-precision", "eval-recall", "eval-f1"),
+            rates_from_confusion(confusion),
+            strict=True,
+        )
+    )
+    for key, value in expected.items():
+        if abs(metrics[key] - value) > 1e-9:
+            raise WireError(
+                f"Field {key!r} ({metrics[key]}) disagrees with the confusion matrix, which "
+                f"gives {value}; the node computed it another way."
+            )
     return EvalMetrics(
-        num_examples=int(metrics["eval-num-examples"]),
+        num_examples=n,
         loss=float(metrics["eval-loss"]),
         accuracy=float(metrics["eval-accuracy"]),
         roc_auc=None if roc is None else float(roc),
+        precision=float(metrics["eval-precision"]),
+        recall=float(metrics["eval-recall"]),
+        f1=float(metrics["eval-f1"]),
+        confusion=confusion,
     )
 
 
