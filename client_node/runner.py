@@ -1,8 +1,13 @@
 """`lepton node start`: the long-lived trainer daemon plus the node's SuperNode.
 
-Order matters: the data, the model engine and the ledger are loaded and checked first, so a
-bad data file or an unreadable ledger stops the node before it ever joins a federation;
-then the trainer serves its socket; then the SuperNode connects to the SuperLink.
+Order matters: the data, the model engine and the ledger are loaded and checked first, so an
+unreadable ledger stops the node before it ever joins a federation; then the trainer serves its
+socket; then the SuperNode connects to the SuperLink. Data that fails its connector's checks
+(as opposed to a node.toml that names an unknown task or partition, or declares columns the
+task cannot use, which stops the node like any other configuration error) does not stop the
+node: the trainer stays up, logs the connector's message and refuses every
+request with ``data_invalid`` and that message, which reaches the run's status at the
+coordinator (no row ever leaves the node).
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from types import FrameType
 
 import torch
 
+from client_node.connectors import ConnectorError, empty_split, load_node_data
 from client_node.ledger import Ledger
 from client_node.settings import NodeConfigError, NodeSettings
 from client_node.supernode import start_supernode
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
 from client_node.trainer.service import TrainerServer
-from lepton_fl.datasets import load_local
+from lepton_fl.datasets import LocalSplit, get_task
 from lepton_fl.processes import ProcessError
 
 log = logging.getLogger("lepton.node")
@@ -33,12 +39,7 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
     stop = stop or threading.Event()
     settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    split = load_local(
-        settings.data.task,
-        settings.data.partition,
-        seed=settings.data.seed,
-        test_fraction=settings.data.test_fraction,
-    )
+    split, data_error = _load_data(settings)
     try:
         device = resolve_device(settings.node.device)
     except ValueError as err:
@@ -48,7 +49,9 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         ) from err
     torch.set_num_threads(settings.node.torch_threads)
     ledger = Ledger(settings.ledger_path)
-    trainer = NodeTrainer(settings=settings, split=split, ledger=ledger, device=device)
+    trainer = NodeTrainer(
+        settings=settings, split=split, ledger=ledger, device=device, data_error=data_error
+    )
     server = TrainerServer(trainer, settings.trainer_socket)
     server.start()
     log.info(
@@ -74,6 +77,31 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
             supernode.stop()
         server.stop()
         ledger.close()
+
+
+CONFIG_ERRORS = frozenset({"unknown_task", "unknown_partition", "bad_argument", "schema_mismatch"})
+"""Connector failures that are node.toml's own mistakes: the node refuses to start with them.
+
+Every other failure is about the data itself (a missing or broken file, a bad row): the trainer
+starts anyway and refuses every request with ``data_invalid``.
+"""
+
+
+def _load_data(settings: NodeSettings) -> tuple[LocalSplit, str | None]:
+    """The node's checked data, or an empty stand-in and the connector's message."""
+    try:
+        return load_node_data(settings), None
+    except ConnectorError as err:
+        if err.code in CONFIG_ERRORS:  # node.toml itself is wrong: fix it before starting
+            raise NodeConfigError(str(err), code=err.code) from err
+        log.error(
+            "node %s: its data cannot be used; the trainer stays up and refuses every request "
+            "(code data_invalid) until it is fixed: %s",
+            settings.node.name,
+            err,
+        )
+        task = get_task(settings.data.task)  # known: an unknown task is a config error
+        return empty_split(settings.data.partition, task.modality, task.num_classes), str(err)
 
 
 def flower_exit_code(returncode: int, log_tail: str) -> int:

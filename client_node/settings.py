@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -47,12 +47,127 @@ class NodeSection(_Section):
     )
 
 
+DataSource = Literal["builtin", "csv", "parquet", "image_folder", "jsonl", "text_csv"]
+"""Where a node's rows come from: a registered demo partition, or the institution's own files."""
+
+ColumnType = Literal["float", "int", "category", "bool"]
+"""The declared type of one tabular column in ``[data.columns]``."""
+
+TABULAR_SOURCES = ("csv", "parquet")
+TEXT_SOURCES = ("jsonl", "text_csv")
+
+
 class DataSection(_Section):
+    """Which task this node serves and where its rows come from.
+
+    ``source = "builtin"`` (the default) loads ``partition`` of the registered task. Any other
+    source reads the institution's own file or folder at ``path`` (relative to node.toml):
+
+    - ``csv`` / ``parquet``: ``target`` names the label column; ``[data.columns]`` declares every
+      feature column with its type; ``[data.rename]`` maps a local column name to the task's
+      feature name where they differ.
+    - ``image_folder``: one subfolder per class, named as the task's labels.
+    - ``jsonl`` / ``text_csv``: ``text_column`` and ``label_column`` name the two fields.
+
+    ``[data.label_values]`` maps a local label value (as written in the file, or a subfolder
+    name) to one of the task's label names. For file sources ``partition`` only names the local
+    data in the privacy ledger (default: the file or folder name).
+    """
+
     task: str
-    partition: str
+    source: DataSource = "builtin"
+    partition: Annotated[str, Field(min_length=1)]
+    path: Path | None = None
+    target: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    columns: dict[str, ColumnType] = Field(default_factory=dict)
+    rename: dict[str, str] = Field(default_factory=dict)
+    label_values: dict[str, str] = Field(default_factory=dict)
     dataset_id: str | None = None
     seed: int = 0
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_partition(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("source", "builtin") != "builtin":
+            path = raw.get("path")
+            name = Path(path).stem if isinstance(path, str | Path) else ""
+            return {"partition": name or "local", **raw}
+        return raw
+
+    @model_validator(mode="after")
+    def _fields_fit_the_source(self) -> DataSection:
+        problems: list[str] = []
+        if self.source == "builtin":
+            extra = [
+                name
+                for name, unused in (
+                    ("path", self.path is None),
+                    ("target", self.target is None),
+                    ("columns", not self.columns),
+                    ("rename", not self.rename),
+                    ("label_values", not self.label_values),
+                )
+                if not unused
+            ]
+            if extra:
+                problems.append(
+                    f'{", ".join(extra)} only apply to your own files; set source = "csv", '
+                    '"parquet", "image_folder", "jsonl" or "text_csv", or remove them'
+                )
+            if problems:
+                raise ValueError("; ".join(problems))
+            return self
+        if self.path is None:
+            problems.append(
+                f'source = "{self.source}" reads a file or folder: set path (relative to node.toml)'
+            )
+        if self.source in TABULAR_SOURCES:
+            if not self.target:
+                problems.append(f'source = "{self.source}" needs target = "<label column>"')
+            if not self.columns:
+                problems.append(
+                    f'source = "{self.source}" needs [data.columns]: one line per feature '
+                    'column with its type, for example age = "float"'
+                )
+            if self.target and self.target in self.columns:
+                problems.append(
+                    f"the target column {self.target!r} must not also be a feature in "
+                    "[data.columns]"
+                )
+            unknown = sorted(set(self.rename) - set(self.columns))
+            if unknown:
+                problems.append(
+                    f"[data.rename] renames {unknown}, which [data.columns] does not declare"
+                )
+            targets = list(self.rename.values())
+            duplicates = sorted({t for t in targets if targets.count(t) > 1})
+            if duplicates:
+                problems.append(f"[data.rename] maps several columns onto {duplicates}")
+        else:
+            extra = [
+                name
+                for name, unused in (
+                    ("target", self.target is None),
+                    ("columns", not self.columns),
+                    ("rename", not self.rename),
+                )
+                if not unused
+            ]
+            if extra:
+                problems.append(
+                    f"{', '.join(extra)} only apply to csv or parquet sources, not "
+                    f'source = "{self.source}"; remove them'
+                )
+        if self.source in TEXT_SOURCES and self.text_column == self.label_column:
+            problems.append(
+                f"text_column and label_column are both {self.text_column!r}; they must differ"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class PrivacySection(_Section):
@@ -196,6 +311,9 @@ def _resolve_paths(settings: NodeSettings, base: Path) -> NodeSettings:
             ),
             "auth": settings.auth.model_copy(
                 update={"private_key": resolve(settings.auth.private_key)}
+            ),
+            "data": settings.data.model_copy(
+                update={"path": None if settings.data.path is None else resolve(settings.data.path)}
             ),
         }
     )

@@ -204,6 +204,27 @@ def node_start(
     raise typer.Exit(run_node(settings))
 
 
+@node_app.command("check-data")
+def node_check_data(
+    config: Annotated[Path, typer.Option(help="The node's node.toml.")],
+) -> None:
+    """Check the node's data against its task, as the trainer will; print a summary or the error.
+
+    Nothing leaves the machine. Exit code 1 when the data cannot be used.
+    """
+    from client_node.settings import load_node_settings
+
+    settings = load_node_settings(config)
+    from client_node.connectors import ConnectorError, describe_split, load_node_data
+
+    try:
+        split = load_node_data(settings)
+    except ConnectorError as err:
+        typer.echo(f"data invalid [{err.code}]: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"data ok: {describe_split(split)}")
+
+
 @node_app.command("ledger")
 def node_ledger(
     config: Annotated[Path, typer.Option(help="The node's node.toml.")],

@@ -69,8 +69,12 @@ class NodeTrainer:
         split: LocalSplit | TabularSplit,
         ledger: Ledger,
         device: torch.device,
+        data_error: str | None = None,
     ) -> None:
         self.settings = settings
+        # Why the node's data cannot be used (a connector's message), or None: while set, the
+        # trainer stays up and refuses every train, evaluate and secure-aggregation request.
+        self.data_error = data_error
         self.split: LocalSplit = split.local() if isinstance(split, TabularSplit) else split
         self.ledger = ledger
         self.device = device
@@ -121,6 +125,7 @@ class NodeTrainer:
         with self._lock:
             try:
                 self._check_policy(instruction.federation, "evaluate")
+                self._check_data()
                 engine, initial = self._engine(instruction.federation)
             except RequestRefusedError as refusal:
                 return EvaluateReply(status="refused", code=refusal.code, reason=refusal.reason)
@@ -157,6 +162,7 @@ class NodeTrainer:
         """Shapes of the exchanged tensors (the trainable parameters) of the federation's model
         at this node."""
         with self._lock:
+            self._check_data()
             _, initial = self._engine(fed)
             return [tuple(w.shape) for w in initial]
 
@@ -166,6 +172,7 @@ class NodeTrainer:
         """Policy, round and budget checks for a round: (engine, sigma, history, accountant)."""
         fed = instruction.federation
         self._check_policy(fed, kind)
+        self._check_data()
         if not 1 <= instruction.round <= fed.rounds:
             raise RequestRefusedError(
                 "bad_round", f"Round {instruction.round} is outside the run's 1..{fed.rounds}."
@@ -253,6 +260,14 @@ class NodeTrainer:
             self.policy.check_request(fed, kind=kind)
         except PolicyRefusedError as refusal:
             raise RequestRefusedError(refusal.code, refusal.reason) from refusal
+
+    def _check_data(self) -> None:
+        if self.data_error is not None:
+            raise RequestRefusedError(
+                "data_invalid",
+                f"Node {self.settings.node.name!r} refuses: its local data cannot be used. "
+                f"{self.data_error}",
+            )
 
     def _noise_for_run(self, run_id: int, fed: FederationSpec, *, steps_per_round: int) -> float:
         """Calibrate once per run: sigma such that all planned rounds meet the run's target.
