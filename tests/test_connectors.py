@@ -1194,7 +1194,7 @@ def broken_node(tmp_path: Path) -> Iterator[NodeTrainer]:
     settings = load_node_settings(config)
     split, error = _load_data(settings)
     assert error is not None
-    assert len(split.y_train) == 0
+    assert len(split.train) == 0
     ledger = Ledger(settings.ledger_path)
     yield NodeTrainer(
         settings=settings, split=split, ledger=ledger, device=torch.device("cpu"), data_error=error
@@ -1238,8 +1238,8 @@ def test_runner_loads_valid_csv_for_the_trainer(tmp_path: Path) -> None:
     assert error is None
     x, y = _expected_heart(rows)
     train_idx, _ = stratified_split(y, test_fraction=0.25, seed=3)
-    np.testing.assert_array_equal(split.x_train, x[train_idx])
-    assert split.num_features == HEART_DISEASE_SCHEMA.num_features
+    np.testing.assert_array_equal(split.train.inputs[0], x[train_idx])
+    assert split.input_shape == (HEART_DISEASE_SCHEMA.num_features,)
 
 
 def test_cli_check_data_prints_a_summary_or_the_error(tmp_path: Path) -> None:
@@ -1331,7 +1331,7 @@ def test_runner_stops_on_node_toml_mistakes_but_not_on_bad_data(tmp_path: Path) 
     split, error = _load_data(settings)
     assert error is not None
     assert "cleveland.csv does not exist" in error
-    assert len(split.y_train) == 0
+    assert len(split.train) == 0
 
 
 def test_refusal_travels_over_the_relay_contract_as_a_status(broken_node: NodeTrainer) -> None:

@@ -10,6 +10,8 @@ of its ``data_invalid`` refusal.
 
 from __future__ import annotations
 
+import contextlib
+
 from client_node.connectors.common import empty_split
 from client_node.connectors.errors import ConnectorError
 from client_node.connectors.images import load_image_folder, prepare_image
@@ -66,7 +68,8 @@ def load_node_data(
         return load_tabular(data, task)
     if data.source in TEXT_SOURCES:
         if tokenize is None and task.text is not None:  # the task's agreed tokenizer
-            tokenize = load_tokenizer(task.text.tokenizer, task.text.max_length)
+            with contextlib.suppress(ValueError):  # unknown or missing: load_text says so
+                tokenize = load_tokenizer(task.text.tokenizer, task.text.max_length)
         return load_text(data, task, tokenize)
     return load_image_folder(data, task)
 
