@@ -45,10 +45,23 @@ def demo(
     workdir: Annotated[
         Path | None, typer.Option(help="Keep certificates, ledgers and logs here.")
     ] = None,
+    sector: Annotated[
+        str,
+        typer.Option(
+            help="hospital (heart disease, 4 hospitals), bank (credit scoring), factory "
+            "(solar-cell images), text (drug reviews, MiniLM), or all of them at once."
+        ),
+    ] = "hospital",
 ) -> None:
-    """Four hospitals train a heart-disease model with DP-SGD over a TLS SuperLink."""
+    """Institutions of a sector train a model with DP-SGD and SecAgg+ over a TLS SuperLink."""
     from lepton.demo import DemoOptions, run_demo
+    from lepton.sectors import SECTOR_CHOICES
 
+    if sector not in SECTOR_CHOICES:
+        raise typer.BadParameter(
+            f"{sector!r} is not a sector; choose one of {', '.join(SECTOR_CHOICES)}",
+            param_hint="--sector",
+        )
     run_demo(
         DemoOptions(
             rounds=rounds,
@@ -56,6 +69,7 @@ def demo(
             epsilon_budget=epsilon_budget,
             summary_path=summary,
             workdir=workdir,
+            sector=sector,
         )
     )
 

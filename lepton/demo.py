@@ -1,5 +1,9 @@
-"""`lepton demo`: four hospitals, one TLS SuperLink, DP-SGD at every node, run through the
-admin API as real admins would.
+"""`lepton demo`: sector federations (by default four hospitals), one TLS SuperLink, DP-SGD
+at every node, run through the admin API as real admins would.
+
+`--sector hospital|bank|factory|text` runs one sector's federation (lepton/sectors.py);
+`--sector all` runs all of them at the same time on one coordinator, each institution its own
+tenant.
 
 Everything runs as separate OS processes on 127.0.0.1, exactly as in a deployment: the
 coordinator (`lepton coordinator start`: the SuperLink and the admin API), and per hospital a
@@ -20,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +50,10 @@ from lepton.demo_admin import (
     verify_audit,
 )
 from lepton.ledger_report import NodeLedgerReport, read_node_ledger
-from lepton_fl.config import (
-    FederationSpec,
-    Member,
-    PrivacySpec,
-    SecureAggregationSpec,
-    TrainingSpec,
-)
-from lepton_fl.datasets import HEART_DISEASE_SITES
+from lepton.sectors import Sector, resolve_sectors
+from lepton_fl.config import FederationSpec, Member
 from lepton_fl.processes import ProcessError
 
-FEDERATION = "heart-disease"
-RUN_TIMEOUT_S = 170.0
 POLL_S = 0.25
 
 
@@ -70,35 +66,20 @@ class DemoOptions:
     epsilon_budget: float = 8.0
     summary_path: Path | None = None
     workdir: Path | None = None
+    sector: str = "hospital"
 
 
-def federation_spec(opts: DemoOptions) -> FederationSpec:
-    """The demo federation: UCI heart disease, a small MLP, DP-SGD at every hospital, SecAgg+."""
-    return FederationSpec(
-        name=FEDERATION,
-        task="heart_disease",
-        rounds=opts.rounds,
-        min_participants=3,
-        privacy=PrivacySpec(
-            target_epsilon=opts.target_epsilon, delta=1e-5, max_grad_norm=1.0, accountant="rdp"
-        ),
-        training=TrainingSpec(local_epochs=2, batch_size=16, learning_rate=0.1),
-        secure_aggregation=SecureAggregationSpec(enabled=True),
-        seed=0,
-    )
-
-
-def demo_plans(opts: DemoOptions) -> list[NodePlan]:
-    """One node per real hospital of the UCI heart-disease data."""
+def demo_plans(sector: Sector, opts: DemoOptions) -> list[NodePlan]:
+    """One node per site of the sector (a real hospital, a bank, a production line)."""
     return [
         NodePlan(
             name=site,
-            task="heart_disease",
+            task=sector.task,
             partition=site,
             epsilon_budget=opts.epsilon_budget,
-            federations=(FEDERATION,),
+            federations=(sector.federation,),
         )
-        for site in HEART_DISEASE_SITES
+        for site in sector.sites
     ]
 
 
@@ -115,15 +96,38 @@ class AdminOutcome:
     audit: AuditVerdict
 
 
+@dataclass
+class _Tracked:
+    """One sector's federation and its run, as the demo follows it."""
+
+    sector: Sector
+    fed: FederationSpec
+    plans: list[NodePlan]
+    members: list[Member]
+    names: dict[str, str]  # admin node id -> node name
+    run: RunStatus
+    journal: Path
+    deadline: float
+    rounds: list[RoundStatus] = field(default_factory=list)
+    baselines: dict[str, BaselineResult] = field(default_factory=dict)
+
+
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
-    """Run the whole demo; return (and optionally write) the summary."""
+    """Run the whole demo; return (and optionally write) the summary.
+
+    One sector: the summary of its federation. Several (``--sector all``): their federations
+    run at the same time on one coordinator, each institution its own tenant, and the summary
+    has one entry per sector under ``sectors``.
+    """
     started = time.monotonic()
     console = Console()
     if not console.is_terminal:  # CI logs, pipes: wide enough for the final table
-        console = Console(width=120)
-    fed = federation_spec(opts)
-    plans = demo_plans(opts)
-    with _workspace(opts.workdir) as root, LocalCluster(root, plans) as cluster:
+        console = Console(width=140)
+    sectors = resolve_sectors(opts.sector)
+    plans = {s.key: demo_plans(s, opts) for s in sectors}
+    every_plan = [p for ps in plans.values() for p in ps]
+    display_names = {site: name for s in sectors for site, name in s.institutions.items()}
+    with _workspace(opts.workdir) as root, LocalCluster(root, every_plan) as cluster:
         console.print(f"[bold]Lepton FL demo[/] — workspace {root}")
         superlink = cluster.start_coordinator()
         cluster.wait_for_api()
@@ -137,75 +141,150 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             sites = enroll_sites(
                 platform,
                 cluster,
-                plans,
+                every_plan,
                 on_enrolled=lambda site: cluster.start_node(site.name, site.member),
+                display_names=display_names,
             )
             cluster.wait_for_nodes()
-            members = [sites[p.name].member for p in plans]
             console.print(
                 f"SuperLink on https://{superlink.settings.address} (TLS, SuperNode auth); "
-                f"{len(members)} hospital nodes enrolled through the API (one tenant each) "
-                "and ready: " + ", ".join(m.name for m in members)
+                f"{len(sites)} nodes enrolled through the API (one tenant each) and ready"
             )
-            baselines: dict[str, BaselineResult] = {}
-            baseline_thread = threading.Thread(
-                target=lambda: baselines.update(local_only_baselines(fed, HEART_DISEASE_SITES)),
-                daemon=True,
-            )
-            baseline_thread.start()
-            federation = platform.create_federation(
-                federation_definition(fed), [sites[p.name].node.id for p in plans]
-            )
-            run = platform.start_run(federation.id)
-            console.print(
-                f"Run {run.id} started through the API: {fed.rounds} rounds of DP FedAvg "
-                "with SecAgg+"
-            )
-            journal_path = AdminSettings(data_dir=root / "coordinator").runs_dir / run.id
-            journal_path = journal_path / "journal.jsonl"
-            names = {site.node.id: name for name, site in sites.items()}
-            run, rounds = _follow(
-                console, cluster, platform, run, journal_path, fed, members, names
-            )
-            view = read_journal(journal_path)  # per-node detail for display only
-            baseline_thread.join(timeout=120)
-            ledgers = {
-                m.name: read_node_ledger(
-                    cluster.nodes[m.name].ledger_path,
-                    fed,
-                    dataset_id=cluster.nodes[m.name].plan.dataset_id,
-                    budget=opts.epsilon_budget,
-                )
-                for m in members
-            }
-            checks = reconcile_ledgers(platform, cluster, sites)
-            release = None
-            if run.state == "finished":
-                first = sites[plans[0].name]
-                release = publish_and_verify(
-                    platform,
-                    anonymous.as_key(first.tenant_key),
-                    run.id,
-                    root / "downloads" / first.name,
-                )
+            concurrent = len(sectors)
+            tracked = [
+                _start(console, platform, root, s, plans[s.key], sites, opts, concurrent)
+                for s in sectors
+            ]
+            _follow(console, cluster, platform, tracked)
+            outcomes = [
+                _after_run(platform, anonymous, cluster, root, t, sites, opts) for t in tracked
+            ]
             audit = verify_audit(platform)
-            outcome = AdminOutcome(platform.base_url, sites, run, rounds, checks, release, audit)
-        summary = build_summary(
-            fed, members, view, ledgers, baselines, time.monotonic() - started, outcome
-        )
-    _print_table(console, summary)
+        summaries = [
+            build_summary(
+                t.fed,
+                t.members,
+                read_journal(t.journal),
+                ledgers,
+                t.baselines,
+                time.monotonic() - started,
+                AdminOutcome(
+                    platform.base_url,
+                    {p.name: sites[p.name] for p in t.plans},
+                    t.run,
+                    t.rounds,
+                    checks,
+                    release,
+                    audit,
+                ),
+                sector=t.sector,
+            )
+            for t, (ledgers, checks, release) in zip(tracked, outcomes, strict=True)
+        ]
+    for one in summaries:
+        _print_table(console, one)
+    summary = summaries[0] if len(summaries) == 1 else _combined(summaries, started)
     if opts.summary_path is not None:
         opts.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         console.print(f"Summary written to {opts.summary_path}")
-    if summary["failure"]:
-        raise ProcessError(f"The run failed: {summary['failure']}", code="run_failed")
-    broken = _failed_checks(summary)
+    failures = [f"{s['federation']}: {s['failure']}" for s in summaries if s["failure"]]
+    if failures:
+        raise ProcessError("The run failed: " + "; ".join(failures), code="run_failed")
+    broken = [f"{s['federation']}: {b}" for s in summaries for b in _failed_checks(s)]
     if broken:
         raise ProcessError(
             "The run finished, but " + "; ".join(broken) + ". See the lines above and the summary.",
             code="verification_failed",
         )
     return summary
+
+
+def _start(
+    console: Console,
+    platform: AdminClient,
+    root: Path,
+    sector: Sector,
+    plans: list[NodePlan],
+    sites: dict[str, Site],
+    opts: DemoOptions,
+    concurrent: int,
+) -> _Tracked:
+    """Create the sector's federation and start its run (and its local-only baselines)."""
+    fed = sector.federation_spec(rounds=opts.rounds, target_epsilon=opts.target_epsilon)
+    federation = platform.create_federation(
+        federation_definition(fed), [sites[p.name].node.id for p in plans]
+    )
+    run = platform.start_run(federation.id)
+    console.print(
+        f"{fed.name}: run {run.id} started through the API: {fed.rounds} rounds of DP FedAvg "
+        f"with SecAgg+ over {len(plans)} {sector.site_kind}s ({sector.note})"
+    )
+    journal = AdminSettings(data_dir=root / "coordinator").runs_dir / run.id / "journal.jsonl"
+    tracked = _Tracked(
+        sector=sector,
+        fed=fed,
+        plans=plans,
+        members=[sites[p.name].member for p in plans],
+        names={sites[p.name].node.id: p.name for p in plans},
+        run=run,
+        journal=journal,
+        # federations that share the host's cores take longer each
+        deadline=time.monotonic() + sector.run_timeout_s * concurrent,
+    )
+    if sector.local_baselines:
+        threading.Thread(
+            target=lambda: tracked.baselines.update(
+                local_only_baselines(fed, [p.name for p in plans])
+            ),
+            daemon=True,
+        ).start()
+    return tracked
+
+
+def _after_run(
+    platform: AdminClient,
+    anonymous: AdminClient,
+    cluster: LocalCluster,
+    root: Path,
+    t: _Tracked,
+    sites: dict[str, Site],
+    opts: DemoOptions,
+) -> tuple[dict[str, NodeLedgerReport], dict[str, LedgerCheck], ReleaseCheck | None]:
+    """Read every node's ledger, reconcile it with the coordinator's, publish and verify a
+    release of a finished run (downloaded by the first site's tenant)."""
+    if t.sector.local_baselines:
+        deadline = time.monotonic() + 120
+        while len(t.baselines) < len(t.plans) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+    ledgers = {
+        m.name: read_node_ledger(
+            cluster.nodes[m.name].ledger_path,
+            t.fed,
+            dataset_id=cluster.nodes[m.name].plan.dataset_id,
+            budget=opts.epsilon_budget,
+        )
+        for m in t.members
+    }
+    checks = reconcile_ledgers(platform, cluster, {p.name: sites[p.name] for p in t.plans})
+    release = None
+    if t.run.state == "finished":
+        first = sites[t.plans[0].name]
+        release = publish_and_verify(
+            platform, anonymous.as_key(first.tenant_key), t.run.id, root / "downloads" / first.name
+        )
+    return ledgers, checks, release
+
+
+def _combined(summaries: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """The summary of several sector federations run at once on one coordinator."""
+    failed = [f"{s['federation']}: {s['failure']}" for s in summaries if s["failure"]]
+    return {
+        "sectors": {s["sector"]: s for s in summaries},
+        "federations": [s["federation"] for s in summaries],
+        "failure": "; ".join(failed) or None,
+        "wall_seconds": round(time.monotonic() - started, 2),
+        "audit": summaries[0]["audit"],
+    }
 
 
 @contextlib.contextmanager
@@ -222,58 +301,57 @@ def _workspace(workdir: Path | None) -> Iterator[Path]:
 
 
 def _follow(
-    console: Console,
-    cluster: LocalCluster,
-    api: AdminClient,
-    run: RunStatus,
-    journal: Path,
-    fed: FederationSpec,
-    members: list[Member],
-    names: dict[str, str],
-) -> tuple[RunStatus, list[RoundStatus]]:
-    """Show live progress until the API says the run ended; return its last status and
-    rounds. The run's state and rounds come from the API; the per-node detail of the live
-    table (ε charged, pre-round accuracy) from the run journal."""
+    console: Console, cluster: LocalCluster, api: AdminClient, runs: list[_Tracked]
+) -> None:
+    """Show progress until the API says every run ended. The runs' state and rounds come
+    from the API; the per-node detail (ε charged, pre-round accuracy) from the run journals.
+    One run on a terminal: a live table; otherwise one line per round."""
+    single = runs[0] if len(runs) == 1 else None
     progress = Progress(
         TextColumn("[bold]rounds"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    task = progress.add_task("rounds", total=fed.rounds)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    rounds: list[RoundStatus] = []
-    live = (
-        Live(Group(progress, _status_table(run, read_journal(journal), members)), console=console)
-        if console.is_terminal
-        else None
-    )
+    task = progress.add_task("rounds", total=runs[0].fed.rounds)
+    live = None
+    if single is not None and console.is_terminal:
+        table = _status_table(single.run, read_journal(single.journal), single.members)
+        live = Live(Group(progress, table), console=console)
+    prefix = len(runs) > 1
     with live if live is not None else contextlib.nullcontext():
         while True:
-            if len(rounds) < run.rounds_completed or run.ended:
-                fresh = api.rounds(run.id)
-                if live is None:  # a log: one line per round instead of a live display
-                    view = read_journal(journal)
-                    for r in fresh[len(rounds) :]:
-                        console.print(_round_line(r, fed.rounds, names, view))
-                rounds = fresh
-            if live is not None:
-                progress.update(task, completed=len(rounds))
-                live.update(Group(progress, _status_table(run, read_journal(journal), members)))
-            if run.ended:
-                return run, rounds
-            _check_deadline(deadline, run, journal)
+            for t in runs:
+                if len(t.rounds) < t.run.rounds_completed or t.run.ended:
+                    fresh = api.rounds(t.run.id)
+                    if live is None:  # a log: one line per round instead of a live display
+                        view = read_journal(t.journal)
+                        for r in fresh[len(t.rounds) :]:
+                            line = _round_line(r, t.fed.rounds, t.names, view)
+                            console.print(f"{t.fed.name} {line}" if prefix else line)
+                    t.rounds = fresh
+            if live is not None and single is not None:
+                progress.update(task, completed=len(single.rounds))
+                table = _status_table(single.run, read_journal(single.journal), single.members)
+                live.update(Group(progress, table))
+            if all(t.run.ended for t in runs):
+                return
+            for t in runs:
+                if not t.run.ended:
+                    _check_deadline(t)
             cluster.check_alive()
             time.sleep(POLL_S)
-            run = api.run(run.id)
+            for t in runs:
+                if not t.run.ended:
+                    t.run = api.run(t.run.id)
 
 
-def _check_deadline(deadline: float, run: RunStatus, journal: Path) -> None:
-    if time.monotonic() > deadline:
+def _check_deadline(t: _Tracked) -> None:
+    if time.monotonic() > t.deadline:
         raise ProcessError(
-            f"Run {run.id} did not finish within {RUN_TIMEOUT_S:.0f} s (the API says "
-            f"{run.state}, {run.rounds_completed}/{run.rounds_planned} rounds); see the run "
-            f"journal {journal} and the logs beside the coordinator and node directories.",
+            f"Run {t.run.id} of {t.fed.name} did not finish in time (the API says "
+            f"{t.run.state}, {t.run.rounds_completed}/{t.run.rounds_planned} rounds); see the "
+            f"run journal {t.journal} and the logs beside the coordinator and node directories.",
             code="timeout",
         )
 
@@ -325,6 +403,8 @@ def build_summary(
     baselines: dict[str, BaselineResult],
     wall_seconds: float,
     admin: AdminOutcome,
+    *,
+    sector: Sector | None = None,
 ) -> dict[str, Any]:
     """The demo summary (a stable schema that later issues extend).
 
@@ -366,6 +446,10 @@ def build_summary(
     failure = run.failure or (None if run.state == "finished" else f"the run was {run.state}")
     release = admin.release
     return {
+        "sector": sector.key if sector else None,
+        "site_kind": sector.site_kind if sector else "site",
+        "task": fed.task,
+        "model": fed.model.name,
         "federation": fed.name,
         "federation_digest": fed.digest(),
         "rounds_completed": len([r for r in admin.rounds if r.participants]),
@@ -487,8 +571,9 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
             else "no secure aggregation"
         )
     )
+    kind = summary.get("site_kind", "hospital")
     for column in (
-        "hospital",
+        kind,
         "rows",
         "local-only acc",
         "federated acc",
@@ -500,7 +585,7 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
         "ε spent / budget",
         "ε coordinator",
     ):
-        table.add_column(column, justify="right" if column != "hospital" else "left")
+        table.add_column(column, justify="right" if column != kind else "left")
     for node in summary["nodes"]:
         local = node["local_only"] or {}
         fed = node["federated"]
@@ -532,7 +617,7 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
     for line in _federation_lines(summary):
         console.print(line)
     console.print(
-        "local-only: the same model and DP-SGD settings trained on one hospital's rows alone. "
+        f"local-only: the same model and DP-SGD settings trained on one {kind}'s rows alone. "
         f"Wall time {summary['wall_seconds']:.0f} s."
     )
     for line in _check_lines(summary):

@@ -10,7 +10,7 @@ a release that a hospital downloads and verifies offline, and verifies the audit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +28,6 @@ from lepton.cluster import LocalCluster, NodePlan
 from lepton.ledger_report import ledger_rows
 from lepton_fl.config import FederationSpec, Member
 from lepton_fl.crypto.release import ReleaseError, verify_release
-
-INSTITUTIONS = {
-    "cleveland": "Cleveland Clinic Foundation",
-    "hungary": "Hungarian Institute of Cardiology, Budapest",
-    "va_long_beach": "V.A. Medical Center, Long Beach, CA",
-    "switzerland": "University Hospitals of Zurich and Basel",
-}
-"""The institutions that contributed the UCI heart-disease rows, one tenant each."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +51,11 @@ def enroll_sites(
     plans: list[NodePlan],
     *,
     on_enrolled: Callable[[Site], object],
+    display_names: Mapping[str, str] | None = None,
 ) -> dict[str, Site]:
     """Tenant, tenant-admin key and node for every plan, then every node's enrollment,
     hospitals in parallel; `on_enrolled` runs in the calling thread as each node is enrolled
-    (to start it while the others enroll).
+    (to start it while the others enroll). `display_names` names each site's institution.
 
     Creating first and enrolling after keeps the quick writes from queueing behind
     enrollments, which hold the database's write lock while the SuperLink registers a key.
@@ -71,7 +64,10 @@ def enroll_sites(
     pki = cluster.pki
     sites: dict[str, Site] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
-        created = list(pool.map(lambda plan: _create_site(platform, plan), plans))
+        names = display_names or {}
+        created = list(
+            pool.map(lambda plan: _create_site(platform, plan, names.get(plan.name, "")), plans)
+        )
 
         def enroll(plan: NodePlan, site: tuple[str, str, CreatedNode]) -> Site:
             tenant_id, key, node = site
@@ -87,10 +83,12 @@ def enroll_sites(
     return {p.name: sites[p.name] for p in plans}
 
 
-def _create_site(platform: AdminClient, plan: NodePlan) -> tuple[str, str, CreatedNode]:
+def _create_site(
+    platform: AdminClient, plan: NodePlan, display_name: str
+) -> tuple[str, str, CreatedNode]:
     """The platform admin creates the tenant and its admin's key; the tenant admin creates
     the node with its budget. Returns (tenant id, tenant-admin key, created node)."""
-    tenant = platform.create_tenant(plan.name, display_name=INSTITUTIONS.get(plan.name, ""))
+    tenant = platform.create_tenant(plan.name, display_name=display_name)
     key = platform.create_api_key(
         "tenant_admin", tenant_id=tenant.id, name=f"{plan.name} IT (lepton demo)"
     )
