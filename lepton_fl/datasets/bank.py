@@ -96,9 +96,7 @@ CREDIT_SCHEMA = TabularSchema(
 """The agreed encoding: 13 raw features -> 31 columns."""
 
 
-def encode_credit(
-    columns: Columns, *, source: str = "credit rows"
-) -> npt.NDArray[np.float32]:
+def encode_credit(columns: Columns, *, source: str = "credit rows") -> npt.NDArray[np.float32]:
     """Encode raw credit rows (``modeldata`` column names) with the agreed schema."""
     return CREDIT_SCHEMA.encode(columns, source=source)
 

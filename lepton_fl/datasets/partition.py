@@ -8,13 +8,14 @@ numbers: nothing is downloaded, nothing is written to disk, and the result is pl
 into the caller's arrays.
 
 Guarantees of :func:`dirichlet_partition`: the same ``(labels, num_partitions, alpha, seed,
-min_partition_size)`` give the same partitions; the partitions are disjoint, cover every row and
-are each sorted; every partition has at least ``min_partition_size`` rows and at least
-``min(2, number of classes)`` classes with ``min_class_size`` rows or more each (so that a
-site's stratified train/test split has both classes on each side). A draw that misses these (small ``alpha`` concentrates a
-class on one site) is redrawn with the next seed of a fixed sequence derived from ``seed``; if
-none of ``max_draws`` draws qualifies, :class:`DatasetError` (``bad_argument``) says so and what
-to change (a larger ``alpha``, fewer partitions or a smaller minimum size).
+min_partition_size, min_class_size)`` give the same partitions; the partitions are disjoint,
+cover every row and are each sorted; every partition has at least ``min_partition_size`` rows
+and at least ``min(2, number of classes)`` classes with ``min_class_size`` rows or more each (so
+that a site's stratified train/test split has two classes on each side). A draw that misses
+these (a small ``alpha`` concentrates a class on a few sites) is redrawn with the next seed of a
+fixed sequence derived from ``seed``; if none of ``max_draws`` draws qualifies,
+:class:`DatasetError` (``bad_argument``) says so and what to change (a larger ``alpha``, fewer
+partitions, or a smaller minimum size).
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from lepton_fl.datasets.bank import BANK_SITES, CREDIT_LABELS, CREDIT_SCHEMA, load_bank
 from lepton_fl.datasets.breast_cancer import (
     BREAST_CANCER_PARTITIONS,
     BREAST_CANCER_SCHEMA,
     load_breast_cancer_partition,
 )
-from lepton_fl.datasets.bank import BANK_SITES, CREDIT_LABELS, CREDIT_SCHEMA, load_bank
 from lepton_fl.datasets.drug_reviews import (
     DRUG_REVIEW_LABELS,
     DRUG_REVIEWS_SITES,
