@@ -51,7 +51,7 @@ from torch import nn
 
 from client_node.trainer.dp_sgd import DPTrainer
 from client_node.trainer.evaluation import evaluate
-from lepton_fl.datasets import get_task, load_local
+from lepton_fl.datasets import DatasetError, get_task, load_local
 from lepton_fl.datasets.examples import Examples, LocalSplit
 from lepton_fl.models import ModelSpec, build_model, get_weights, list_models, set_weights
 from lepton_fl.privacy import AccountantName, calibrate_noise_multiplier
@@ -90,27 +90,35 @@ SECTORS: dict[str, Sector] = {
         name="hospital",
         task="heart_disease",
         hyper=Hyper(
-            model=ModelSpec(hidden=(32,)),
+            model=ModelSpec(hidden=()),  # logistic regression, as FLamby's Fed-Heart-Disease
             batch_size=32,
-            learning_rate=0.3,
+            learning_rate=0.1,
             max_grad_norm=1.0,
             local_epochs=1,
             rounds=20,
         ),
-        tuned="",
+        tuned=(
+            "grid hidden {(), (32,)} x batch {32, 64} x lr {0.1, 0.3, 1.0} x rounds {10, 20} "
+            "(C 1, 1 local epoch), on tuning seeds 100-101 (other splits and inits than the "
+            "reported seeds); picked the best mean of fed and fed_dp_eps1 accuracy"
+        ),
     ),
     "bank": Sector(
         name="bank",
         task="credit_scoring",
         hyper=Hyper(
-            model=ModelSpec(hidden=(32,)),
+            model=ModelSpec(hidden=()),  # logistic regression
             batch_size=64,
-            learning_rate=0.3,
+            learning_rate=1.0,
             max_grad_norm=1.0,
             local_epochs=1,
             rounds=20,
         ),
-        tuned="",
+        tuned=(
+            "grid hidden {(), (32,)} x batch {64, 128} x lr {0.1, 0.3, 1.0} x rounds {10, 20} "
+            "(C 1, 1 local epoch), on tuning seeds 100-101 (other splits and inits than the "
+            "reported seeds); picked the best mean of fed and fed_dp_eps1 accuracy"
+        ),
     ),
     "factory": Sector(
         name="factory",
@@ -129,7 +137,7 @@ SECTORS: dict[str, Sector] = {
         name="text",
         task="drug_reviews",
         hyper=Hyper(
-            model=ModelSpec(name="text"),
+            model=ModelSpec(name="minilm"),
             batch_size=32,
             learning_rate=0.05,
             max_grad_norm=1.0,
@@ -175,12 +183,14 @@ def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _check_supported(sector: Sector, split: LocalSplit) -> None:
-    if split.modality != "tabular":
+def _check_supported(sector: Sector) -> None:
+    """Refuse, before any data is loaded, a sector this branch cannot train."""
+    modality = get_task(sector.task).modality
+    if modality != "tabular":
         params = inspect.signature(DPTrainer.__init__).parameters
         if "inputs" not in params:
             raise Unsupported(
-                f"DPTrainer on this branch trains on tabular (x, y) only; the {split.modality} "
+                f"DPTrainer on this branch trains on tabular (x, y) only; the {modality} "
                 "sector needs its tuple-input version"
             )
     if sector.hyper.model.name not in list_models():
@@ -294,12 +304,17 @@ def run_sector(sector: Sector, seeds: Sequence[int], epsilons: Sequence[float]) 
     info = get_task(sector.task)
     arms = [ArmResult("central", None), ArmResult("fed", None)]
     arms += [ArmResult(f"fed_dp_eps{e:g}", e) for e in epsilons]
+    _check_supported(sector)
     for seed in seeds:
-        splits = [
-            load_local(sector.task, p, seed=seed, test_fraction=TEST_FRACTION)
-            for p in info.partitions
-        ]
-        _check_supported(sector, splits[0])
+        try:
+            splits = [
+                load_local(sector.task, p, seed=seed, test_fraction=TEST_FRACTION)
+                for p in info.partitions
+            ]
+        except DatasetError as err:
+            if err.code != "missing_dependency":
+                raise
+            raise Unsupported(str(err)) from err
         for arm in arms:
             start = time.perf_counter()
             if arm.arm == "central":
@@ -342,7 +357,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sectors", default="hospital,bank,factory,text")
     parser.add_argument("--rounds", type=int, default=None, help="override every sector's rounds")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds to average over")
+    parser.add_argument(
+        "--seeds", default="0,1,2,3,4", help="comma-separated seeds to average over"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="one seed, at most 5 rounds, eps 1 only"
     )

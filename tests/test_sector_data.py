@@ -258,11 +258,20 @@ def test_drug_reviews_local_split_with_a_tokenizer() -> None:
 
 
 def test_drug_reviews_registered_tokenizer() -> None:
-    models = pytest.importorskip("lepton_fl.models")
+    """With lepton_fl.models.load_tokenizer: the task's own tokenizer and length; without it,
+    a missing_dependency error that says what to do (never an ImportError)."""
+    import lepton_fl.models as models
+
+    info = get_task("drug_reviews_tiny")
+    assert info.text is not None
     if not hasattr(models, "load_tokenizer"):
-        pytest.skip("lepton_fl.models.load_tokenizer is not on this branch yet")
+        with pytest.raises(DatasetError, match="load_tokenizer") as err:
+            load_local("drug_reviews_tiny", "hospital-0", seed=0)
+        assert err.value.code == "missing_dependency"
+        return
     split = load_local("drug_reviews_tiny", "hospital-0", seed=0)
-    assert split.train.inputs[0].shape[1] == get_task("drug_reviews_tiny").text.max_length  # type: ignore[union-attr]
+    assert split.train.inputs[0].shape[1] == info.text.max_length
+    assert split.num_classes == 3
 
 
 def test_drug_reviews_task_info() -> None:

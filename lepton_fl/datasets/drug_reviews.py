@@ -233,8 +233,17 @@ def load_drug_reviews(
         hospital, seed=seed, test_fraction=test_fraction
     )
     if tokenize is None:
-        from lepton_fl.models import load_tokenizer  # type: ignore[attr-defined,unused-ignore]
-
+        try:
+            from lepton_fl.models import (  # type: ignore[attr-defined,unused-ignore]
+                load_tokenizer,
+            )
+        except ImportError as exc:
+            raise DatasetError(
+                "tokenising drug reviews needs lepton_fl.models.load_tokenizer, which this "
+                f"installation lacks ({exc}); install a lepton-fl with text models, or pass "
+                "tokenize=",
+                code="missing_dependency",
+            ) from exc
         tokenize = load_tokenizer(text.tokenizer, text.max_length)
     return LocalSplit(
         name=hospital,
