@@ -43,13 +43,14 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from client_node.trainer.dp_sgd import DPTrainer
+from client_node.trainer.dp_sgd import DPTrainer, resolve_device
 from client_node.trainer.evaluation import evaluate
 from lepton_fl.datasets import DatasetError, get_task, load_local
 from lepton_fl.datasets.examples import Examples, LocalSplit
@@ -131,7 +132,7 @@ SECTORS: dict[str, Sector] = {
             local_epochs=1,
             rounds=10,
         ),
-        tuned="not tuned (not run yet)",
+        tuned="not tuned",
     ),
     "text": Sector(
         name="text",
@@ -144,7 +145,21 @@ SECTORS: dict[str, Sector] = {
             local_epochs=1,
             rounds=5,
         ),
-        tuned="not tuned (not run yet)",
+        tuned="not tuned",
+    ),
+    # The same reviews, hospitals and labels with the tiny BERT and tokenizer: runs on a CPU.
+    "text_tiny": Sector(
+        name="text_tiny",
+        task="drug_reviews_tiny",
+        hyper=Hyper(
+            model=ModelSpec(name="tiny_bert"),
+            batch_size=32,
+            learning_rate=0.05,
+            max_grad_norm=1.0,
+            local_epochs=1,
+            rounds=5,
+        ),
+        tuned="not tuned",
     ),
 }
 
@@ -183,51 +198,64 @@ def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _accepts(function: object, name: str) -> bool:
+    return name in inspect.signature(function).parameters  # type: ignore[arg-type]
+
+
+# Whether the node's DP engine, the model registry and evaluation on this branch take inputs of
+# any modality (``Examples.inputs`` tuples) or only tabular ``(x, y)``.
+_TUPLE_TRAINER = _accepts(DPTrainer.__init__, "inputs")
+_SHAPED_MODELS = _accepts(build_model, "input_shape")
+_TUPLE_EVALUATE = _accepts(evaluate, "inputs")
+
+
 def _check_supported(sector: Sector) -> None:
     """Refuse, before any data is loaded, a sector this branch cannot train."""
     modality = get_task(sector.task).modality
-    if modality != "tabular":
-        params = inspect.signature(DPTrainer.__init__).parameters
-        if "inputs" not in params:
-            raise Unsupported(
-                f"DPTrainer on this branch trains on tabular (x, y) only; the {modality} "
-                "sector needs its tuple-input version"
-            )
+    if modality != "tabular" and not (_TUPLE_TRAINER and _SHAPED_MODELS and _TUPLE_EVALUATE):
+        raise Unsupported(
+            f"DPTrainer, build_model or evaluate on this branch take tabular (x, y) only; the "
+            f"{modality} sector needs their tuple-input versions"
+        )
     if sector.hyper.model.name not in list_models():
         raise Unsupported(f"model {sector.hyper.model.name!r} is not registered on this branch")
 
 
 def _model(sector: Sector, split: LocalSplit, seed: int) -> nn.Module:
-    return build_model(
-        sector.hyper.model,
-        num_features=int(np.prod(split.input_shape)),
-        num_classes=split.num_classes,
-        seed=seed,
+    shape: dict[str, Any] = (
+        {"input_shape": split.input_shape}
+        if _SHAPED_MODELS
+        else {"num_features": int(np.prod(split.input_shape))}
     )
+    return build_model(sector.hyper.model, num_classes=split.num_classes, seed=seed, **shape)
 
 
-def _trainer(sector: Sector, model: nn.Module, train: Examples, *, seed: int) -> DPTrainer:
+def _trainer(
+    sector: Sector, model: nn.Module, train: Examples, *, seed: int, device: torch.device
+) -> DPTrainer:
     """The node's DP engine on ``train``; the batch is capped at the site's size, as the node
     does."""
-    if len(train.inputs) != 1 or train.inputs[0].ndim != 2:
-        raise Unsupported("only tabular (one 2-d input) examples are wired up in this bench")
+    data: dict[str, Any] = (
+        {"inputs": train.inputs, "labels": train.labels}
+        if _TUPLE_TRAINER
+        else {"x": np.asarray(train.inputs[0], dtype=np.float32), "y": train.labels}
+    )
     hyper = sector.hyper
     return DPTrainer(
         model=model,
-        x=np.asarray(train.inputs[0], dtype=np.float32),
-        y=train.labels,
         batch_size=min(hyper.batch_size, len(train)),
         learning_rate=hyper.learning_rate,
         max_grad_norm=hyper.max_grad_norm,
-        device=torch.device("cpu"),
+        device=device,
         seed=seed,
         reproducible_noise=True,
+        **data,
     )
 
 
-def _score(model: nn.Module, test: Examples) -> tuple[float, float]:
-    x = np.asarray(test.inputs[0], dtype=np.float32)
-    result = evaluate(model, x, test.labels, device=torch.device("cpu"))
+def _score(model: nn.Module, test: Examples, device: torch.device) -> tuple[float, float]:
+    data: Any = test.inputs if _TUPLE_EVALUATE else np.asarray(test.inputs[0], dtype=np.float32)
+    result = evaluate(model, data, test.labels, device=device)
     if result.roc_auc is None:  # pragma: no cover - pooled test sets hold every class
         raise RuntimeError("the pooled test set holds a single class")
     return result.accuracy, result.roc_auc
@@ -252,16 +280,23 @@ def _fedavg(
     ]
 
 
-def run_central(sector: Sector, splits: Sequence[LocalSplit], seed: int) -> tuple[float, float]:
+def run_central(
+    sector: Sector, splits: Sequence[LocalSplit], seed: int, *, device: torch.device
+) -> tuple[float, float]:
     """Pooled training rows, no DP, ``rounds x local_epochs`` epochs."""
     train = _pool([s.train for s in splits])
-    trainer = _trainer(sector, _model(sector, splits[0], seed), train, seed=seed)
+    trainer = _trainer(sector, _model(sector, splits[0], seed), train, seed=seed, device=device)
     trainer.train_non_private(epochs=sector.hyper.rounds * sector.hyper.local_epochs)
-    return _score(trainer.model, _pool([s.test for s in splits]))
+    return _score(trainer.model, _pool([s.test for s in splits]), device)
 
 
 def run_federated(
-    sector: Sector, splits: Sequence[LocalSplit], seed: int, *, epsilon: float | None
+    sector: Sector,
+    splits: Sequence[LocalSplit],
+    seed: int,
+    *,
+    epsilon: float | None,
+    device: torch.device,
 ) -> tuple[float, float, dict[str, float]]:
     """FedAvg over the sites (example-weighted); DP-SGD at each site when ``epsilon`` is set.
 
@@ -271,7 +306,7 @@ def run_federated(
     global_model = _model(sector, splits[0], seed)
     weights = get_weights(global_model)
     trainers = [
-        _trainer(sector, _model(sector, s, seed), s.train, seed=seed * 1000 + i)
+        _trainer(sector, _model(sector, s, seed), s.train, seed=seed * 1000 + i, device=device)
         for i, s in enumerate(splits)
     ]
     sigmas: dict[str, float] = {}
@@ -295,11 +330,14 @@ def run_federated(
             updates.append(get_weights(trainer.model))
         weights = _fedavg(updates, [t.num_examples for t in trainers])
     set_weights(global_model, weights)
-    accuracy, auc = _score(global_model, _pool([s.test for s in splits]))
+    global_model.to(device)
+    accuracy, auc = _score(global_model, _pool([s.test for s in splits]), device)
     return accuracy, auc, {k: round(v, 4) for k, v in sigmas.items()}
 
 
-def run_sector(sector: Sector, seeds: Sequence[int], epsilons: Sequence[float]) -> list[ArmResult]:
+def run_sector(
+    sector: Sector, seeds: Sequence[int], epsilons: Sequence[float], *, device: torch.device
+) -> list[ArmResult]:
     """Every arm of ``sector`` over ``seeds``."""
     info = get_task(sector.task)
     arms = [ArmResult("central", None), ArmResult("fed", None)]
@@ -318,10 +356,12 @@ def run_sector(sector: Sector, seeds: Sequence[int], epsilons: Sequence[float]) 
         for arm in arms:
             start = time.perf_counter()
             if arm.arm == "central":
-                accuracy, auc = run_central(sector, splits, seed)
+                accuracy, auc = run_central(sector, splits, seed, device=device)
                 sigmas: dict[str, float] = {}
             else:
-                accuracy, auc, sigmas = run_federated(sector, splits, seed, epsilon=arm.epsilon)
+                accuracy, auc, sigmas = run_federated(
+                    sector, splits, seed, epsilon=arm.epsilon, device=device
+                )
             arm.seconds += time.perf_counter() - start
             arm.accuracy.append(accuracy)
             arm.roc_auc.append(auc)
@@ -364,6 +404,7 @@ def main() -> None:
         "--quick", action="store_true", help="one seed, at most 5 rounds, eps 1 only"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     args = parser.parse_args()
     names = [s.strip() for s in args.sectors.split(",") if s.strip()]
     for name in names:
@@ -374,6 +415,7 @@ def main() -> None:
     if args.quick:
         seeds, epsilons = seeds[:1], (1.0,)
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
 
@@ -386,7 +428,7 @@ def main() -> None:
             rounds = min(rounds, 5)
         sector = replace(sector, hyper=replace(sector.hyper, rounds=rounds))
         try:
-            arms = run_sector(sector, seeds, epsilons)
+            arms = run_sector(sector, seeds, epsilons, device=device)
         except Unsupported as why:
             print(f"\n{name}: {sector.task}: skipped: {why}")
             report[name] = {"task": sector.task, "skipped": str(why)}
@@ -412,7 +454,9 @@ def main() -> None:
                 )
         report[name] = entry
     seconds = time.perf_counter() - started
-    print(f"\ntotal {seconds:.0f} s, torch {torch.__version__}, {args.threads} thread(s)")
+    print(
+        f"\ntotal {seconds:.0f} s on {device}, torch {torch.__version__}, {args.threads} thread(s)"
+    )
     summary = {
         "bench": "utility",
         "seeds": seeds,
@@ -421,6 +465,7 @@ def main() -> None:
         "accountant": ACCOUNTANT,
         "test_fraction": TEST_FRACTION,
         "seconds": round(seconds, 1),
+        "device": str(device),
         "sectors": report,
     }
     print(json.dumps(summary))
