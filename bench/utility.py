@@ -370,12 +370,20 @@ def run_sector(
     return arms
 
 
+def _describe(model: ModelSpec) -> str:
+    if model.name == "tabular_mlp":
+        return f"tabular_mlp hidden {tuple(model.hidden)}" + (
+            " (linear)" if not model.hidden else ""
+        )
+    return model.name
+
+
 def _print_table(sector: Sector, arms: Sequence[ArmResult], seeds: Sequence[int]) -> None:
     info = get_task(sector.task)
     h = sector.hyper
     print(
         f"\n{sector.name}: {sector.task} over {len(info.partitions)} sites "
-        f"({', '.join(info.partitions)}); model {h.model.name} {tuple(h.model.hidden)}, "
+        f"({', '.join(info.partitions)}); model {_describe(h.model)}, "
         f"{h.rounds} rounds x {h.local_epochs} local epoch(s), batch {h.batch_size}, "
         f"lr {h.learning_rate}, C {h.max_grad_norm}, delta {DELTA:g} ({ACCOUNTANT}), "
         f"{len(seeds)} seed(s)"

