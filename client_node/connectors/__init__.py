@@ -15,6 +15,7 @@ import contextlib
 from client_node.connectors.common import empty_split
 from client_node.connectors.errors import ConnectorError
 from client_node.connectors.images import load_image_folder, prepare_image
+from client_node.connectors.inputs import PredictionInputs, load_prediction_inputs
 from client_node.connectors.tabular import load_tabular
 from client_node.connectors.text import TOKEN_KEYS, Tokenize, load_text
 from client_node.settings import TABULAR_SOURCES, TEXT_SOURCES, DataSection, NodeSettings
@@ -26,11 +27,13 @@ from lepton_fl.models import load_tokenizer
 __all__ = [
     "TOKEN_KEYS",
     "ConnectorError",
+    "PredictionInputs",
     "Tokenize",
     "describe_split",
     "empty_split",
     "load_image_folder",
     "load_node_data",
+    "load_prediction_inputs",
     "load_tabular",
     "load_text",
     "prepare_image",
