@@ -255,15 +255,15 @@ def node_predict(
     public_key: Annotated[
         Path | None,
         typer.Option(
-            help="The coordinator's release public key (PEM); default: [releases].public_key "
+            help="The coordinator's release public key (PEM); default: \\[releases].public_key "
             "of --config."
         ),
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            help="The node's node.toml: its [data] column declarations and renames, its "
-            "device and its [releases].public_key."
+            help="The node's node.toml: its \\[data] column declarations and renames, its "
+            "device and its \\[releases].public_key."
         ),
     ] = None,
     output: Annotated[

