@@ -28,6 +28,7 @@ from sklearn.datasets import load_breast_cancer
 from client_node.connectors import ConnectorError, load_prediction_inputs
 from client_node.predict import PredictionError, default_output_path, predict_file
 from client_node.settings import DataSection
+from coordinator.services.releases import load_checkpoint
 from lepton_fl.config import FederationSpec, ModelConfig, PrivacySpec
 from lepton_fl.crypto.release import ReleaseError, public_key_pem, write_release
 from lepton_fl.datasets import ImageSpec, TaskInfo, TextSpec, get_task
@@ -109,8 +110,10 @@ def _write(
     weights = get_weights(model)
     if drop_last:
         weights = weights[:-1]
-    named = {f"layer_{i:03d}": w for i, w in enumerate(weights)}
-    write_release(directory, named, _manifest(spec, **federation), key)
+    # as the ServerApp checkpoints the global model and the release service names its tensors
+    checkpoint = directory.with_name(f"{directory.name}-checkpoint.npz")
+    np.savez(checkpoint, *weights, round=np.array(3))
+    write_release(directory, load_checkpoint(checkpoint), _manifest(spec, **federation), key)
     return directory
 
 
@@ -181,6 +184,7 @@ def test_predictions_equal_the_models_own_argmax(
         "patients.csv",
         "patients.predictions.csv",
         "release",
+        "release-checkpoint.npz",
     ]
 
 
