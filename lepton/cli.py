@@ -49,19 +49,19 @@ def demo(
         str,
         typer.Option(
             help="hospital (heart disease, 4 hospitals), bank (credit scoring), factory "
-            "(solar-cell images), text (drug reviews, MiniLM), or all of them at once."
+            "(solar-cell images), text (drug reviews, MiniLM), several separated by commas, "
+            "or all: their federations run at the same time on one coordinator."
         ),
     ] = "hospital",
 ) -> None:
     """Institutions of a sector train a model with DP-SGD and SecAgg+ over a TLS SuperLink."""
     from lepton.demo import DemoOptions, run_demo
-    from lepton.sectors import SECTOR_CHOICES
+    from lepton.sectors import resolve_sectors
 
-    if sector not in SECTOR_CHOICES:
-        raise typer.BadParameter(
-            f"{sector!r} is not a sector; choose one of {', '.join(SECTOR_CHOICES)}",
-            param_hint="--sector",
-        )
+    try:
+        resolve_sectors(sector)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--sector") from err
     run_demo(
         DemoOptions(
             rounds=rounds,

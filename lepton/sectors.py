@@ -116,9 +116,17 @@ SECTOR_CHOICES = (*SECTORS, "all")
 
 
 def resolve_sectors(choice: str) -> list[Sector]:
-    """The sectors `--sector` names (``all``: every one); ``ValueError`` for another name."""
+    """The sectors `--sector` names: one, a comma-separated list, or ``all``.
+
+    ``ValueError`` names an unknown one.
+    """
     if choice == "all":
         return list(SECTORS.values())
-    if choice not in SECTORS:
-        raise ValueError(f"unknown sector {choice!r}; choose one of {', '.join(SECTOR_CHOICES)}")
-    return [SECTORS[choice]]
+    keys = [k.strip() for k in choice.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SECTORS]
+    if unknown or not keys:
+        raise ValueError(
+            f"unknown sector {', '.join(unknown) or choice!r}; choose one of "
+            f"{', '.join(SECTOR_CHOICES)}, or several separated by commas"
+        )
+    return [SECTORS[k] for k in dict.fromkeys(keys)]

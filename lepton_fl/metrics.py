@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.metrics import roc_auc_score
 
 __all__ = [
     "AggregateMetrics",
@@ -300,6 +299,9 @@ def _roc_auc(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64]) -> float 
     present = np.unique(y)
     if len(present) < 2:
         return None
+    # imported here: the ServerApp imports this module, and sklearn costs seconds to import
+    from sklearn.metrics import roc_auc_score
+
     if probs.shape[1] == 2:
         return float(roc_auc_score(y, probs[:, 1]))
     return float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))

@@ -52,6 +52,40 @@ def input_shape(info: TaskInfo) -> tuple[int, ...]:
     return (info.schema.num_features,)
 
 
+MODEL_MODALITY = {"tabular_mlp": "tabular", "cnn": "image", "minilm": "text", "tiny_bert": "text"}
+"""The kind of data each registered model takes."""
+
+MODEL_TOKENIZER = {"minilm": "minilm", "tiny_bert": "tiny"}
+"""The tokenizer whose token ids a text model's embeddings were built for."""
+
+
+def model_task_problem(model: ModelConfig, task: str) -> tuple[str, str] | None:
+    """Why ``model`` cannot train ``task``, as ``(field, message)``; None when it can.
+
+    The task must be registered (every site and the coordinator must know its encoding), the
+    model must take the task's kind of data, and a text model must read the token ids of the
+    tokenizer the task's sites use.
+    """
+    try:
+        info = get_task(task)
+    except ValueError as err:
+        return "task", str(err)
+    modality = MODEL_MODALITY.get(model.name)
+    if modality != info.modality:
+        fitting = sorted(name for name, kind in MODEL_MODALITY.items() if kind == info.modality)
+        return "model.name", (
+            f"model {model.name!r} takes {modality} data but task {task!r} is "
+            f"{info.modality}; use {' or '.join(repr(f) for f in fitting)}"
+        )
+    wanted = MODEL_TOKENIZER.get(model.name)
+    if wanted is not None and info.text is not None and info.text.tokenizer != wanted:
+        return "model.name", (
+            f"model {model.name!r} reads {wanted!r} token ids but task {task!r} is tokenised "
+            f"with {info.text.tokenizer!r}; choose the task variant for this model"
+        )
+    return None
+
+
 def task_input_shape(task: str) -> tuple[int, ...]:
     """:func:`input_shape` of a registered task."""
     return input_shape(get_task(task))

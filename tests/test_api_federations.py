@@ -38,6 +38,8 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("secure_aggregation.threshold", 5, "secure_aggregation.threshold", "exceeds"),
         ("training.batch_size", 10**30, "training.batch_size", "less than or equal"),
         ("surprise", 1, "surprise", "unknown field"),
+        ("task", "no_such_task", "task", "unknown dataset task"),
+        ("model.name", "cnn", "model.name", "takes image data but task 'heart_disease'"),
     ],
 )
 def test_invalid_federation_is_422_naming_the_field(
@@ -108,3 +110,15 @@ def test_unknown_federation_is_404(api: AdminApi) -> None:
 
     assert response.status_code == 404
     assert response.json()["code"] == "federation_not_found"
+
+
+def test_text_model_must_read_the_tasks_token_ids(api: AdminApi) -> None:
+    body = _with("model.name", "tiny_bert") | {"task": "drug_reviews"}  # MiniLM-tokenised
+
+    response = api.call("POST", "/federations", api.admin, json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "model.name"
+    assert "'tiny' token ids" in response.json()["message"]
+    fitting = _with("model.name", "tiny_bert") | {"task": "drug_reviews_tiny", "name": "reviews"}
+    assert api.call("POST", "/federations", api.admin, json=fitting).status_code == 201

@@ -37,6 +37,7 @@ from lepton_fl.config import (
     TrainingSpec,
     describe_validation_error,
 )
+from lepton_fl.model_init import model_task_problem
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -114,6 +115,14 @@ def check_definition(definition: FederationDefinition) -> FederationSpec:
             "holders of each node's shares (the node and its neighbours).",
             code="invalid_federation",
             field="secure_aggregation.threshold",
+        )
+    problem = model_task_problem(definition.model, definition.task)
+    if problem is not None:
+        field, message = problem
+        raise InvalidError(
+            f"The federation's {field} does not fit: {message}.",
+            code="invalid_federation",
+            field=field,
         )
     return federation_spec(definition)
 

