@@ -31,10 +31,10 @@ from client_node.settings import DataSection
 from coordinator.services.releases import load_checkpoint
 from lepton_fl.config import FederationSpec, ModelConfig, PrivacySpec
 from lepton_fl.crypto.release import ReleaseError, public_key_pem, write_release
-from lepton_fl.datasets import ImageSpec, TaskInfo, TextSpec, get_task
+from lepton_fl.datasets import ImageSpec, TaskInfo, get_task
 from lepton_fl.datasets import registry as task_registry
 from lepton_fl.datasets.breast_cancer import BREAST_CANCER_SCHEMA
-from lepton_fl.models import build_model, get_weights, model_spec
+from lepton_fl.models import build_model, get_weights, model_spec, trainable_parameters
 
 torch.set_num_threads(1)
 
@@ -550,8 +550,17 @@ def _released(
         seed=3,
     )
     model = build_model(
-        model_spec(config), input_shape=input_shape(task), num_classes=task.num_classes, seed=11
-    )  # another seed than the spec's: the release's weights, not the seed, must serve
+        model_spec(config),
+        input_shape=input_shape(task),
+        num_classes=task.num_classes,
+        seed=spec.seed,
+    )
+    # "federated training": the exchanged (trainable) tensors move away from the seed's; frozen
+    # parts (a text model's lower layers) stay as the spec's seed builds them on every side
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for parameter in trainable_parameters(model).values():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
     model.eval()
     return _write(tmp_path / "release", model, key, spec=spec), model
 
@@ -608,21 +617,8 @@ def test_image_folder_and_single_image_predictions(
     assert "notes.png" in str(caught.value)
 
 
-def test_jsonl_text_predictions_with_tiny_bert(
-    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    task = TaskInfo(
-        name="tiny_reviews",
-        description="test reviews",
-        schema=None,
-        partitions=(),
-        loader=_no_partitions,
-        num_classes=2,
-        modality="text",
-        labels=("negative", "positive"),
-        text=TextSpec(tokenizer="tiny", max_length=16),
-    )
-    _register(monkeypatch, task)
+def test_jsonl_text_predictions_with_tiny_bert(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    task = get_task("drug_reviews_tiny")  # the registered text task: "tiny" tokenizer, 3 labels
     release, model = _released(
         tmp_path, task, ModelConfig(name="tiny_bert", trainable_layers=1), key
     )
@@ -639,7 +635,16 @@ def test_jsonl_text_predictions_with_tiny_bert(
     prepared = load_prediction_inputs(path, task, data=data)
     with torch.no_grad():
         logits = model(*(torch.from_numpy(a) for a in prepared.inputs))
+        seed_only = build_model(
+            model_spec(ModelConfig(name="tiny_bert", trainable_layers=1)),
+            input_shape=(64,),
+            num_classes=3,
+            seed=3,
+        ).eval()(*(torch.from_numpy(a) for a in prepared.inputs))
     assert [r["prediction"] for r in rows] == [task.labels[int(k)] for k in logits.argmax(1)]
+    served = np.array([[float(r[f"p_{label}"]) for label in task.labels] for r in rows])
+    np.testing.assert_allclose(served, torch.softmax(logits, 1).numpy(), atol=1e-5)
+    assert not np.allclose(served, torch.softmax(seed_only, 1).numpy(), atol=1e-3)
 
     path.write_text(json.dumps({"text": "no review field"}) + "\n")
     with pytest.raises(ConnectorError) as caught:
