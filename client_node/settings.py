@@ -242,6 +242,15 @@ class FlowerSection(_Section):
     trainer_timeout_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class ReleasesSection(_Section):
+    """Signed model releases this node uses (``lepton node predict``)."""
+
+    public_key: Path = Field(
+        description="The coordinator's release public key (PEM), received out of band with "
+        "the CA certificate, never from a release itself."
+    )
+
+
 class NodeSettings(_Section):
     """Everything `lepton node start` needs."""
 
@@ -251,6 +260,7 @@ class NodeSettings(_Section):
     superlink: SuperLinkSection
     auth: AuthSection
     flower: FlowerSection = FlowerSection()
+    releases: ReleasesSection | None = None
 
     @property
     def dataset_id(self) -> str:
@@ -315,6 +325,9 @@ def _resolve_paths(settings: NodeSettings, base: Path) -> NodeSettings:
             "data": settings.data.model_copy(
                 update={"path": None if settings.data.path is None else resolve(settings.data.path)}
             ),
+            "releases": None
+            if settings.releases is None
+            else ReleasesSection(public_key=resolve(settings.releases.public_key)),
         }
     )
 

@@ -239,6 +239,100 @@ def node_check_data(
     typer.echo(f"data ok: {describe_split(split)}")
 
 
+@node_app.command("predict")
+def node_predict(
+    release: Annotated[
+        Path, typer.Option(help="The release directory (manifest.json and model.safetensors).")
+    ],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="The local file to predict: a CSV or Parquet table, a JSONL or CSV text file, "
+            "an image folder or one image, as the release's task needs; no label column.",
+        ),
+    ],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The coordinator's release public key (PEM); default: \\[releases].public_key "
+            "of --config."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The node's node.toml: its \\[data] column declarations and renames, its "
+            "device and its \\[releases].public_key."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the CSV; default: <input>.predictions.csv beside it."),
+    ] = None,
+) -> None:
+    """Verify a signed release and write its predictions for a local file.
+
+    The release's signature and model digest are checked with the coordinator's public key
+    first; a tampered, unsigned or foreign release is refused (exit code 1), as is an input
+    that does not fit the task. Nothing leaves the machine.
+    """
+    from client_node.settings import load_node_settings
+
+    settings = load_node_settings(config) if config is not None else None
+    if public_key is None:
+        if settings is None or settings.releases is None:
+            typer.echo(
+                "error: no release public key: pass --public-key with the coordinator's release "
+                'public key (PEM), or set [releases] public_key = "PATH" in the node.toml '
+                "given with --config.",
+                err=True,
+            )
+            raise typer.Exit(EXIT_USER_ERROR)
+        public_key = settings.releases.public_key
+    try:
+        pem = public_key.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        typer.echo(
+            f"error: the release public key {public_key} cannot be read "
+            f"({getattr(err, 'strerror', None) or err}). Give the PEM file the coordinator's "
+            "admin sent you.",
+            err=True,
+        )
+        raise typer.Exit(EXIT_USER_ERROR) from err
+
+    from client_node.connectors import ConnectorError
+    from client_node.predict import PredictionError, predict_file
+    from lepton_fl.crypto.release import ReleaseError
+
+    try:
+        report = predict_file(
+            release,
+            input_path,
+            public_key_pem=pem,
+            output_path=output,
+            data=settings.data if settings is not None else None,
+            device=settings.node.device if settings is not None else "cpu",
+        )
+    except PredictionError as err:
+        typer.echo(f"error [{err.code}]: {err}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from err
+    except ReleaseError as err:
+        if err.code == "release-bad-public-key":
+            typer.echo(f"error [{err.code}]: {public_key}: {err}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from err
+        typer.echo(f"release refused [{err.code}]: {err}", err=True)
+        raise typer.Exit(1) from err
+    except ConnectorError as err:
+        typer.echo(f"input refused [{err.code}]: {err}", err=True)
+        raise typer.Exit(1) from err
+    counts = ", ".join(f"{label}: {n}" for label, n in report.counts.items())
+    typer.echo(
+        f"release {report.federation} v{report.version} verified ({report.model_digest}); "
+        f"{report.rows} predictions ({counts}) written to {report.output_path}"
+    )
+
+
 @node_app.command("ledger")
 def node_ledger(
     config: Annotated[Path, typer.Option(help="The node's node.toml.")],
@@ -365,7 +459,10 @@ def main() -> None:
 
     os.environ.update(QUIET_FLOWER_ENV)  # nothing phones home, in-process either
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns a command's typer.Exit code instead of exiting
+        status = app(standalone_mode=False)
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except KeyboardInterrupt:

@@ -15,22 +15,24 @@ import contextlib
 from client_node.connectors.common import empty_split
 from client_node.connectors.errors import ConnectorError
 from client_node.connectors.images import load_image_folder, prepare_image
+from client_node.connectors.inputs import PredictionInputs, load_prediction_inputs
 from client_node.connectors.tabular import load_tabular
 from client_node.connectors.text import TOKEN_KEYS, Tokenize, load_text
 from client_node.settings import TABULAR_SOURCES, TEXT_SOURCES, DataSection, NodeSettings
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.registry import TaskInfo, get_task, load_local
 from lepton_fl.datasets.tabular import DatasetError
-from lepton_fl.models import load_tokenizer
 
 __all__ = [
     "TOKEN_KEYS",
     "ConnectorError",
+    "PredictionInputs",
     "Tokenize",
     "describe_split",
     "empty_split",
     "load_image_folder",
     "load_node_data",
+    "load_prediction_inputs",
     "load_tabular",
     "load_text",
     "prepare_image",
@@ -68,6 +70,8 @@ def load_node_data(
         return load_tabular(data, task)
     if data.source in TEXT_SOURCES:
         if tokenize is None and task.text is not None:  # the task's agreed tokenizer
+            from lepton_fl.models import load_tokenizer  # torch: only for text sources
+
             with contextlib.suppress(ValueError):  # unknown or missing: load_text says so
                 tokenize = load_tokenizer(task.text.tokenizer, task.text.max_length)
         return load_text(data, task, tokenize)

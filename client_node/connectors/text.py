@@ -128,6 +128,12 @@ def load_text(data: DataSection, task: TaskInfo, tokenize: Tokenize | None) -> L
 
 
 def _read_jsonl(path: Path, data: DataSection) -> list[_Record]:
+    return read_jsonl_records(path, text_column=data.text_column, label_column=data.label_column)
+
+
+def read_jsonl_records(path: Path, *, text_column: str, label_column: str | None) -> list[_Record]:
+    """Every non-blank line of a JSONL file as a record (the fields may be absent; no
+    ``label_column``: inputs only, for predictions)."""
     check_file(path, what="JSONL file")
     try:
         content = path.read_text(encoding="utf-8-sig")
@@ -163,8 +169,7 @@ def _read_jsonl(path: Path, data: DataSection) -> list[_Record]:
         if not isinstance(obj, dict):
             raise ConnectorError(
                 f"The JSONL file {path}, {where}, is a JSON {type(obj).__name__}, not an object "
-                f'like {{"{data.text_column}": "...", "{data.label_column}": "..."}}. Fix that '
-                "line.",
+                f"like {_example_object(text_column, label_column)}. Fix that line.",
                 code="wrong_type",
                 path=path,
                 row=number,
@@ -173,13 +178,18 @@ def _read_jsonl(path: Path, data: DataSection) -> list[_Record]:
             _Record(
                 where=where,
                 row=number,
-                text=obj.get(data.text_column),
-                label=obj.get(data.label_column),
-                has_text=data.text_column in obj,
-                has_label=data.label_column in obj,
+                text=obj.get(text_column),
+                label=obj.get(label_column) if label_column is not None else None,
+                has_text=text_column in obj,
+                has_label=label_column is not None and label_column in obj,
             )
         )
     return records
+
+
+def _example_object(text_column: str, label_column: str | None) -> str:
+    fields = [text_column] if label_column is None else [text_column, label_column]
+    return "{" + ", ".join(f'"{name}": "..."' for name in fields) + "}"
 
 
 def _read_text_csv(path: Path, data: DataSection) -> list[_Record]:
