@@ -17,6 +17,15 @@ SERVICE = "lepton.trainer.v1.Trainer"
 HANDLE = f"/{SERVICE}/Handle"
 PING = f"/{SERVICE}/Ping"
 
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+"""Largest request or reply on the channel, both ways (gRPC's default is 4 MiB: a MiniLM top
+layer alone is 7.7 MB of float32 weights)."""
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
 
 def target(socket_path: Path) -> str:
     """gRPC target string for a Unix domain socket."""
@@ -29,7 +38,7 @@ def _identity(data: bytes) -> bytes:
 
 def call(socket_path: Path, method: str, payload: bytes, *, timeout: float) -> bytes:
     """One unary call to the trainer; raises grpc.RpcError on failure or deadline."""
-    with grpc.insecure_channel(target(socket_path)) as channel:
+    with grpc.insecure_channel(target(socket_path), options=CHANNEL_OPTIONS) as channel:
         stub = channel.unary_unary(
             method, request_serializer=_identity, response_deserializer=_identity
         )

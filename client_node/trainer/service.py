@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.secure import SecureAggregation
-from client_node.trainer_channel import HANDLE, PING, SERVICE
+from client_node.trainer_channel import CHANNEL_OPTIONS, HANDLE, PING, SERVICE
 from lepton_fl.wire import (
     EvaluateReply,
     TrainReply,
@@ -102,10 +102,7 @@ class TrainerServer:
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4),
-            options=[
-                ("grpc.max_receive_message_length", 512 * 1024 * 1024),
-                ("grpc.max_send_message_length", 512 * 1024 * 1024),
-            ],
+            options=CHANNEL_OPTIONS,
         )
         server.add_generic_rpc_handlers((handlers,))
         old_umask = os.umask(0o177)
