@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python bench/secagg_crypto.py
 	$(BIN)/python bench/secagg.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/utility.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-summary.json
