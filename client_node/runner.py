@@ -1,43 +1,58 @@
 """`lepton node start`: the long-lived trainer daemon plus the node's SuperNode.
 
-Order matters: the data, the model engine and the ledger are loaded and checked first, so an
+Order matters: the installed Flower is checked first (the executor speaks its internal Runtime
+API); the data, the model engine and the ledger are loaded and checked next, so an
 unreadable ledger stops the node before it ever joins a federation; then the trainer serves its
-socket; then the SuperNode connects to the SuperLink. Data that fails its connector's checks
-(as opposed to a node.toml that names an unknown task or partition, or declares columns the
-task cannot use, which stops the node like any other configuration error) does not stop the
-node: the trainer stays up, logs the connector's message and refuses every
-request with ``data_invalid`` and that message, which reaches the run's status at the
-coordinator (no row ever leaves the node).
+readiness socket and starts its executor (`client_node.executor`: the thread that claims the
+SuperNode's tasks and answers them in this process); then the SuperNode connects to the
+SuperLink. A node killed and restarted simply starts claiming again.
+
+Data that fails its connector's checks (as opposed to a node.toml that names an unknown task
+or partition, or declares columns the task cannot use, which stops the node like any other
+configuration error) does not stop the node: the trainer stays up, logs the connector's
+message and refuses every request with ``data_invalid`` and that message, which reaches the
+run's status at the coordinator (no row ever leaves the node).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import signal
 import threading
+import time
 from types import FrameType
 
 import torch
+from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from client_node.connectors import ConnectorError, empty_split, load_node_data
+from client_node.executor import NodeExecutor, check_flower_version
 from client_node.ledger import Ledger
 from client_node.settings import NodeConfigError, NodeSettings
-from client_node.supernode import start_supernode
+from client_node.supernode import (
+    new_superexec_secret,
+    runtime_address,
+    start_supernode,
+    superexec_secret_path,
+)
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
-from client_node.trainer.service import TrainerServer
+from client_node.trainer.secure import SecureAggregation
+from client_node.trainer.service import TrainerServer, handle_message
 from lepton_fl.datasets import LocalSplit, get_task
 from lepton_fl.processes import ProcessError
 
 log = logging.getLogger("lepton.node")
 
-UNREGISTERED_KEY_EXIT = 305  # flower-supernode's exit code when the SuperLink refuses its key
+REFUSED_EXIT = 305  # flower-supernode's exit code when the SuperLink refuses to activate it
 
 
 def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
     stop = stop or threading.Event()
+    check_flower_version()
     settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     split, data_error = _load_data(settings)
     try:
@@ -52,7 +67,14 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     trainer = NodeTrainer(
         settings=settings, split=split, ledger=ledger, device=device, data_error=data_error
     )
-    server = TrainerServer(trainer, settings.trainer_socket)
+    secure = SecureAggregation(trainer)
+    restarted = superexec_secret_path(settings).exists()  # this state dir ran a node before
+    executor = NodeExecutor(
+        functools.partial(handle_message, trainer, secure),
+        runtime_address(settings),
+        auth_secret=new_superexec_secret(settings),
+    )
+    server = TrainerServer(settings.trainer_socket)
     server.start()
     log.info(
         "node %s: trainer ready on %s (%d train / %d test rows of %s, device %s)",
@@ -64,19 +86,53 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         device,
     )
     _install_signal_handlers(stop)
-    supernode = None
     try:
-        supernode = start_supernode(settings)
+        executor.start()
+        _supervise_supernode(settings, stop, executor, restarted=restarted)
+        return 0
+    finally:
+        executor.stop()
+        server.stop()
+        ledger.close()
+
+
+REACTIVATION_GRACE_S = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL + 15.0
+"""How long a restarted node retries joining. The SuperLink counts a node online until it has
+missed two heartbeats (60 s in flwr 1.42); a node that was killed, so never said goodbye, is
+refused activation (exit 305) until then, exactly as an unregistered key is."""
+
+
+def _supervise_supernode(
+    settings: NodeSettings, stop: threading.Event, executor: NodeExecutor, *, restarted: bool
+) -> None:
+    """Run the SuperNode until `stop`; raise if it or the executor dies for good.
+
+    A node whose state directory shows an earlier start retries a refused activation for
+    `REACTIVATION_GRACE_S` (its previous session may still count as online); a fresh node
+    fails at once, so an unregistered key is reported without delay.
+    """
+    started = time.monotonic()
+    supernode = start_supernode(settings)
+    try:
         while not stop.wait(0.5):
             code = supernode.poll()
             if code is not None:
-                raise ProcessError(_supernode_exit_message(settings, code, supernode.log_tail(40)))
-        return 0
+                tail = supernode.log_tail(40)
+                waiting = time.monotonic() - started < REACTIVATION_GRACE_S
+                if restarted and waiting and flower_exit_code(code, tail) == REFUSED_EXIT:
+                    log.warning(
+                        "node %s: the SuperLink refused to activate it, probably because its "
+                        "previous session still counts as online; retrying",
+                        settings.node.name,
+                    )
+                    stop.wait(5.0)
+                    supernode = start_supernode(settings, check_port=False)
+                    continue
+                raise ProcessError(_supernode_exit_message(settings, code, tail))
+            if not executor.alive():
+                raise ProcessError(f"node {settings.node.name}: the task executor stopped.")
     finally:
-        if supernode is not None:
-            supernode.stop()
-        server.stop()
-        ledger.close()
+        supernode.stop()
 
 
 CONFIG_ERRORS = frozenset({"unknown_task", "unknown_partition", "bad_argument", "schema_mismatch"})
@@ -112,11 +168,13 @@ def flower_exit_code(returncode: int, log_tail: str) -> int:
 
 def _supernode_exit_message(settings: NodeSettings, code: int, tail: str) -> str:
     code = flower_exit_code(code, tail)
-    if code == UNREGISTERED_KEY_EXIT:
+    if code == REFUSED_EXIT:
         return (
             f"The SuperLink at {settings.superlink.address} refused node {settings.node.name!r}: "
             f"its key {settings.auth.private_key} is not registered (flower-supernode exit "
-            f"{code}). Ask the coordinator to register the matching .pub key, then restart."
+            f"{code}). Ask the coordinator to register the matching .pub key, then restart. "
+            "(A node restarted right after a crash is refused the same way for about a "
+            "minute, while its previous session still counts as online.)"
         )
     return (
         f"flower-supernode for node {settings.node.name!r} exited with code {code}. "

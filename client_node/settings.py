@@ -251,6 +251,16 @@ class ReleasesSection(_Section):
     )
 
 
+class CoordinatorSection(_Section):
+    """The coordinator this node works for: the key its admin service signs runs with."""
+
+    public_key: Path = Field(
+        description="The coordinator's Ed25519 signing public key (PEM), pinned out of band "
+        "(the enrollment answer or GET /api/v1/signing-key; compare the fingerprint over a "
+        "second channel). The trainer refuses every run not signed with it."
+    )
+
+
 class NodeSettings(_Section):
     """Everything `lepton node start` needs."""
 
@@ -261,6 +271,7 @@ class NodeSettings(_Section):
     auth: AuthSection
     flower: FlowerSection = FlowerSection()
     releases: ReleasesSection | None = None
+    coordinator: CoordinatorSection | None = None
 
     @property
     def dataset_id(self) -> str:
@@ -328,6 +339,9 @@ def _resolve_paths(settings: NodeSettings, base: Path) -> NodeSettings:
             "releases": None
             if settings.releases is None
             else ReleasesSection(public_key=resolve(settings.releases.public_key)),
+            "coordinator": None
+            if settings.coordinator is None
+            else CoordinatorSection(public_key=resolve(settings.coordinator.public_key)),
         }
     )
 
@@ -343,6 +357,14 @@ def _check_files(settings: NodeSettings, path: Path) -> None:
                 "Fix the path (relative paths are relative to the config file).",
                 code="missing_file",
             )
+    if settings.coordinator is not None and not settings.coordinator.public_key.is_file():
+        raise NodeConfigError(
+            f"The node config {path} sets coordinator.public_key = "
+            f"{settings.coordinator.public_key}, but that file does not exist. Save the "
+            "coordinator's signing public key (PEM, from the enrollment answer or GET "
+            "/api/v1/signing-key) there.",
+            code="missing_file",
+        )
     if settings.node.state_dir.exists() and not settings.node.state_dir.is_dir():
         raise NodeConfigError(
             f"The node config {path} sets node.state_dir = {settings.node.state_dir}, which is "

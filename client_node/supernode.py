@@ -1,42 +1,89 @@
-"""The node's Flower SuperNode: TLS to the SuperLink, authenticated with the node's key."""
+"""The node's Flower SuperNode: TLS to the SuperLink, authenticated with the node's key.
+
+It runs with ``--isolation process``: the SuperNode only queues tasks on its Runtime API
+(127.0.0.1, ``[flower] clientappio_port``) and starts no ClientApp process of its own. The
+trainer's executor (`client_node.executor`) claims them, so no code from a Flower App Bundle
+ever runs on the node. Claiming a task (``AcquireTask``) is signed with a secret that is new at
+every start and readable only by the node's user (``--superexec-auth-secret-file``), so
+another local process cannot steal the node's tasks.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import sys
+from pathlib import Path
+
 from client_node.settings import NodeSettings
-from lepton_fl.processes import ManagedProcess, executable, flower_env, require_free_port
+from lepton_fl.processes import ManagedProcess, flower_env, require_free_port
+
+RUNTIME_HOST = "127.0.0.1"
+SECRET_FILE = "superexec.secret"  # noqa: S105 - a file name, not a secret
+
+
+def runtime_address(settings: NodeSettings) -> str:
+    """Where the SuperNode serves its Runtime API (loopback only)."""
+    return f"{RUNTIME_HOST}:{settings.flower.clientappio_port}"
+
+
+def superexec_secret_path(settings: NodeSettings) -> Path:
+    """The SuperExec secret file in the node's state directory."""
+    return settings.node.state_dir / SECRET_FILE
+
+
+def new_superexec_secret(settings: NodeSettings) -> bytes:
+    """Write a fresh random secret (mode 0600) for this start and return it."""
+    path = superexec_secret_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # the previous start's secret; never reuse or widen it
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(secret)
+    return secret
 
 
 def supernode_command(settings: NodeSettings) -> list[str]:
-    """The exact `flower-supernode` command line for this node."""
-    node_config = (
-        f'trainer-socket="{settings.trainer_socket}" '
-        f"trainer-timeout={settings.flower.trainer_timeout_s} "
-        f'node-name="{settings.node.name}"'
-    )
+    """The exact `flower-supernode` command line for this node (Flower's own entry point,
+    run through `client_node.supernode_launcher`, which shortens its fixed waits)."""
     return [
-        executable("flower-supernode"),
+        sys.executable,
+        "-m",
+        "client_node.supernode_launcher",
         "--root-certificates",
         str(settings.superlink.root_certificates),
         "--superlink",
         settings.superlink.address,
         "--auth-supernode-private-key",
         str(settings.auth.private_key),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(superexec_secret_path(settings)),
         "--host",
-        "127.0.0.1",
+        RUNTIME_HOST,
         "--port",
         str(settings.flower.clientappio_port),
         "--node-config",
-        node_config,
+        f'node-name="{settings.node.name}"',
     ]
 
 
-def start_supernode(settings: NodeSettings) -> ManagedProcess:
+def start_supernode(settings: NodeSettings, *, check_port: bool = True) -> ManagedProcess:
     """Start flower-supernode as a child process logging to the node's state directory.
 
     It dies with the trainer: a SuperNode whose trainer is gone (crashed, killed, out of
     memory) must leave the federation, not keep answering for a node that cannot train.
+    Call `new_superexec_secret` first. `check_port=False` when restarting it: the port its
+    predecessor used lingers in TIME_WAIT, which our strict check (no SO_REUSEADDR) refuses
+    but uvicorn binds through.
     """
-    require_free_port("127.0.0.1", settings.flower.clientappio_port, what="SuperNode runtime API")
+    if check_port:
+        port = settings.flower.clientappio_port
+        require_free_port(RUNTIME_HOST, port, what="SuperNode runtime API")
     return ManagedProcess(
         name=f"flower-supernode ({settings.node.name})",
         argv=supernode_command(settings),

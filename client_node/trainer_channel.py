@@ -1,10 +1,12 @@
-"""The relay-trainer contract: a versioned gRPC service over a local Unix socket.
+"""The trainer's local socket: a versioned gRPC service over a Unix socket.
 
-The relay (the ClientApp Flower spawns per message) calls `Handle` with the message content
-and its envelope; the trainer answers with the reply content. Both are Flower `RecordDict`
-protobuf bytes (see `lepton_fl.wire`), so no code generation is needed and the relay never
-imports torch. Only processes that can open the socket file (mode 0600, in the node's state
-directory) can reach the trainer.
+The trainer serves `Ping` here: the readiness signal for operators and for
+`lepton.cluster.LocalCluster.wait_for_nodes` (the trainer has loaded its data and ledger).
+Messages no longer travel over this socket: the trainer's executor (`client_node.executor`)
+claims them from the SuperNode itself. `Handle` is the retired method name of the old relay
+path; no trainer serves it (a caller gets UNIMPLEMENTED), and `call` stays a generic unary
+call with large-message limits. Only processes that can open the socket file (mode 0600, in
+the node's state directory) can reach the trainer.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@ to stop."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -12,6 +11,9 @@ from types import FrameType
 
 import uvicorn
 
+from coordinator.db import Database
+from coordinator.fl.launcher import ServerAppLauncher
+from coordinator.services.round_sink import JournalFollower
 from coordinator.superlink import SuperLink, SuperLinkSettings
 from lepton_fl.processes import ProcessError, require_free_port
 
@@ -31,7 +33,8 @@ def run_coordinator(
     api: ApiOptions | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Start the SuperLink (and the admin API), wait for SIGTERM/SIGINT, stop; exit code."""
+    """Start the SuperLink, its Fleet front, the ServerApp launcher and the admin API (with
+    its journal follower); wait for SIGTERM/SIGINT; stop everything; return the exit code."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
 
@@ -40,24 +43,42 @@ def run_coordinator(
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
-    api_server = _prepare_api(settings, api) if api is not None else None
-    if api is not None and api.database_url:
-        _export_database_password(api.database_url)
+    prepared = _prepare_api(settings, api) if api is not None else None
     superlink = SuperLink(settings)
     process = superlink.start()
-    print(f"SuperLink listening on https://{settings.address} (pid {process.pid})", flush=True)
+    print(
+        f"SuperLink on https://{settings.loopback_address} (loopback only, pid {process.pid}); "
+        f"Fleet API for nodes on https://{settings.address}",
+        flush=True,
+    )
+    launcher = ServerAppLauncher(
+        runtime_api=settings.loopback_address,
+        ca_certificate=settings.loopback_ca,
+        work_dir=settings.data_dir / "serverapp",
+        log_dir=settings.data_dir / "logs",
+    )
     api_thread = None
+    follower = None
     try:
-        if api_server is not None and api is not None:
+        launcher.start()
+        if prepared is not None and api is not None:
+            api_server, db = prepared
+            follower = JournalFollower(db)
+            follower.start()
             api_thread = threading.Thread(target=api_server.run, name="admin-api", daemon=True)
             api_thread.start()
             print(f"Admin API on http://{api.host}:{api.port}/api/v1 (docs at /docs)", flush=True)
         while not stop.wait(0.5):
-            code = process.poll()
-            if code is not None:
+            for child in superlink.processes():
+                code = child.poll()
+                if code is not None:
+                    raise ProcessError(
+                        f"{child.name} exited with code {code}. Last lines of "
+                        f"{child.log_path}:\n{child.log_tail()}"
+                    )
+            if not launcher.alive():
                 raise ProcessError(
-                    f"flower-superlink exited with code {code}. Last lines of "
-                    f"{process.log_path}:\n{process.log_tail()}"
+                    f"The ServerApp launcher stopped: {launcher.error!r}", code="launcher_failed"
                 )
             if api_thread is not None and not api_thread.is_alive():
                 raise ProcessError(
@@ -66,14 +87,17 @@ def run_coordinator(
                 )
         return 0
     finally:
-        if api_server is not None:
-            api_server.should_exit = True
+        if prepared is not None:
+            prepared[0].should_exit = True
         if api_thread is not None:
             api_thread.join(timeout=10)
+        launcher.stop()
+        if follower is not None:
+            follower.stop()
         superlink.stop()
 
 
-def _prepare_api(settings: SuperLinkSettings, api: ApiOptions) -> uvicorn.Server:
+def _prepare_api(settings: SuperLinkSettings, api: ApiOptions) -> tuple[uvicorn.Server, Database]:
     """Upgrade the database and build the server before anything is started."""
     from coordinator.api import AdminSettings, create_app
 
@@ -84,17 +108,4 @@ def _prepare_api(settings: SuperLinkSettings, api: ApiOptions) -> uvicorn.Server
         )
     )
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning")
-    return uvicorn.Server(config)
-
-
-def _export_database_password(url: str) -> None:
-    """Put the admin database's password in PGPASSWORD for the SuperLink's ServerApps.
-
-    Run specs name the database without its password (they are stored by the SuperLink);
-    the ServerApps inherit this process's environment, and psycopg reads PGPASSWORD.
-    """
-    from sqlalchemy.engine import make_url
-
-    password = make_url(url).password
-    if password:
-        os.environ["PGPASSWORD"] = str(password)
+    return uvicorn.Server(config), app.state.context.db

@@ -1,8 +1,16 @@
 """The coordinator's Flower SuperLink: TLS, SuperNode authentication, persistent state.
 
-`SuperLink` starts `flower-superlink` as a child process and talks to it through the `flwr`
-command line (register node keys, submit runs, read run status), with a FLWR_HOME of its
-own so that no user-level Flower configuration is read or written.
+`SuperLink` starts `flower-superlink` as a child process **on loopback only**, with a TLS
+certificate of its own (a throwaway CA made at every start, `loopback-pki/`), and the public
+Fleet front (`coordinator.fleet_front`, nginx) that forwards only Flower's Fleet routes from
+the public port to it. Flower's Control and Runtime APIs (register node keys, submit and stop
+runs, claim run tasks) are therefore reachable from the coordinator host only. The `flwr`
+command line talks to the loopback SuperLink, with a FLWR_HOME of its own so that no
+user-level Flower configuration is read or written.
+
+The SuperLink runs with ``--isolation process``: it starts no ServerApp itself. The
+coordinator's own launcher (`coordinator.fl.launcher`) claims ServerApp tasks and runs only
+the installed `coordinator.fl.server_app`, whatever a submitted app bundle names.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from coordinator.fleet_front import FrontSettings, front_process
 from lepton_fl.config import RunSpec
+from lepton_fl.crypto import create_pki
 from lepton_fl.processes import (
     ManagedProcess,
     ProcessError,
@@ -27,6 +37,7 @@ from lepton_fl.processes import (
 )
 
 CONNECTION = "lepton"
+LOOPBACK = "127.0.0.1"
 
 
 class SuperLinkError(RuntimeError):
@@ -39,7 +50,11 @@ class SuperLinkError(RuntimeError):
 
 @dataclass(frozen=True)
 class SuperLinkSettings:
-    """Where the coordinator's SuperLink listens and which certificates it serves."""
+    """Where the coordinator's public Fleet port and its loopback SuperLink listen.
+
+    ``host:port`` is the public Fleet front (nodes connect there, with ``ca_certificate``);
+    the SuperLink itself listens on ``127.0.0.1:superlink_port`` only.
+    """
 
     data_dir: Path
     ca_certificate: Path
@@ -47,11 +62,27 @@ class SuperLinkSettings:
     server_key: Path
     host: str = "127.0.0.1"
     port: int = 9093
+    superlink_port: int = 9091
 
     @property
     def address(self) -> str:
-        """host:port the nodes and the CLI connect to."""
-        return f"{self.host}:{self.port}"
+        """host:port the nodes connect to (the Fleet front)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def loopback_address(self) -> str:
+        """The SuperLink's own address: Control, Runtime and Fleet APIs, loopback only."""
+        return f"{LOOPBACK}:{self.superlink_port}"
+
+    @property
+    def loopback_pki(self) -> Path:
+        """The throwaway CA and certificate of the loopback SuperLink (made at every start)."""
+        return self.data_dir / "loopback-pki"
+
+    @property
+    def loopback_ca(self) -> Path:
+        """What loopback clients (the flwr CLI, the ServerApp launcher, the front) trust."""
+        return self.loopback_pki / "ca.pem"
 
     @property
     def flwr_home(self) -> Path:
@@ -96,36 +127,57 @@ class SuperLink:
     def __init__(self, settings: SuperLinkSettings) -> None:
         self.settings = settings
         self.process: ManagedProcess | None = None
+        self.front: ManagedProcess | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        """The exact `flower-superlink` command line."""
+        """The exact `flower-superlink` command line (loopback, process isolation)."""
         s = self.settings
+        pki = s.loopback_pki
         return [
             executable("flower-superlink"),
             "--ssl-ca-certfile",
-            str(s.ca_certificate),
+            str(pki / "ca.pem"),
             "--ssl-certfile",
-            str(s.server_certificate),
+            str(pki / "server.pem"),
             "--ssl-keyfile",
-            str(s.server_key),
+            str(pki / "server.key"),
             "--enable-supernode-auth",
             "--database",
             str(s.state_database),
             "--disable-runtime-dependency-installation",
+            "--isolation",
+            "process",
             "--host",
-            s.host,
+            LOOPBACK,
             "--port",
-            str(s.port),
+            str(s.superlink_port),
         ]
 
+    def front_settings(self) -> FrontSettings:
+        """The public Fleet front's settings."""
+        s = self.settings
+        return FrontSettings(
+            listen_host=s.host,
+            listen_port=s.port,
+            upstream_port=s.superlink_port,
+            server_certificate=s.server_certificate.resolve(),
+            server_key=s.server_key.resolve(),
+            ca_certificate=s.loopback_ca.resolve(),
+            directory=(s.data_dir / "front").resolve(),
+            log_dir=(s.data_dir / "logs").resolve(),
+        )
+
     def start(self, *, timeout: float = 60.0) -> ManagedProcess:
-        """Start flower-superlink and wait until its HTTPS port accepts connections."""
+        """Start flower-superlink on loopback, then the public Fleet front; wait for both."""
         s = self.settings
         s.check_files()
-        require_free_port(s.host, s.port, what="SuperLink")
+        require_free_port(s.host, s.port, what="Fleet front")
+        require_free_port(LOOPBACK, s.superlink_port, what="SuperLink (loopback)")
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        create_pki(s.loopback_pki, node_names=[], hosts=(LOOPBACK, "localhost"), overwrite=True)
+        front = front_process(self.front_settings())  # fails early when nginx is missing
         self.write_connection_config()
         self.process = ManagedProcess(
             name="flower-superlink",
@@ -133,22 +185,36 @@ class SuperLink:
             log_path=s.data_dir / "logs" / "superlink.log",
             env=flower_env(s.flwr_home),
             cwd=s.data_dir,
+            die_with_parent=True,
         ).start()
+        wait_until(
+            lambda: port_accepts(LOOPBACK, s.superlink_port),
+            timeout=timeout,
+            what=f"the SuperLink to listen on {s.loopback_address}",
+            process=self.process,
+        )
+        self.front = front.start()
         wait_until(
             lambda: port_accepts(s.host, s.port),
             timeout=timeout,
-            what=f"the SuperLink to listen on {s.address}",
-            process=self.process,
+            what=f"the Fleet front to listen on {s.address}",
+            process=self.front,
         )
         return self.process
 
+    def processes(self) -> list[ManagedProcess]:
+        """The processes this object started (to watch them)."""
+        return [p for p in (self.process, self.front) if p is not None]
+
     def stop(self) -> None:
-        """Stop the SuperLink we started (and the ServerApp processes it spawned)."""
+        """Stop the front, then the SuperLink we started."""
+        if self.front is not None:
+            self.front.stop()
         if self.process is not None:
             self.process.stop()
 
     def write_connection_config(self) -> Path:
-        """Write FLWR_HOME/config.toml with a TLS connection to this SuperLink."""
+        """Write FLWR_HOME/config.toml with a TLS connection to the loopback SuperLink."""
         s = self.settings
         s.flwr_home.mkdir(parents=True, exist_ok=True)
         path = s.flwr_home / "config.toml"
@@ -156,8 +222,8 @@ class SuperLink:
             "[superlink]\n"
             f'default = "{CONNECTION}"\n\n'
             f"[superlink.{CONNECTION}]\n"
-            f"address = {json.dumps(s.address)}\n"
-            f"root-certificates = {json.dumps(str(s.ca_certificate.resolve()))}\n",
+            f"address = {json.dumps(s.loopback_address)}\n"
+            f"root-certificates = {json.dumps(str(s.loopback_ca.resolve()))}\n",
             encoding="utf-8",
         )
         return path
@@ -179,7 +245,7 @@ class SuperLink:
         except subprocess.TimeoutExpired as err:
             raise SuperLinkError(
                 f"`flwr {args[0]}` did not answer within {timeout:.0f} s; is the SuperLink at "
-                f"{self.settings.address} up?",
+                f"{self.settings.loopback_address} up?",
                 code="flwr_timeout",
             ) from err
         payload = _last_json_object(done.stdout)

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Lepton FL: the coordinator (flower-superlink with TLS, SuperNode authentication and a state
-# database; the ServerApp runs inside it, from the installed `coordinator` package).
+# database, on loopback only; nginx as the public Fleet front on 9093, forwarding only the
+# Fleet API; the ServerApp runs from the installed `coordinator` package, never from a FAB).
 #
 # Build from the REPOSITORY ROOT (the context must be the repo, not deploy/):
 #   docker build -f deploy/coordinator.Dockerfile -t lepton-coordinator:0.1.0 .
@@ -53,6 +54,10 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG LEPTON_UID=10001
 ARG LEPTON_GID=10001
 # The image must not run as root, whatever the build arguments say.
+# nginx-light: the public Fleet front (Debian's package; its config is generated at start).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light \
+ && rm -rf /var/lib/apt/lists/*
 RUN test "${LEPTON_UID}" != 0 && test "${LEPTON_GID}" != 0 \
  && groupadd --system --gid "${LEPTON_GID}" lepton \
  && useradd --system --uid "${LEPTON_UID}" --gid lepton --home-dir /var/lib/lepton/coordinator \
@@ -74,7 +79,7 @@ VOLUME ["/var/lib/lepton/coordinator"]
 EXPOSE 9093
 USER ${LEPTON_UID}:${LEPTON_GID}
 WORKDIR /var/lib/lepton/coordinator
-# Healthy = the SuperLink's HTTPS port accepts TCP connections (no certificate needed).
+# Healthy = the Fleet front's HTTPS port accepts TCP connections (no certificate needed).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['LEPTON_HEALTH_PORT'])), timeout=3).close()"]
 ENTRYPOINT ["lepton"]

@@ -51,6 +51,7 @@ class EnrolledNode(_Out):
     name: str
     tenant_id: str
     flower_node_id: str
+    coordinator_public_key_pem: str | None = None  # pin it: node.toml [coordinator] public_key
 
 
 class Federation(_Out):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -78,8 +77,16 @@ def demo(
 def coordinator_start(
     data_dir: Annotated[Path, typer.Option(help="SuperLink state, logs and run journals.")],
     pki_dir: Annotated[Path, typer.Option(help="Directory made by `lepton certs init`.")],
-    host: str = "127.0.0.1",
-    port: int = 9093,
+    host: Annotated[str, typer.Option(help="Where the public Fleet port listens.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="The public Fleet port (nodes connect here).")
+    ] = 9093,
+    superlink_port: Annotated[
+        int,
+        typer.Option(
+            min=1, max=65535, help="The SuperLink's own port, on 127.0.0.1 only (Control API)."
+        ),
+    ] = 9091,
     api_host: Annotated[str, typer.Option(help="Where the admin API listens.")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option(min=1, max=65535, help="The admin API's port.")] = 9080,
     database_url: Annotated[
@@ -91,12 +98,14 @@ def coordinator_start(
     ] = None,
     api: Annotated[bool, typer.Option(help="Serve the admin API beside the SuperLink.")] = True,
 ) -> None:
-    """Start the SuperLink (TLS, SuperNode authentication, persistent state) and the admin
-    API (FastAPI under /api/v1; schema created or upgraded with Alembic on start)."""
+    """Start the SuperLink (TLS, SuperNode authentication, persistent state) on loopback, its
+    public Fleet front (nginx: only Flower's Fleet API is reachable from outside), the
+    ServerApp launcher and the admin API (FastAPI under /api/v1; schema created or upgraded
+    with Alembic on start)."""
     from coordinator.runner import ApiOptions, run_coordinator
 
     options = ApiOptions(host=api_host, port=api_port, database_url=database_url)
-    settings = _superlink_settings(data_dir, pki_dir, host, port)
+    settings = _superlink_settings(data_dir, pki_dir, host, port, superlink_port)
     raise typer.Exit(run_coordinator(settings, api=options if api else None))
 
 
@@ -129,79 +138,31 @@ def coordinator_register_node(
     name: Annotated[str, typer.Option(help="The node's name.")],
     data_dir: Annotated[Path, typer.Option()],
     pki_dir: Annotated[Path, typer.Option()],
-    host: str = "127.0.0.1",
-    port: int = 9093,
+    superlink_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="The SuperLink's loopback port.")
+    ] = 9091,
 ) -> None:
-    """Register a node's key with the running SuperLink and print its node id."""
+    """Register a node's key with the running SuperLink (on the coordinator host, over
+    loopback) and print its node id. Enrollment through the admin API does this for you."""
     from coordinator.superlink import SuperLink
 
-    superlink = SuperLink(_superlink_settings(data_dir, pki_dir, host, port))
+    superlink = SuperLink(_superlink_settings(data_dir, pki_dir, "127.0.0.1", 9093, superlink_port))
     superlink.write_connection_config()
     typer.echo(superlink.register_node(public_key, name=name))
 
 
-@coordinator_app.command("run")
-def coordinator_run(
-    federation: Annotated[Path, typer.Option(help="Federation spec (TOML).")],
-    member: Annotated[
-        list[str], typer.Option(help="NAME=NODE_ID of a registered node; repeat per member.")
-    ],
-    data_dir: Annotated[Path, typer.Option()],
-    pki_dir: Annotated[Path, typer.Option()],
-    host: str = "127.0.0.1",
-    port: int = 9093,
-    wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
-    round_timeout: Annotated[float, typer.Option(min=1)] = 300.0,
-) -> None:
-    """Submit a run of a federation to the running SuperLink."""
-    from coordinator.fl.journal import read_journal
-    from coordinator.superlink import SuperLink
-    from lepton_fl.config import Member, RunSpec, SpecError, load_federation_spec
-    from lepton_fl.processes import wait_until
+@coordinator_app.command("run", hidden=True)
+def coordinator_run() -> None:
+    """Retired: runs start through the admin API, the one checked, audited way."""
+    from lepton_fl.config import SpecError
 
-    spec = load_federation_spec(federation)
-    members = []
-    for item in member:
-        name, sep, node_id = item.partition("=")
-        if not sep or not node_id.isdigit():
-            raise SpecError(
-                f"--member {item!r} must be NAME=NODE_ID, with the node id printed by "
-                "`lepton coordinator register-node`.",
-                code="invalid_member",
-            )
-        members.append(Member(name=name, node_id=int(node_id)))
-    settings = _superlink_settings(data_dir, pki_dir, host, port)
-    superlink = SuperLink(settings)
-    superlink.write_connection_config()
-    journal = settings.data_dir / "runs" / f"{spec.name}-{int(time.time())}.jsonl"
-    try:
-        run = RunSpec(
-            federation=spec,
-            members=tuple(members),
-            journal_path=str(journal),
-            round_timeout_s=round_timeout,
-        )
-    except ValueError as err:
-        raise SpecError(f"The run is invalid: {err}", code="invalid_run") from err
-    run_id = superlink.submit_run(run, work_dir=journal.parent)
-    typer.echo(f"run {run_id} submitted; journal {journal}")
-    if not wait:
-        return
-    seen = 0
-
-    def finished() -> bool:
-        nonlocal seen
-        view = read_journal(journal)
-        for record in view.of("round")[seen:]:
-            typer.echo(f"round {record['round']}: participants {record['participants']}")
-        seen = len(view.of("round"))
-        return view.finished
-
-    wait_until(finished, timeout=round_timeout * (spec.rounds + 2), what=f"run {run_id}")
-    failure = read_journal(journal).failure
-    typer.echo(f"run {run_id} " + (f"failed: {failure}" if failure else "finished"))
-    if failure:
-        raise typer.Exit(1)
+    raise SpecError(
+        "`lepton coordinator run` is retired: a run is started through the admin API, which "
+        "checks members and budgets, signs the run for the nodes, audits it and ledgers it. "
+        "Create the federation with POST /api/v1/federations and start it with "
+        "POST /api/v1/federations/{id}/runs (see docs/admin-api.md).",
+        code="use_admin_api",
+    )
 
 
 @node_app.command("start")
@@ -339,19 +300,23 @@ def node_ledger(
     delta: Annotated[float | None, typer.Option(help="Report at this delta.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the node's privacy ledger: every recorded round and the epsilon it supports."""
+    """Show the node's privacy ledger: every recorded charge (DP-SGD rounds and evaluation
+    releases), the epsilon its dataset has spent, and epsilon per federation and dataset."""
     import json as json_lib
 
     from client_node.ledger import Ledger
     from client_node.settings import load_node_settings
+    from lepton.ledger_report import epsilon_by_federation
     from lepton_fl.privacy import epsilon_spent
 
     settings = load_node_settings(config)
     report_delta = delta if delta is not None else settings.privacy.max_delta
     accountant = settings.privacy.accountant
     with Ledger(settings.ledger_path, read_only=True) as ledger:
-        entries = ledger.entries(settings.dataset_id)
+        every = ledger.entries()
+    entries = [e for e in every if e.dataset_id == settings.dataset_id]
     epsilon = epsilon_spent([e.step for e in entries], delta=report_delta, accountant=accountant)
+    by_federation = epsilon_by_federation(every, delta=report_delta, accountant=accountant)
     report = {
         "node": settings.node.name,
         "dataset_id": settings.dataset_id,
@@ -359,10 +324,13 @@ def node_ledger(
         "delta": report_delta,
         "epsilon": epsilon,
         "epsilon_budget": settings.privacy.epsilon_budget,
+        "by_federation": by_federation,
         "history": [
             {
                 "run_id": e.run_id,
                 "round": e.round,
+                "kind": e.kind,
+                "federation": e.federation,
                 "noise_multiplier": e.noise_multiplier,
                 "sample_rate": e.sample_rate,
                 "steps": e.steps,
@@ -377,11 +345,19 @@ def node_ledger(
     typer.echo(
         f"{settings.node.name} ({settings.dataset_id}): epsilon {epsilon:.3f} of "
         f"{settings.privacy.epsilon_budget:g} at delta={report_delta:g} ({accountant.upper()}), "
-        f"{len(entries)} recorded rounds"
+        f"{len(entries)} recorded charges"
     )
-    for e in entries:
+    for row in by_federation:
+        who = "all federations" if row["federation"] == "*" else f"federation {row['federation']}"
         typer.echo(
-            f"  run {e.run_id} round {e.round}: sigma={e.noise_multiplier:.4f} "
+            f"  dataset {row['dataset_id']}, {who}: epsilon {row['epsilon']:.3f} "
+            f"(training alone {row['epsilon_training']:.3f}; evaluation releases: "
+            f"{row['evaluations']})"
+        )
+    for e in entries:
+        what = "evaluation release" if e.kind == "evaluate" else "training"
+        typer.echo(
+            f"  run {e.run_id} round {e.round} {what}: sigma={e.noise_multiplier:.4f} "
             f"q={e.sample_rate:.4f} steps={e.steps}  ({e.recorded_at})"
         )
 
@@ -436,7 +412,9 @@ def certs_show(directory: Annotated[Path, typer.Option("--dir")]) -> None:
     typer.echo(describe_pki(load_pki(directory)))
 
 
-def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int) -> SuperLinkSettings:
+def _superlink_settings(
+    data_dir: Path, pki_dir: Path, host: str, port: int, superlink_port: int
+) -> SuperLinkSettings:
     """The SuperLink needs only the CA certificate and its own certificate and key: the
     CA's private key can stay off the coordinator host."""
     from coordinator.superlink import SuperLinkSettings
@@ -448,6 +426,7 @@ def _superlink_settings(data_dir: Path, pki_dir: Path, host: str, port: int) -> 
         server_key=(pki_dir / "server.key").resolve(),
         host=host,
         port=port,
+        superlink_port=superlink_port,
     )
     settings.check_files()
     return settings

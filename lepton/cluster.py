@@ -8,17 +8,22 @@ the real CLI and stopped by PID.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from client_node.trainer_channel import ping
 from coordinator.fl.journal import JournalView, read_journal
 from coordinator.superlink import SuperLink, SuperLinkSettings
 from lepton_fl.config import Member, RunSpec
 from lepton_fl.crypto import PKIPaths, create_pki
+from lepton_fl.crypto.release import generate_signing_key, load_signing_key, public_key_pem
+from lepton_fl.crypto.run_authorization import authorize_run
 from lepton_fl.processes import (
     ManagedProcess,
     ProcessError,
@@ -69,8 +74,16 @@ def lepton_command(*args: str) -> list[str]:
     return [executable("lepton"), *args]
 
 
-def node_toml(plan: NodePlan, *, state_dir: Path, superlink: SuperLinkSettings, key: Path) -> str:
-    """A node's node.toml, as an institution's IT would write it."""
+def node_toml(
+    plan: NodePlan,
+    *,
+    state_dir: Path,
+    superlink: SuperLinkSettings,
+    key: Path,
+    coordinator_key: Path,
+) -> str:
+    """A node's node.toml, as an institution's IT would write it (``coordinator_key``: the
+    pinned PEM of the coordinator's signing key)."""
     federations = ", ".join(json.dumps(f) for f in plan.federations)
     return (
         f'[node]\nname = "{plan.name}"\nstate_dir = {json.dumps(str(state_dir))}\n'
@@ -81,6 +94,7 @@ def node_toml(plan: NodePlan, *, state_dir: Path, superlink: SuperLinkSettings, 
         f'[superlink]\naddress = "{superlink.address}"\n'
         f"root_certificates = {json.dumps(str(superlink.ca_certificate))}\n\n"
         f"[auth]\nprivate_key = {json.dumps(str(key))}\n\n"
+        f"[coordinator]\npublic_key = {json.dumps(str(coordinator_key))}\n\n"
         f"[flower]\nclientappio_port = {free_port()}\n"
     )
 
@@ -118,6 +132,7 @@ class LocalCluster:
         self.pki = create_pki(
             self.root / "pki", node_names=[p.name for p in self.plans], overwrite=True
         )
+        self._signing_key()  # before the coordinator starts: its admin API loads this file
         self.superlink = self._start_coordinator(self.pki)
         return self.superlink
 
@@ -212,9 +227,23 @@ class LocalCluster:
             chosen = [n for n in chosen if n.plan.name in names]
         return tuple(n.member for n in chosen if n.member is not None)
 
-    def submit(self, run: RunSpec) -> int:
-        """Submit a run to the SuperLink; return Flower's run id."""
+    @property
+    def signing_key_path(self) -> Path:
+        """The coordinator's Ed25519 key (runs and releases), as its admin API keeps it."""
+        return self.root / "coordinator" / "keys" / "release-signing.key"
+
+    def submit(self, run: RunSpec, *, sign: bool = True) -> int:
+        """Submit a run to the SuperLink; return Flower's run id.
+
+        Stands in for the admin service: the run is signed with the coordinator's key (given
+        an admin run id if it has none) unless it is already signed or ``sign`` is False (a
+        run submitted around the admin service, which every node refuses).
+        """
         assert self.superlink is not None
+        if sign and run.authorization is None:
+            if run.admin_run_id is None:
+                run = run.model_copy(update={"admin_run_id": f"local-{secrets.token_hex(8)}"})
+            run = authorize_run(run, self._signing_key())
         return self.superlink.submit_run(run, work_dir=Path(run.journal_path).parent)
 
     def journal_path(self, name: str) -> Path:
@@ -236,6 +265,11 @@ class LocalCluster:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _signing_key(self) -> Ed25519PrivateKey:
+        """The coordinator's signing key, created on first use (0600, in its data dir)."""
+        path = self.signing_key_path
+        return load_signing_key(path) if path.exists() else generate_signing_key(path)
+
     def _track(self, process: ManagedProcess) -> ManagedProcess:
         self._processes.append(process.start())
         return process
@@ -250,6 +284,7 @@ class LocalCluster:
             server_certificate=pki.server_certificate,
             server_key=pki.server_key,
             port=free_port(),
+            superlink_port=free_port(),
         )
         process = self._track(
             ManagedProcess(
@@ -263,6 +298,8 @@ class LocalCluster:
                     str(pki.directory),
                     "--port",
                     str(settings.port),
+                    "--superlink-port",
+                    str(settings.superlink_port),
                     "--api-port",
                     str(self.api_port),
                 ),
@@ -292,7 +329,14 @@ class LocalCluster:
                     plans,
                 )
             )
-        return {p.name: Member(name=p.name, node_id=i) for p, i in zip(plans, ids, strict=True)}
+        return {
+            p.name: Member(
+                name=p.name,
+                node_id=i,
+                public_key=pki.nodes[p.name].public_key.read_text(encoding="ascii"),
+            )
+            for p, i in zip(plans, ids, strict=True)
+        }
 
     def _start_node(self, plan: NodePlan, member: Member | None) -> RunningNode:
         assert self.superlink is not None
@@ -300,12 +344,15 @@ class LocalCluster:
         state_dir = self.root / "nodes" / plan.name
         state_dir.mkdir(parents=True, exist_ok=True)
         config = state_dir / "node.toml"
+        pinned = state_dir / "coordinator.pem"  # pinned out of band, as a site's IT would
+        pinned.write_text(public_key_pem(self._signing_key()))
         config.write_text(
             node_toml(
                 plan,
                 state_dir=state_dir,
                 superlink=self.superlink.settings,
                 key=self.pki.nodes[plan.name].private_key,
+                coordinator_key=pinned,
             )
         )
         process = self._track(

@@ -52,6 +52,7 @@ from lepton.demo_admin import (
 from lepton.ledger_report import NodeLedgerReport, read_node_ledger
 from lepton.sectors import Sector, resolve_sectors
 from lepton_fl.config import FederationSpec, Member
+from lepton_fl.privacy.evaluation import evaluation_epsilon_share
 from lepton_fl.processes import ProcessError
 
 POLL_S = 0.25
@@ -304,7 +305,7 @@ def _follow(
     console: Console, cluster: LocalCluster, api: AdminClient, runs: list[_Tracked]
 ) -> None:
     """Show progress until the API says every run ended. The runs' state and rounds come
-    from the API; the per-node detail (ε charged, pre-round accuracy) from the run journals.
+    from the API; the per-node detail (ε charged) from the run journals.
     One run on a terminal: a live table; otherwise one line per round."""
     single = runs[0] if len(runs) == 1 else None
     progress = Progress(
@@ -358,7 +359,7 @@ def _check_deadline(t: _Tracked) -> None:
 
 def _status_table(run: RunStatus, view: JournalView, members: list[Member]) -> Table:
     table = Table(title="nodes", expand=False)
-    for column in ("hospital", "status", "ε spent", "ε budget", "accuracy (global, pre-round)"):
+    for column in ("hospital", "status", "ε spent", "ε budget"):
         table.add_column(column)
     rounds = view.of("round")
     current = rounds[-1]["nodes"] if rounds else {}
@@ -367,13 +368,11 @@ def _status_table(run: RunStatus, view: JournalView, members: list[Member]) -> T
         node = current.get(m.name, {})
         charge = node.get("charge", {})
         status = "training" if in_flight else node.get("status", "waiting")
-        pre = node.get("pre_round_eval", {})
         table.add_row(
             m.name,
             str(status),
             f"{charge['epsilon']:.2f}" if charge else "-",
             f"{charge['epsilon_budget']:.1f}" if charge else "-",
-            f"{pre['accuracy']:.3f}" if pre else "-",
         )
     return table
 
@@ -422,7 +421,8 @@ def build_summary(
         final = evaluation.get(m.name, {})
         base = baselines.get(m.name)
         mismatches = list(check.mismatches)
-        disagreement = epsilon_mismatch(ledger.epsilon, check.ledger.epsilon_spent)
+        # the admin database holds training charges; the evaluation's is in the journal
+        disagreement = epsilon_mismatch(ledger.epsilon_training, check.ledger.epsilon_spent)
         if disagreement is not None:
             mismatches.append(disagreement)
         reconciliation[m.name] = {"ok": check.ok and not mismatches, "mismatches": mismatches}
@@ -434,6 +434,9 @@ def build_summary(
                 "tenant_id": admin.sites[m.name].tenant_id,
                 "num_examples": ledger.num_examples,
                 "epsilon": ledger.epsilon,
+                "epsilon_training": ledger.epsilon_training,
+                "epsilon_evaluation": ledger.epsilon - ledger.epsilon_training,
+                "evaluation_noise_multiplier": (final.get("charge") or {}).get("noise_multiplier"),
                 "epsilon_coordinator_ledger": check.ledger.epsilon_spent,
                 "epsilon_budget": ledger.epsilon_budget,
                 "epsilon_reported_to_coordinator": check.ledger.epsilon_reported,
@@ -460,6 +463,9 @@ def build_summary(
         "delta": fed.privacy.delta,
         "accountant": fed.privacy.accountant,
         "target_epsilon": fed.privacy.target_epsilon,
+        "evaluation_epsilon": evaluation_epsilon_share(
+            fed.privacy.target_epsilon, fed.privacy.evaluation_epsilon
+        ),
         "nodes": nodes,
         "federation_metrics": last_evaluation.get("aggregate"),
         "rounds": [
@@ -467,7 +473,6 @@ def build_summary(
                 "round": r.round,
                 "seconds": r.seconds,
                 "participants": [names.get(p, p) for p in r.participants],
-                "train_loss": r.train_loss,
             }
             for r in admin.rounds
         ],
@@ -546,11 +551,16 @@ def _federation_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"Federation ({agg['num_examples']} held-out rows, weighted by rows): "
         f"accuracy {_fmt(agg['accuracy'])}, precision {_fmt(agg['precision'])}, "
-        f"recall {_fmt(agg['recall'])}, F1 {_fmt(agg['f1'])}, ROC-AUC {_fmt(agg['roc_auc'])}"
+        f"recall {_fmt(agg['recall'])}, F1 {_fmt(agg['f1'])}, "
         + (
-            f" (AUC undefined at {', '.join(agg['roc_auc_skipped'])})"
-            if agg["roc_auc_skipped"]
-            else ""
+            "ROC-AUC not released (it stays at the nodes)"
+            if agg["roc_auc"] is None and len(agg["roc_auc_skipped"]) == len(agg["nodes"])
+            else f"ROC-AUC {_fmt(agg['roc_auc'])}"
+            + (
+                f" (AUC undefined at {', '.join(agg['roc_auc_skipped'])})"
+                if agg["roc_auc_skipped"]
+                else ""
+            )
         ),
         f"Pooled confusion (rows true, columns predicted): {agg['confusion']}; pooled "
         f"precision {_fmt(agg['pooled_precision'])}, recall {_fmt(agg['pooled_recall'])}, "
@@ -620,8 +630,36 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
         f"local-only: the same model and DP-SGD settings trained on one {kind}'s rows alone. "
         f"Wall time {summary['wall_seconds']:.0f} s."
     )
+    for line in _epsilon_split_lines(summary):
+        console.print(line)
     for line in _check_lines(summary):
         console.print(line)
+
+
+def _epsilon_split_lines(summary: dict[str, Any]) -> list[str]:
+    """How much epsilon went to training and how much to the evaluation release, per node."""
+    nodes = [n for n in summary["nodes"] if "epsilon_training" in n]
+    if not nodes:
+        return []
+    parts = ", ".join(
+        f"{n['name']} {n['epsilon_training']:.3f} + {n['epsilon_evaluation']:.3f}"
+        + (
+            f" (σ={n['evaluation_noise_multiplier']:.2f})"
+            if n.get("evaluation_noise_multiplier")
+            else ""
+        )
+        for n in nodes
+    )
+    share = summary.get("evaluation_epsilon")
+    reserved = (
+        f"; the spec reserves {share:.3g} of its target ε {summary['target_epsilon']:g} for it"
+        if share is not None and "target_epsilon" in summary
+        else ""
+    )
+    return [
+        f"ε training + evaluation per node: {parts}{reserved}. Federated metrics are DP "
+        "releases: noised confusion counts; loss and ROC-AUC stay at the nodes."
+    ]
 
 
 def _check_lines(summary: dict[str, Any]) -> list[str]:

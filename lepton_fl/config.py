@@ -41,15 +41,47 @@ def _check_slug(value: str, what: str) -> str:
     return value
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class PrivacySpec(_Frozen):
-    """Sample-level DP-SGD parameters every node of the federation applies."""
+    """Sample-level DP-SGD parameters every node of the federation applies.
+
+    ``target_epsilon`` covers the whole run at each node: its training rounds **and** its
+    scheduled evaluation (the final model's, after the last round), composed by the
+    federation's accountant. ``evaluation_epsilon`` is the part reserved for evaluation
+    (``lepton_fl.privacy.evaluation``: training is calibrated to ``target_epsilon -
+    evaluation_epsilon``, the evaluation's noise to fill the rest); unset means
+    ``DEFAULT_EVALUATION_SHARE`` (a tenth) of ``target_epsilon`` and is left out of the
+    canonical JSON, so specs written before it existed keep their digest; ``0`` schedules
+    no evaluation.
+    """
 
     target_epsilon: Annotated[float, Field(gt=0, le=100)] = Field(
-        description="Epsilon the whole planned run is calibrated to, at each node."
+        description="Epsilon the whole planned run (training and its scheduled evaluation) "
+        "is calibrated to, at each node."
     )
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     accountant: AccountantName = "rdp"
+    evaluation_epsilon: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Part of target_epsilon reserved for the run's scheduled evaluation (a "
+        "noised release of each node's confusion counts); unset: a tenth of target_epsilon; "
+        "0: no evaluation.",
+    )
+
+    @model_validator(mode="after")
+    def _evaluation_fits(self) -> PrivacySpec:
+        if self.evaluation_epsilon is not None and self.evaluation_epsilon >= self.target_epsilon:
+            raise ValueError(
+                f"privacy.evaluation_epsilon = {self.evaluation_epsilon:g} must be below "
+                f"target_epsilon = {self.target_epsilon:g} (it is the part of the run's "
+                "epsilon reserved for evaluation); lower it, or set it to 0 for no evaluation"
+            )
+        return self
 
 
 class TrainingSpec(_Frozen):
@@ -65,10 +97,6 @@ ModelName = Literal["tabular_mlp", "cnn", "minilm", "tiny_bert"]
 # Transformer layers of each text model (lepton_fl.models checks the same numbers).
 TEXT_MODEL_LAYERS = {"minilm": 6, "tiny_bert": 2}
 _TEXT_MODELS = tuple(TEXT_MODEL_LAYERS)
-
-
-def _is_none(value: object) -> bool:
-    return value is None
 
 
 class ModelConfig(_Frozen):
@@ -184,17 +212,36 @@ class FederationSpec(_Frozen):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+_OPENSSH_EC_KEY = re.compile(r"ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/]+={0,2}")
+
+
 class Member(_Frozen):
-    """A node taking part in a run: its enrolled name and the Flower node id the
-    coordinator obtained when it registered the node's key (never self-asserted)."""
+    """A node taking part in a run: its enrolled name, the Flower node id the coordinator
+    obtained when it registered the node's key (never self-asserted), and that enrolled
+    OpenSSH EC public key (``ecdsa-sha2-nistp384 AAAA...``, without comment): the key the
+    node signs its secure-aggregation key advertisements with."""
 
     name: str
     node_id: Annotated[int, Field(ge=0)]
+    public_key: str | None = None
 
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
         return _check_slug(value, "node name")
+
+    @field_validator("public_key")
+    @classmethod
+    def _openssh_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        key = " ".join(value.split()[:2])  # drop the comment
+        if not _OPENSSH_EC_KEY.fullmatch(key):
+            raise ValueError(
+                "a member's public key must be an OpenSSH EC public key line "
+                "('ecdsa-sha2-nistp256/384/521 AAAA...')"
+            )
+        return key
 
 
 class RunSpec(_Frozen):
@@ -205,12 +252,12 @@ class RunSpec(_Frozen):
     journal_path: str = Field(description="Where the ServerApp appends the run journal.")
     round_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 120.0
-    admin_database_url: str | None = Field(
-        default=None,
-        description="The coordinator's admin database: the ServerApp records rounds, ledger "
-        "charges and the run's end there (None: the journal only).",
-    )
     admin_run_id: str | None = Field(default=None, description="The admin service's run id.")
+    authorization: str | None = Field(
+        default=None,
+        description="The admin service's signed run authorization "
+        "(lepton_fl.crypto.run_authorization); every node refuses a run without a valid one.",
+    )
 
     @model_validator(mode="after")
     def _members_unique(self) -> RunSpec:

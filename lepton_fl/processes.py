@@ -64,8 +64,14 @@ def executable(name: str) -> str:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """True if nothing listens on host:port (checked by binding, as the server would)."""
+    """True if nothing listens on host:port (checked by binding, as the server would).
+
+    Servers bind with SO_REUSEADDR (uvicorn, nginx), so connections of a stopped server still
+    in TIME-WAIT do not hold the port; the check binds the same way, or a restart would be
+    refused for a minute although nothing listens.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

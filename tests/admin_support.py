@@ -38,6 +38,7 @@ def start_superlink(root: Path) -> SuperLink:
             server_certificate=pki.server_certificate,
             server_key=pki.server_key,
             port=free_port(),
+            superlink_port=free_port(),
         )
     )
     superlink.start()

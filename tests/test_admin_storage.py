@@ -9,10 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from signing_support import TEST_KEY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.db import Database
+from coordinator.fl.journal import RunJournal
 from coordinator.services import audit, federations, keys, ledger, nodes, runs, tenants
 from coordinator.services.common import Actor
 from coordinator.services.errors import (
@@ -22,6 +24,7 @@ from coordinator.services.errors import (
     UnauthenticatedError,
 )
 from coordinator.services.federations import FederationDefinition
+from coordinator.services.round_sink import JournalFollower
 from coordinator.services.runs import RunSettings
 from lepton_fl.config import RunSpec
 from lepton_fl.crypto import create_node_key
@@ -92,7 +95,7 @@ def test_schema_upgrade_is_idempotent(db: Database) -> None:
 
     with db.read() as session:
         version = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_api_key_is_stored_only_as_a_slow_hash(db: Database) -> None:
@@ -180,7 +183,8 @@ def _started_run(db: Database, tmp_path: Path, *, budget: float = 8.0) -> tuple[
         ADMIN,
         federation.id,
         launcher=Launcher(),
-        settings=RunSettings(runs_dir=tmp_path / "runs", database_url=db.url),
+        settings=RunSettings(runs_dir=tmp_path / "runs"),
+        signing_key=TEST_KEY,
     )
     return run.id, node_ids
 
@@ -242,7 +246,8 @@ def test_second_run_of_a_federation_conflicts(db: Database, tmp_path: Path) -> N
             ADMIN,
             federation_id,
             launcher=Launcher(),
-            settings=RunSettings(runs_dir=tmp_path / "runs", database_url=db.url),
+            settings=RunSettings(runs_dir=tmp_path / "runs"),
+            signing_key=TEST_KEY,
         )
 
 
@@ -299,3 +304,34 @@ def test_concurrent_writers_keep_one_chain(db: Database) -> None:
     verdict = audit.verify_chain(db, ADMIN)
     assert verdict.ok
     assert verdict.events_checked == 12
+
+
+def test_the_admin_service_reads_rounds_and_the_end_from_the_journal(
+    db: Database, tmp_path: Path
+) -> None:
+    """The ServerApp has no database credentials: it only journals. The follower records
+    each round once, waits for a line still being written, and reads again from the start
+    after a restart without recording anything twice."""
+    run_id, node_ids = _started_run(db, tmp_path)
+    names = ["site-0", "site-1", "site-2"]
+    journal = RunJournal(Path(runs.get_run(db, ADMIN, run_id).journal_path))
+    journal.write("run_started", flower_run_id=77)
+    journal.write("round", **_round(1, names, 0.5))
+    with journal.path.open("a") as handle:
+        handle.write('{"event": "round", "round": 2')  # the ServerApp is mid-write
+
+    JournalFollower(db).poll()
+
+    run = runs.get_run(db, ADMIN, run_id)
+    assert (run.state, run.flower_run_id, run.rounds_completed) == ("running", "77", 1)
+    with journal.path.open("a") as handle:
+        handle.write(', "participants": [], "nodes": {}}\n')
+    journal.write("run_finished", rounds_completed=2)
+    restarted = JournalFollower(db)  # a coordinator restart: reads from the start again
+    restarted.poll()
+    restarted.poll()
+
+    run = runs.get_run(db, ADMIN, run_id)
+    assert (run.state, run.rounds_completed) == ("finished", 2)
+    assert [r.round for r in runs.run_rounds(db, ADMIN, run_id)] == [1, 2]
+    assert [e.round for e in ledger.node_ledger(db, ADMIN, node_ids[0]).history] == [1]

@@ -27,6 +27,9 @@ def test_node_enrolls_with_its_token_and_key_is_registered(
 
     assert enrolled["state"] == "enrolled"
     assert int(enrolled["flower_node_id"]) in registered_node_ids(superlink)
+    signing_key = api.ok("GET", "/signing-key", {})  # the key the node pins for runs
+    assert enrolled["coordinator_public_key_pem"] == signing_key["public_key_pem"]
+    assert enrolled["coordinator_key_fingerprint"] == signing_key["fingerprint"]
     listed = api.ok("GET", "/nodes", tenant.headers)
     assert [n["name"] for n in listed] == ["cleveland"]
     assert "enrollment_token" not in listed[0]

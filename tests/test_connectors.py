@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from signing_support import pin_key, signed
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -46,7 +47,6 @@ from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.tabular import stratified_split
 from lepton_fl.wire import (
     Envelope,
-    RoundInstruction,
     envelope_request,
     evaluate_reply_from_records,
     instruction_to_records,
@@ -1085,6 +1085,9 @@ root_certificates = "pki/ca.pem"
 
 [auth]
 private_key = "pki/clinic"
+
+[coordinator]
+public_key = "pki/coordinator.pem"
 """
 
 CSV_DATA = """task = "heart_disease"
@@ -1101,6 +1104,7 @@ def _node_toml(tmp_path: Path, data: str) -> Path:
     (tmp_path / "pki").mkdir(exist_ok=True)
     (tmp_path / "pki" / "ca.pem").write_text("ca")
     (tmp_path / "pki" / "clinic").write_text("key")
+    pin_key(tmp_path / "pki")
     path = tmp_path / "node.toml"
     path.write_text(NODE_TOML.format(data=data))
     return path
@@ -1207,10 +1211,10 @@ def test_trainer_with_invalid_data_stays_up_and_refuses_every_request(
 ) -> None:
     envelope = Envelope(kind="train", run_id=1, message_id="m", node_id=9)
 
-    train = broken_node.train(envelope, RoundInstruction(FED, 1))
-    evaluation = broken_node.evaluate(envelope, RoundInstruction(FED, 1))
+    train = broken_node.train(envelope, signed(FED, 1))
+    evaluation = broken_node.evaluate(envelope, signed(FED, 1))
     with pytest.raises(RequestRefusedError) as admitted:
-        broken_node.admit(envelope, RoundInstruction(FED, 1))
+        broken_node.admit(envelope, signed(FED, 1))
 
     for code, reason in (
         (train.code, train.reason),
@@ -1223,7 +1227,7 @@ def test_trainer_with_invalid_data_stays_up_and_refuses_every_request(
     assert (train.status, evaluation.status) == ("refused", "refused")
     assert broken_node.ledger.entries() == []
     # The site policy is checked first: a federation the node does not accept learns nothing.
-    other = RoundInstruction(FED.model_copy(update={"name": "other"}), 1)
+    other = signed(FED.model_copy(update={"name": "other"}), 1)
     assert broken_node.train(envelope, other).code == "federation_not_accepted"
 
 
@@ -1240,6 +1244,58 @@ def test_runner_loads_valid_csv_for_the_trainer(tmp_path: Path) -> None:
     train_idx, _ = stratified_split(y, test_fraction=0.25, seed=3)
     np.testing.assert_array_equal(split.train.inputs[0], x[train_idx])
     assert split.input_shape == (HEART_DISEASE_SCHEMA.num_features,)
+
+
+def _csv_trainer(tmp_path: Path, data: str, csv_name: str) -> NodeTrainer:
+    config = _node_toml(tmp_path, data.replace("data/cleveland.csv", f"data/{csv_name}"))
+    settings = load_node_settings(config)
+    split, error = _load_data(settings)
+    assert error is None
+    return NodeTrainer(
+        settings=settings,
+        split=split,
+        ledger=Ledger(settings.ledger_path),
+        device=torch.device("cpu"),
+    )
+
+
+def test_renamed_file_under_the_same_dataset_id_keeps_its_budget(tmp_path: Path) -> None:
+    data = CSV_DATA.replace("seed = 3", 'seed = 3\ndataset_id = "cleveland-heart"')
+    (tmp_path / "data").mkdir()
+    _write_csv(tmp_path / "data" / "cleveland.csv", HEADER, _heart_rows(40))
+    envelope = Envelope(kind="train", run_id=1, message_id="m", node_id=9)
+    first = _csv_trainer(tmp_path, data, "cleveland.csv")
+    trained = first.train(envelope, signed(FED, 1))
+    assert trained.status == "ok", trained.reason
+    assert trained.charge is not None
+    first.ledger.close()
+
+    (tmp_path / "data" / "cleveland.csv").rename(tmp_path / "data" / "cleveland-2025.csv")
+    renamed = _csv_trainer(tmp_path, data, "cleveland-2025.csv")
+    try:
+        assert renamed.settings.dataset_id == "cleveland-heart"
+        assert renamed.epsilon(delta=1e-5, accountant="rdp") == pytest.approx(
+            trained.charge.epsilon
+        )
+        again = renamed.train(envelope, signed(FED, 1))  # the same round is not charged twice
+        assert (again.status, again.code) == ("refused", "already_trained")
+        assert len(renamed.ledger.entries("cleveland-heart")) == 1
+    finally:
+        renamed.ledger.close()
+
+
+def test_file_data_without_a_dataset_id_is_refused_with_the_key_to_set(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    _write_csv(tmp_path / "data" / "cleveland.csv", HEADER, _heart_rows(40))
+    trainer = _csv_trainer(tmp_path, CSV_DATA, "cleveland.csv")
+    envelope = Envelope(kind="train", run_id=1, message_id="m", node_id=9)
+    try:
+        reply = trainer.train(envelope, signed(FED, 1))
+        assert (reply.status, reply.code) == ("refused", "dataset_id_required")
+        assert 'dataset_id = "heart_disease:cleveland"' in reply.reason
+        assert trainer.ledger.entries() == []
+    finally:
+        trainer.ledger.close()
 
 
 def test_cli_check_data_prints_a_summary_or_the_error(tmp_path: Path) -> None:
@@ -1340,7 +1396,7 @@ def test_refusal_travels_over_the_relay_contract_as_a_status(broken_node: NodeTr
     answers = []
     for kind in ("train", "evaluate"):
         envelope = Envelope(kind=kind, run_id=2, message_id="m", node_id=9)
-        data = envelope_request(envelope, instruction_to_records(RoundInstruction(FED, 1)))
+        data = envelope_request(envelope, instruction_to_records(signed(FED, 1)))
         answers.append(records_from_bytes(handle_request(broken_node, secure, data)))
 
     train = train_reply_from_records(answers[0])

@@ -598,7 +598,7 @@ def test_documented_calls_cover_every_file_kind() -> None:
 
     assert {"coordinator.Dockerfile", "node.Dockerfile", "compose", "helm"} <= sources
     assert {"README", "NOTES.txt"} <= sources
-    for path in (("coordinator", "register-node"), ("coordinator", "run"), ("certs", "init")):
+    for path in (("coordinator", "register-node"), ("certs", "init")):
         assert path in paths
 
 
@@ -629,7 +629,7 @@ def test_documented_pki_commands_name_every_address_and_node() -> None:
         pairs = set(zip(args, args[1:], strict=False))
         assert ("--host", "coordinator") in pairs, f"{source}: nodes dial coordinator:9093"
         assert ("--host", "127.0.0.1") in pairs, (
-            f"{source}: bound on 0.0.0.0, the SuperLink's own SuperExec dials 127.0.0.1"
+            f"{source}: checks on the coordinator host dial the published port at 127.0.0.1"
         )
         for name in _node_services():
             assert ("--node", name) in pairs, f"{source}: no key for node {name}"
@@ -649,7 +649,10 @@ def test_readme_pki_command_creates_every_file_compose_mounts(tmp_path: Path) ->
 
     assert done.returncode == 0, done.stderr
     assert mounted, "compose mounts nothing from ./pki"
-    for name in sorted(mounted):
+    # The coordinator's signing key exists only once the coordinator runs: README saves it.
+    assert "coordinator.pem" in mounted
+    assert "> deploy/pki/coordinator.pem" in README.read_text()
+    for name in sorted(mounted - {"coordinator.pem"}):
         assert (tmp_path / "pki" / name).is_file(), f"compose mounts ./pki/{name}: not created"
     sans = re.search(r"SANs: (.*)", done.stdout)
     assert sans is not None

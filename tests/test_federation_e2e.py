@@ -6,21 +6,28 @@ whose site budget is too small for any round, and one node whose key was never r
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
-import math
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from client_node.ledger import Ledger
 from coordinator.fl.journal import JournalView, read_journal
+from coordinator.fl.launcher import CA_ENV, PASSED_THROUGH, RUNTIME_ENV, TOKEN_ENV
+from coordinator.superlink import CONNECTION, fab_directory
 from lepton.cluster import LocalCluster, NodePlan, lepton_command
 from lepton_fl.config import FederationSpec, PrivacySpec, RunSpec, TrainingSpec
+from lepton_fl.crypto import create_node_key
 from lepton_fl.privacy import epsilon_spent
-from lepton_fl.processes import wait_until
+from lepton_fl.processes import QUIET_FLOWER_ENV, executable, flower_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -80,14 +87,13 @@ def test_run_completes_every_round_with_the_honest_nodes(first_run: JournalView)
         assert sorted(record["participants"]) == ["site-a", "site-b", "site-c"]
 
 
-def test_model_improves_over_the_rounds(first_run: JournalView) -> None:
-    first = first_run.of("round")[0]["nodes"]
-    final = first_run.of("evaluation")[-1]["nodes"]
+def test_model_learns_and_evaluation_is_a_dp_release(first_run: JournalView) -> None:
+    final = first_run.of("evaluation")[-1]
     honest = ["site-a", "site-b", "site-c"]
-    before = sum(first[n]["pre_round_eval"]["accuracy"] for n in honest) / 3
-    after = sum(final[n]["accuracy"] for n in honest) / 3
-    assert after > before + 0.1, (before, after)
-    assert after > 0.8
+    # noised counts (no pre-round evaluation, no loss, no AUC leave a node since issue 10)
+    assert all(final["nodes"][n]["loss"] is None for n in honest)
+    assert all(final["nodes"][n]["charge"]["sample_rate"] == 1.0 for n in honest)
+    assert final["aggregate"]["accuracy"] > 0.8  # chance is about 0.63
 
 
 def test_ledger_holds_one_entry_per_node_per_round(
@@ -98,7 +104,12 @@ def test_ledger_holds_one_entry_per_node_per_round(
         entries = [
             e for e in _ledger_entries(cluster.nodes[name].ledger_path) if e.run_id == run_id
         ]
-        assert [e.round for e in entries] == [1, 2, 3]
+        assert [(e.round, e.kind) for e in entries] == [
+            (1, "train"),
+            (2, "train"),
+            (3, "train"),
+            (3, "evaluate"),  # the scheduled evaluation's DP release, charged too
+        ]
         assert all(e.noise_multiplier > 0 and e.steps > 0 for e in entries)
 
 
@@ -106,11 +117,15 @@ def test_epsilon_is_what_the_history_gives_and_within_budget(
     cluster: LocalCluster, first_run: JournalView
 ) -> None:
     last = first_run.of("round")[-1]["nodes"]
+    final = first_run.of("evaluation")[-1]["nodes"]
     for name in ("site-a", "site-b", "site-c"):
         entries = _ledger_entries(cluster.nodes[name].ledger_path)
-        recomputed = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
-        assert last[name]["charge"]["epsilon"] == pytest.approx(recomputed, rel=1e-9)
-        assert recomputed <= TARGET_EPSILON <= BUDGET
+        assert [e.kind for e in entries] == ["train"] * ROUNDS + ["evaluate"]
+        trained = epsilon_spent([e.step for e in entries[:-1]], delta=1e-5, accountant="rdp")
+        total = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
+        assert last[name]["charge"]["epsilon"] == pytest.approx(trained, rel=1e-9)
+        assert final[name]["charge"]["epsilon"] == pytest.approx(total, rel=1e-9)
+        assert trained < total <= TARGET_EPSILON <= BUDGET
 
 
 def test_node_over_budget_refuses_before_training(
@@ -148,52 +163,187 @@ def test_second_run_composes_with_the_first(cluster: LocalCluster, first_run: Jo
     view = cluster.wait_for_run(journal, timeout=300)
     assert view.failure is None
     entries = _ledger_entries(ledger_path)
-    assert len(entries) == len(recorded) + 1
+    assert [e.kind for e in entries[len(recorded) :]] == ["train", "evaluate"]
+    trained = epsilon_spent([e.step for e in entries[:-1]], delta=1e-5, accountant="rdp")
     after = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
-    assert after > before
-    assert view.of("round")[0]["nodes"]["site-a"]["charge"]["epsilon"] == pytest.approx(after)
+    assert after > trained > before
+    assert view.of("round")[0]["nodes"]["site-a"]["charge"]["epsilon"] == pytest.approx(trained)
 
 
-def test_operator_submits_a_run_from_the_command_line(
-    cluster: LocalCluster, first_run: JournalView, tmp_path: Path
-) -> None:
-    assert cluster.superlink is not None
-    assert cluster.pki is not None
-    spec = tmp_path / "federation.toml"
-    spec.write_text(
-        f'name = "{FED}"\ntask = "breast_cancer"\nrounds = 1\nmin_participants = 3\n'
-        f"[privacy]\ntarget_epsilon = {TARGET_EPSILON}\n"
-        "[training]\nlocal_epochs = 2\nbatch_size = 32\nlearning_rate = 0.3\n"
-    )
-    members = [
-        f"--member={m.name}={m.node_id}" for m in cluster.members(["site-a", "site-b", "site-c"])
-    ]
-    settings = cluster.superlink.settings
-
+def test_coordinator_run_is_retired_for_the_admin_api(tmp_path: Path) -> None:
     done = subprocess.run(
-        lepton_command(
-            "coordinator",
-            "run",
-            "--federation",
-            str(spec),
-            *members,
-            "--data-dir",
-            str(settings.data_dir),
-            "--pki-dir",
-            str(cluster.pki.directory),
-            "--port",
-            str(settings.port),
-            "--wait",
-        ),
+        lepton_command("coordinator", "run"),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         check=False,
     )
 
-    assert done.returncode == 0, done.stderr
-    assert "round 1: participants" in done.stdout
-    assert done.stdout.rstrip().endswith("finished")
+    assert done.returncode == 2
+    assert "use_admin_api" in done.stderr
+    assert "POST /api/v1/federations/{id}/runs" in done.stderr
+
+
+def test_outsiders_and_nodes_cannot_reach_the_control_or_runtime_api(
+    cluster: LocalCluster, first_run: JournalView, tmp_path: Path
+) -> None:
+    """An outsider with the CA certificate (the flwr CLI at the public port) and an enrolled
+    node (its signed Fleet headers, straight at the routes): every Control and Runtime call
+    is refused by the front; the enrolled nodes still train afterwards."""
+    assert cluster.superlink is not None
+    assert cluster.pki is not None
+    settings = cluster.superlink.settings
+    before = _registered_ids(cluster)
+    outsider = tmp_path / "flwr"
+    outsider.mkdir()
+    (outsider / "config.toml").write_text(
+        '[superlink]\ndefault = "victim"\n\n[superlink.victim]\n'
+        f'address = "{settings.address}"\n'
+        f'root-certificates = "{settings.ca_certificate.resolve()}"\n'
+    )
+    key = create_node_key(tmp_path / "keys", "mallory").public_key
+    registered = cluster.members(["site-a"])[0].node_id
+    attacks = [
+        ("supernode", "register", str(key), "victim"),
+        ("supernode", "unregister", str(registered), "victim"),
+        ("supernode", "list", "victim"),
+        ("run", str(fab_directory()), "victim"),
+        ("ls", "victim"),
+        ("stop", "1", "victim"),
+    ]
+    for attack in attacks:
+        done = subprocess.run(
+            [executable("flwr"), *attack, "--format", "json"],
+            env=flower_env(outsider),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        refused = done.returncode != 0 or '"success": false' in done.stdout
+        assert refused, (attack, done.stdout, done.stderr)
+
+    for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/runtime/get-nodes"):
+        response = _as_enrolled_node(cluster, "site-a", path)
+        assert response.status_code == 404, (path, response.status_code, response.text)
+    assert _as_enrolled_node(cluster, "site-a", "/v1/fleet/get-run").status_code != 404
+
+    assert _registered_ids(cluster) == before  # no key was added or removed
+    journal = cluster.journal_path("after-attacks")
+    cluster.submit(
+        RunSpec(
+            federation=_spec(rounds=1),
+            members=cluster.members(["site-a", "site-b", "site-c"]),
+            journal_path=str(journal),
+        )
+    )
+    environ, cwd = _serverapp_environment(cluster)
+    view = cluster.wait_for_run(journal, timeout=300)
+    assert view.failure is None
+    # The ServerApp inherits nothing of the coordinator's environment and works elsewhere.
+    assert set(environ) <= {*PASSED_THROUGH, *QUIET_FLOWER_ENV, TOKEN_ENV, RUNTIME_ENV, CA_ENV}
+    assert "PGPASSWORD" not in environ
+    assert cwd.parent == settings.data_dir / "serverapp"
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_hand_made_app_bundle_never_runs_on_the_coordinator(
+    cluster: LocalCluster, first_run: JournalView, tmp_path: Path
+) -> None:
+    """An operator on the coordinator host submits a bundle with its own ServerApp and
+    ClientApp modules over loopback: the launcher refuses it and none of its code runs."""
+    assert cluster.superlink is not None
+    marker = tmp_path / "pwned"
+    app = tmp_path / "evil-app"
+    app.mkdir()
+    payload = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+    (app / "evil_server.py").write_text(
+        payload + "from flwr.serverapp import ServerApp\napp = ServerApp()\n"
+    )
+    (app / "evil_client.py").write_text(
+        payload + "from flwr.clientapp import ClientApp\napp = ClientApp()\n"
+    )
+    (app / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "evil"\nversion = "1.0.0"\ndependencies = []\n'
+        '[tool.flwr.app]\npublisher = "mallory"\n'
+        '[tool.flwr.app.components]\nserverapp = "evil_server:app"\n'
+        'clientapp = "evil_client:app"\n'
+    )
+
+    run_id = int(cluster.superlink.flwr("run", str(app), CONNECTION)["run-id"])
+
+    def ended() -> bool:
+        runs = cluster.superlink.flwr("ls", "--run-id", str(run_id), CONNECTION)  # type: ignore[union-attr]
+        return "finished" in json.dumps(runs)
+
+    wait_until(ended, timeout=120, what=f"the hand-made run {run_id} to end")
+    status = json.dumps(cluster.superlink.flwr("ls", "--run-id", str(run_id), CONNECTION))
+    assert "failed" in status, status
+    assert not marker.exists()
+    log = (cluster.root / "coordinator" / "logs" / f"serverapp-{run_id}.log").read_text()
+    assert "evil_server:app" in log
+    assert "refused" in log
+
+
+def _registered_ids(cluster: LocalCluster) -> set[str]:
+    assert cluster.superlink is not None
+    listing = cluster.superlink.flwr("supernode", "list", CONNECTION)
+    return {
+        str(n["node-id"])
+        for n in listing.get("nodes", [])
+        if "unregistered" not in str(n.get("status", "")).lower()
+    }
+
+
+def _as_enrolled_node(cluster: LocalCluster, name: str, path: str) -> httpx.Response:
+    """POST to the public port with `name`'s valid SuperNode authentication headers."""
+    assert cluster.superlink is not None
+    assert cluster.pki is not None
+    key = serialization.load_ssh_private_key(
+        cluster.pki.nodes[name].private_key.read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    timestamp = datetime.datetime.now(datetime.UTC).isoformat()
+    signature = key.sign(timestamp.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    headers = {
+        "flwr-public-key": base64.b64encode(public).decode(),
+        "flwr-timestamp": timestamp,
+        "flwr-signature": base64.b64encode(signature).decode(),
+        "content-type": "application/protobuf",
+    }
+    settings = cluster.superlink.settings
+    with httpx.Client(verify=str(settings.ca_certificate)) as client:
+        return client.post(f"https://{settings.address}{path}", headers=headers, content=b"")
+
+
+def _serverapp_environment(cluster: LocalCluster) -> tuple[dict[str, str], Path]:
+    """The environment and working directory of the coordinator's running ServerApp."""
+    coordinator = next(p for p in cluster._processes if p.name == "lepton coordinator")
+    found: dict[str, str] = {}
+    cwd = Path()
+
+    def running() -> bool:
+        nonlocal found, cwd
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == coordinator.pid and b"coordinator.fl.serverapp_process" in argv:
+                raw = (entry / "environ").read_bytes().split(b"\0")
+                found = dict(v.decode().split("=", 1) for v in raw if b"=" in v)
+                cwd = (entry / "cwd").resolve()
+                return True
+        return False
+
+    wait_until(running, timeout=60, what="the run's ServerApp process")
+    return found, cwd
 
 
 def test_node_ledger_command_reports_what_the_history_gives(
@@ -249,25 +399,26 @@ def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
     assert doomed["status"] == "dropped", doomed
     assert "charge" not in doomed  # the coordinator charges only updates in the sum
     assert not _supernodes_of(cluster.root / "pki" / "nodes" / "doomed")  # died with its trainer
-    # The sum holds exactly the survivors' FedAvg weights (sent masked, in the same vector).
-    examples = {name: node["num_examples"] for name, node in first["nodes"].items()}
-    expected = sum(examples[n] for n in ("site-a", "site-b", "site-c")) / sum(examples.values())
-    assert second["secagg"]["weight_sum"] == pytest.approx(expected, abs=1e-6)
+    # The sum holds exactly the survivors' FedAvg weights (sent masked, in the same vector):
+    # the coordinator learns their example total, never one node's size.
+    assert all(node["num_examples"] == 0 for node in first["nodes"].values())
+    totals = [r["secagg"]["examples"] for r in (first, second)]
+    assert 0 < totals[1] < totals[0]
+    assert second["secagg"]["weight_sum"] == pytest.approx(
+        totals[1] / second["secagg"]["size_bound"], abs=1e-6
+    )
     assert second["secagg"]["clipped_values"] == 0
     # A wrong unmasking would leave weights of the order of the ring (about 2^31 levels):
     # the loss would explode. Two DP rounds need not reach the full run's accuracy, so the
     # check is that the survivors' model is finite and better than where it started.
     survivors = ("site-a", "site-b", "site-c")
-    final = view.of("evaluation")[-1]["nodes"]
-    before = [first["nodes"][n]["pre_round_eval"] for n in survivors]
-    assert all(math.isfinite(final[n]["loss"]) for n in survivors), final
-    loss_before = sum(b["loss"] for b in before)
-    assert sum(final[n]["loss"] for n in survivors) < loss_before, (final, before)
-    assert sum(final[n]["accuracy"] for n in survivors) > sum(b["accuracy"] for b in before)
+    final = view.of("evaluation")[-1]
+    assert all(final["nodes"][n]["status"] == "ok" for n in survivors), final
+    assert final["aggregate"]["accuracy"] > 0.7, final  # noised counts; a broken model ~0.5
 
 
 def _supernodes_of(key: Path) -> list[int]:
-    """PIDs of flower-supernode processes authenticating with ``key``."""
+    """PIDs of SuperNode processes (our launcher of flower-supernode) using ``key``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -276,6 +427,6 @@ def _supernodes_of(key: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"flower-supernode" in a for a in argv) and str(key).encode() in argv:
+        if any(b"client_node.supernode_launcher" in a for a in argv) and str(key).encode() in argv:
             found.append(int(entry.name))
     return found

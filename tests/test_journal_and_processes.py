@@ -14,6 +14,7 @@ from lepton_fl.processes import (
     ManagedProcess,
     ProcessError,
     flower_env,
+    port_is_free,
     require_free_port,
     wait_until,
 )
@@ -104,3 +105,20 @@ def test_managed_process_stop_ends_the_whole_group(tmp_path: Path) -> None:
 
     assert process.poll() is not None
     wait_until(lambda: not _alive(child), timeout=10, what="the child to end")
+
+
+def test_a_port_held_only_by_time_wait_connections_is_free_but_a_listener_is_not() -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    assert not port_is_free("127.0.0.1", port)  # a server listens there
+
+    accepted.close()  # the server closes first: its side of the connection is in TIME-WAIT
+    client.close()
+    listener.close()
+
+    assert port_is_free("127.0.0.1", port)  # a restarted server could bind it: so may we

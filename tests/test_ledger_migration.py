@@ -1,4 +1,5 @@
-"""Ledger schema 1 -> 2: charges learn their federation; a version-1 file loses nothing."""
+"""Ledger schema migrations: 1 -> 2 (charges learn their federation) and 2 -> 3 (run
+bindings); an older file loses nothing."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def test_writer_migrates_a_version_1_ledger_and_loses_nothing(path: Path) -> Non
             federation="heart-fed",
         )
 
-    assert _version(path) == SCHEMA_VERSION == 2
+    assert _version(path) == SCHEMA_VERSION == 4
     with Ledger(path, read_only=True) as reader:
         after = reader.entries("heart:a")
     assert [_fields(e) for e in after[:2]] == V1_ROWS[:2]
@@ -137,7 +138,7 @@ def test_migration_is_idempotent_across_restarts(path: Path) -> None:
     Ledger(path).close()
     with Ledger(path) as again:
         assert [_fields(e) for e in again.entries()] == V1_ROWS
-    assert _version(path) == 2
+    assert _version(path) == SCHEMA_VERSION
 
 
 def test_a_new_ledger_refuses_an_empty_federation_name(path: Path) -> None:
@@ -155,3 +156,112 @@ def test_a_new_ledger_refuses_an_empty_federation_name(path: Path) -> None:
         )
     assert caught.value.code == "invalid_entry"
     assert "federation" in str(caught.value)
+
+
+# -- schema 2 -> 3: run bindings (the first Flower run of each signed run authorization) ---
+
+
+def _v2_ledger(path: Path) -> None:
+    _v1_ledger(path)
+    raw = sqlite3.connect(path)
+    raw.execute(
+        "ALTER TABLE ledger_entries ADD COLUMN federation TEXT "
+        "CHECK (federation IS NULL OR length(federation) > 0)"
+    )
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+
+
+def test_writer_migrates_a_version_2_ledger_and_binds_runs(path: Path) -> None:
+    _v2_ledger(path)
+    with Ledger(path, read_only=True) as reader:  # a reader leaves version 2 as it is
+        assert [_fields(e) for e in reader.entries()] == V1_ROWS
+    assert _version(path) == 2
+
+    with Ledger(path) as ledger:
+        assert [_fields(e) for e in ledger.entries()] == V1_ROWS
+        assert ledger.bind_run("admin-1", "41", "a" * 64) == "41"
+        assert ledger.bind_run("admin-1", "42", "a" * 64) == "41"  # the first run stays
+    assert _version(path) == SCHEMA_VERSION == 4
+    with Ledger(path) as restarted:
+        assert restarted.bind_run("admin-1", "42", "a" * 64) == "41"
+        assert restarted.bind_run("admin-2", "42", "b" * 64) == "42"
+
+
+def test_run_bindings_are_append_only(path: Path) -> None:
+    with Ledger(path) as ledger:
+        ledger.bind_run("admin-1", "41", "a" * 64)
+    raw = sqlite3.connect(path)
+    try:
+        for statement in (
+            "UPDATE run_bindings SET flower_run_id = '42'",
+            "DELETE FROM run_bindings",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                raw.execute(statement)
+    finally:
+        raw.close()
+
+
+# -- schema 3 -> 4: charges learn their kind (a DP-SGD round or an evaluation release) ------
+
+
+def _v3_ledger(path: Path) -> None:
+    _v2_ledger(path)
+    raw = sqlite3.connect(path)
+    raw.executescript(
+        "CREATE TABLE run_bindings (admin_run_id TEXT PRIMARY KEY, flower_run_id TEXT NOT "
+        "NULL, authorization_sha256 TEXT NOT NULL, bound_at TEXT NOT NULL);"
+        "INSERT INTO run_bindings VALUES ('admin-1', '41', '" + "a" * 64 + "', 'then');"
+    )
+    raw.execute("PRAGMA user_version = 3")
+    raw.commit()
+    raw.close()
+
+
+def test_writer_migrates_a_version_3_ledger_keeping_every_charge_as_training(path: Path) -> None:
+    _v3_ledger(path)
+    with Ledger(path, read_only=True) as reader:  # a reader leaves version 3 as it is
+        assert [_fields(e) for e in reader.entries()] == V1_ROWS
+        assert {e.kind for e in reader.entries()} == {"train"}
+    assert _version(path) == 3
+
+    with Ledger(path) as ledger:
+        assert [_fields(e) for e in ledger.entries()] == V1_ROWS
+        assert {e.kind for e in ledger.entries()} == {"train"}
+        assert ledger.bind_run("admin-1", "42", "a" * 64) == "41"  # bindings kept
+        # an evaluation release of a trained round is a second charge of its own kind
+        ledger.record(
+            dataset_id="heart:a",
+            run_id="7",
+            round=2,
+            step=AccountantStep(3.0, 1.0, 1),
+            accountant="rdp",
+            delta=1e-5,
+            epsilon_after=0.7,
+            num_examples=60,
+            federation="heart",
+            kind="evaluate",
+        )
+        with pytest.raises(LedgerError) as err:  # ... and still only one per round and kind
+            ledger.record(
+                dataset_id="heart:a",
+                run_id="7",
+                round=2,
+                step=AccountantStep(1.1, 0.02, 50),
+                accountant="rdp",
+                delta=1e-5,
+                epsilon_after=0.8,
+                num_examples=250,
+            )
+        assert err.value.code == "duplicate_round"
+        assert ledger.entry_for("heart:a", "7", 2, kind="evaluate") is not None
+        assert [e.kind for e in ledger.entries("heart:a")] == ["train", "train", "evaluate"]
+    assert _version(path) == SCHEMA_VERSION == 4
+    raw = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw.execute("DELETE FROM ledger_entries")
+    finally:
+        raw.close()

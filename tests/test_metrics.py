@@ -3,6 +3,7 @@ scikit-learn, and the wire contract that carries them (malformed matrices are re
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
@@ -326,11 +327,9 @@ def test_wire_round_trips_the_full_metrics() -> None:
     assert back.evaluation is not None
     assert back.evaluation.confusion == TRI_CONFUSION
 
-    train = wire.TrainReply(
-        status="ok", weights=[np.zeros(2, dtype=np.float32)], num_examples=9, evaluation=ev
-    )
-    data = wire.records_to_bytes(wire.train_reply_to_records(train))
-    assert wire.train_reply_from_records(wire.records_from_bytes(data)).evaluation == ev
+    released = dataclasses.replace(ev, loss=None, roc_auc=None)  # what a node sends now
+    back = _through_bytes_eval(wire.EvaluateReply(status="ok", evaluation=released))
+    assert back.evaluation == released
 
 
 def test_wire_still_accepts_an_evaluation_without_the_new_fields() -> None:
@@ -369,7 +368,7 @@ def _tampered(**changes: object) -> MetricRecord:
         ({"eval-confusion": None}, "incomplete: 'eval-confusion' missing"),
         ({"eval-accuracy": 1.5}, r"must lie in \[0, 1\]"),
         ({"eval-roc-auc": -0.1}, r"must lie in \[0, 1\]"),
-        ({"eval-num-examples": 0}, "positive whole number"),
+        ({"eval-num-examples": 0}, "counts 8 examples but num_examples is 0"),
         ({"eval-num-examples": 8.0}, "positive whole number"),
     ],
 )
@@ -416,6 +415,19 @@ def test_coordinator_aggregate_record_is_weighted_and_names_who_is_left_out() ->
     assert record["accuracy"] == pytest.approx(0.7)
     assert record["loss"] == pytest.approx(0.44)
     assert record["confusion"] == [[3, 2], [1, 4]]
+    # DP releases: no loss, no AUC; a release noised to no examples is left out
+    released = {
+        name: dataclasses.replace(ev, loss=None, roc_auc=None)
+        for name, ev in evaluations.items()
+        if name != "old"
+    }
+    empty = wire.EvalMetrics(0, None, 0.0, None, 0.0, 0.0, 0.0, ((0, 0), (0, 0)))
+    dp = aggregate_record({**released, "noised-away": empty})
+    assert dp is not None
+    assert dp["loss"] is None
+    assert dp["roc_auc"] is None
+    assert dp["left_out"] == ["noised-away"]
+    assert dp["accuracy"] == pytest.approx(0.7)
     assert aggregate_record({"old": evaluations["old"]}) is None
     three = _full(classification_metrics(TRI_Y, _peaked(TRI_PRED, 3), 3))
     mixed = aggregate_record({"a": evaluations["a"], "t": three})
@@ -427,7 +439,8 @@ def test_round_record_in_the_journal_carries_each_node_and_the_federation(tmp_pa
     nodes = _nodes()
 
     def ok(name: str, node_id: int, m: ClassificationMetrics) -> NodeOutcome:
-        reply = wire.TrainReply(status="ok", num_examples=m.num_examples * 4, evaluation=_full(m))
+        charge = wire.PrivacyCharge(1.2, 0.1, 10, 1e-5, "rdp", 0.5, 8.0)
+        reply = wire.TrainReply(status="ok", num_examples=m.num_examples * 4, charge=charge)
         return NodeOutcome(member=Member(name=name, node_id=node_id), status="ok", reply=reply)
 
     refused = NodeOutcome(
@@ -440,12 +453,13 @@ def test_round_record_in_the_journal_carries_each_node_and_the_federation(tmp_pa
     journal.write("round", **round_record(outcome))
     (entry,) = read_journal(journal.path).of("round")
 
-    assert entry["nodes"]["a"]["pre_round_eval"]["accuracy"] == pytest.approx(5 / 8)
-    assert entry["nodes"]["a"]["pre_round_eval"]["confusion"] == [[2, 2], [1, 3]]
-    assert "pre_round_eval" not in entry["nodes"]["c"]
-    assert entry["pre_round_eval"]["nodes"] == ["a", "b"]  # the refused node is not counted
-    assert entry["pre_round_eval"]["accuracy"] == pytest.approx(0.7)
-    assert entry["pre_round_eval"]["confusion"] == [[3, 2], [1, 4]]
+    assert entry["participants"] == ["a", "b"]  # the refused node is not counted
+    assert entry["num_examples"] == 40
+    assert entry["nodes"]["a"]["charge"]["epsilon"] == 0.5
+    assert entry["nodes"]["c"]["code"] == "budget"
+    # no loss and no evaluation ride in a round (issue 10): only DP-covered figures
+    assert not any("loss" in key or "eval" in key for key in entry)
+    assert not any("loss" in key or "eval" in key for key in entry["nodes"]["a"])
 
 
 # -- the demo's table ------------------------------------------------------------------------

@@ -89,3 +89,30 @@ def test_settings_state_dir_that_is_a_file_is_refused(config: Path) -> None:
 )
 def test_flower_exit_code_read_from_log(code: int, log: str, expected: int) -> None:
     assert flower_exit_code(code, log) == expected
+
+
+def test_pinned_coordinator_key_resolves_against_the_file(config: Path) -> None:
+    (config.parent / "pki" / "coordinator.pem").write_text("pem")
+    config.write_text(VALID + '\n[coordinator]\npublic_key = "pki/coordinator.pem"\n')
+
+    settings = load_node_settings(config)
+
+    assert settings.coordinator is not None
+    assert settings.coordinator.public_key == config.parent / "pki" / "coordinator.pem"
+
+
+def test_a_missing_pinned_coordinator_key_is_named(config: Path) -> None:
+    config.write_text(VALID + '\n[coordinator]\npublic_key = "coordinator.pem"\n')
+
+    with pytest.raises(NodeConfigError) as caught:
+        load_node_settings(config)
+
+    assert caught.value.code == "missing_file"
+    assert "coordinator.public_key" in str(caught.value)
+    assert "signing public key" in str(caught.value)
+
+
+def test_a_node_without_a_pinned_key_loads_but_has_none(config: Path) -> None:
+    """It starts (check-data and the ledger report still work); its trainer refuses every
+    run with run_no_pinned_key (tests/test_run_authorization.py)."""
+    assert load_node_settings(config).coordinator is None

@@ -90,3 +90,14 @@ def test_budget_rejects_bad_inputs(budget: Any, planned: Any, code: str) -> None
     with pytest.raises(PrivacyAccountingError, match=r"\.$") as caught:
         check_round(HISTORY, planned, budget=budget, delta=DELTA, accountant="rdp")
     assert caught.value.code == code
+
+
+def test_run_pre_check_counts_the_whole_plan_training_and_evaluation() -> None:
+    from lepton_fl.privacy.budget import planned_run_epsilon, run_fits_budget
+
+    assert planned_run_epsilon(3.0) == 3.0  # target_epsilon covers the evaluation too
+    assert run_fits_budget(4.0, target_epsilon=3.0, budget=7.0).allowed
+    refused = run_fits_budget(4.5, target_epsilon=3.0, budget=7.0)
+    assert not refused.allowed
+    assert "plans epsilon 3 (its training and its scheduled evaluation)" in refused.reason
+    assert "spent 4.5 of its budget 7 (remaining 2.5)" in refused.reason

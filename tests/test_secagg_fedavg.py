@@ -16,17 +16,19 @@ from lepton_fl.secagg.fedavg import (
     apply_sum,
     encode_update,
     local_steps,
+    mean_error_bound,
     session_config,
+    size_bucket,
     update_scale,
     vector_length,
 )
 from lepton_fl.secagg.simulate import run_local_session
 from lepton_fl.wire import WireError
 from lepton_fl.wire.secagg import (
-    num_examples_from,
-    put_num_examples,
     put_round_weighting,
+    put_size_bucket,
     round_weighting_from,
+    size_bucket_from,
 )
 
 FED = FederationSpec(
@@ -84,22 +86,26 @@ def test_secure_weighted_average_equals_plain_fedavg(
         [w + rng.uniform(-0.5, 0.5, size=w.shape).astype(np.float32) for w in model] for _ in sizes
     ]
     total, scale = sum(sizes), 1.0
+    bound = max(size_bucket(n) for n in sizes)  # all the coordinator knows of the sizes
     ids = list(range(10, 10 + len(sizes)))
     vectors = {
-        i: encode_update(model, t, num_examples=n, example_total=total, scale=scale)
+        i: encode_update(model, t, num_examples=n, size_bound=bound, scale=scale)
         for i, n, t in zip(ids, sizes, trained, strict=True)
     }
     session = run_local_session(SecAggConfig(), [vectors])
     assert session.error is None
     result = session.results[0]
     updated, weight_sum = apply_sum(model, result.values, scale=scale)
-    assert weight_sum == pytest.approx(1.0, abs=1e-6)
+    assert weight_sum * bound == pytest.approx(total, abs=1e-3)  # the total, securely
+    assert weight_sum >= 0.5  # the largest node's weight: precision as with n_i / N weights
+    error = mean_error_bound(result.error_bound, weight_sum) * scale
+    assert error < 1e-7
     for index, base in enumerate(model):
         plain = base.astype(np.float64) + sum(
             (t[index].astype(np.float64) - base) * n / total
             for n, t in zip(sizes, trained, strict=True)
         )
-        np.testing.assert_allclose(updated[index], plain, atol=1e-5)
+        np.testing.assert_allclose(updated[index], plain, atol=error + 1e-6)
 
 
 def test_an_update_beyond_the_range_is_clipped_and_counted_not_wrapped() -> None:
@@ -107,7 +113,7 @@ def test_an_update_beyond_the_range_is_clipped_and_counted_not_wrapped() -> None
     big = [np.array([5.0, -5.0, 0.5, 0.0], dtype=np.float32)]
     small = [np.array([0.1, 0.1, 0.1, 0.1], dtype=np.float32)]
     vectors = {
-        i: encode_update(model, t, num_examples=1, example_total=3, scale=1.0)
+        i: encode_update(model, t, num_examples=1, size_bound=3, scale=1.0)
         for i, t in zip((1, 2, 3), (big, small, small), strict=True)
     }
     result = run_local_session(SecAggConfig(), [vectors]).results[0]
@@ -121,12 +127,12 @@ def test_an_update_beyond_the_range_is_clipped_and_counted_not_wrapped() -> None
 
 def test_encode_refuses_inconsistent_weights_and_shapes() -> None:
     model = [np.zeros(3, dtype=np.float32)]
-    with pytest.raises(ValueError, match="example total"):
-        encode_update(model, model, num_examples=5, example_total=4, scale=1.0)
+    with pytest.raises(ValueError, match="size bound"):
+        encode_update(model, model, num_examples=5, size_bound=4, scale=1.0)
     with pytest.raises(ValueError, match="shapes"):
-        encode_update(model, [np.zeros(2)], num_examples=1, example_total=4, scale=1.0)
+        encode_update(model, [np.zeros(2)], num_examples=1, size_bound=4, scale=1.0)
     with pytest.raises(ValueError, match="scale"):
-        encode_update(model, model, num_examples=1, example_total=4, scale=float("nan"))
+        encode_update(model, model, num_examples=1, size_bound=4, scale=float("nan"))
     with pytest.raises(ValueError, match="parameters"):
         apply_sum(model, np.ones(6), scale=1.0)
 
@@ -157,17 +163,26 @@ def test_secure_aggregation_needs_three_participants() -> None:
     assert plain.min_participants == 2
 
 
-def test_round_weighting_and_example_counts_are_checked_on_the_wire() -> None:
+def test_size_buckets_are_coarse_powers_of_two() -> None:
+    assert [size_bucket(n) for n in (1, 2, 3, 4, 5, 142, 256, 257)] == [
+        1, 2, 4, 4, 8, 256, 256, 512
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="at least 1"):
+        size_bucket(0)
+
+
+def test_round_weighting_and_size_buckets_are_checked_on_the_wire() -> None:
     records = RecordDict()
-    put_round_weighting(records, example_total=120, update_scale=0.5)
-    assert round_weighting_from(records) == (120, 0.5)
-    put_round_weighting(records, example_total=0, update_scale=0.5)
+    put_round_weighting(records, size_bound=128, update_scale=0.5)
+    assert round_weighting_from(records) == (128, 0.5)
+    put_round_weighting(records, size_bound=0, update_scale=0.5)
     with pytest.raises(WireError, match="positive"):
         round_weighting_from(records)
-    put_num_examples(records, 7)
-    assert num_examples_from(records) == 7
-    put_num_examples(records, 0)
-    with pytest.raises(WireError, match="at least 1"):
-        num_examples_from(records)
+    put_size_bucket(records, 8)
+    assert size_bucket_from(records) == 8
+    for bad in (0, 7, -8):
+        put_size_bucket(records, bad)
+        with pytest.raises(WireError, match="power of two"):
+            size_bucket_from(records)
     with pytest.raises(WireError, match="missing"):
-        num_examples_from(RecordDict())
+        size_bucket_from(RecordDict())

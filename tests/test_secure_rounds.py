@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
+from signing_support import pin_key, signed, write_node_key
 
 from client_node.ledger import Ledger
 from client_node.settings import NodeSettings
@@ -25,9 +26,9 @@ from coordinator.fl.secure_rounds import Answer, SecAggFedAvg
 from lepton_fl.config import FederationSpec, Member, PrivacySpec, TrainingSpec
 from lepton_fl.datasets import load_partition
 from lepton_fl.model_init import initial_weights
+from lepton_fl.secagg.fedavg import size_bucket
 from lepton_fl.wire import (
     Envelope,
-    RoundInstruction,
     envelope_request,
     records_from_bytes,
     records_to_bytes,
@@ -83,7 +84,7 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         home = tmp_path / f"site{index}"
         home.mkdir()
         (home / "ca.pem").write_text("unused here")
-        (home / "key").write_text("unused here")
+        node_id = 1000 + 7 * index  # Flower ids are arbitrary 64-bit numbers
         federations = ["clinic-fed"] if index != 3 else ["clinic-fed", "other"]
         settings = NodeSettings.model_validate(
             {
@@ -91,7 +92,8 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
                 "data": {"task": "breast_cancer", "partition": f"site-{index}-of-4"},
                 "privacy": {"epsilon_budget": 10.0, "federations": federations},
                 "superlink": {"address": "127.0.0.1:1", "root_certificates": str(home / "ca.pem")},
-                "auth": {"private_key": str(home / "key")},
+                "auth": {"private_key": write_node_key(home, node_id)},
+                "coordinator": pin_key(home),
             }
         )
         ledger = Ledger(settings.ledger_path)
@@ -100,7 +102,6 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         trainer = NodeTrainer(
             settings=settings, split=split, ledger=ledger, device=torch.device("cpu")
         )
-        node_id = 1000 + 7 * index  # Flower ids are arbitrary 64-bit numbers
         sites[node_id] = Site(
             Member(name=f"site{index}", node_id=node_id), trainer, SecureAggregation(trainer)
         )
@@ -131,7 +132,8 @@ def _run_round(
     fed: Federation, protocol: SecAggFedAvg, rnd: int, weights: list[np.ndarray]
 ) -> RoundOutcome:
     members = [s.member for s in fed.sites.values()]
-    return protocol.run_round(None, members, RoundInstruction(FED, rnd, weights), timeout=60)
+    instruction = signed(FED, rnd, weights, node_ids=fed.sites)
+    return protocol.run_round(None, members, instruction, timeout=60)
 
 
 def test_secure_rounds_equal_plain_fedavg_of_the_same_updates(federation: Federation) -> None:
@@ -175,9 +177,10 @@ def test_a_node_that_drops_mid_round_is_left_out_and_the_sum_is_exact(
     # the weights of exactly the survivors entered the sum
     examples = {n: s.trainer._replies[(RUN, 1)].num_examples for n, s in federation.sites.items()}
     survivors = sum(v for n, v in examples.items() if n != gone)
-    assert second.details["weight_sum"] == pytest.approx(
-        survivors / sum(examples.values()), abs=1e-6
-    )
+    bound = max(size_bucket(v) for v in examples.values())  # the coordinator knows no more
+    assert second.details["size_bound"] == bound
+    assert second.details["weight_sum"] == pytest.approx(survivors / bound, abs=1e-6)
+    assert second.details["examples"] == survivors  # the survivors' total, from the sum
     # round 3 goes on in the same session without the dropped node
     third = _run_round(federation, protocol, 3, second.weights)
     assert third.weights is not None
@@ -202,7 +205,7 @@ def test_a_node_refusing_by_site_policy_stays_out_before_any_key_or_training(
     protocol = _protocol(federation, spec)
     members = [s.member for s in federation.sites.values()]
     outcome = protocol.run_round(
-        None, members, RoundInstruction(spec, 1, initial_weights(spec)), timeout=60
+        None, members, signed(spec, 1, initial_weights(spec), node_ids=federation.sites), timeout=60
     )
     assert outcome.weights is None
     refused = [o for o in outcome.outcomes if o.status == "refused"]

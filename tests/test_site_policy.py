@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from signing_support import pin_key, signed
 
 from client_node.ledger import Ledger
 from client_node.policy import PolicyRefusedError
@@ -30,7 +31,6 @@ from lepton_fl.datasets import load_partition
 from lepton_fl.privacy import AccountantStep
 from lepton_fl.wire import (
     Envelope,
-    RoundInstruction,
     envelope_request,
     instruction_to_records,
     records_from_bytes,
@@ -63,6 +63,7 @@ def _settings(tmp_path: Path, **privacy: Any) -> NodeSettings:
             "privacy": {"epsilon_budget": 50.0, "federations": ["clinic-fed"]} | privacy,
             "superlink": {"address": "127.0.0.1:1", "root_certificates": str(tmp_path / "ca.pem")},
             "auth": {"private_key": str(tmp_path / "key")},
+            "coordinator": pin_key(tmp_path),
         }
     )
 
@@ -139,7 +140,7 @@ def test_each_refusal_names_its_field_and_trains_nothing(
 ) -> None:
     trainer = make_trainer(**privacy)
 
-    reply = trainer.train(_envelope(), RoundInstruction(fed, 1), secure=secure)
+    reply = trainer.train(_envelope(), signed(fed, 1), secure=secure)
 
     assert (reply.status, reply.code) == ("refused", code)
     assert field in reply.reason
@@ -149,7 +150,7 @@ def test_each_refusal_names_its_field_and_trains_nothing(
     # a node that would refuse does not join a secure-aggregation session either
     if secure:
         with pytest.raises(RequestRefusedError) as caught:
-            trainer.admit(_envelope(), RoundInstruction(fed, 1))
+            trainer.admit(_envelope(), signed(fed, 1))
         assert caught.value.code == code
     assert trainer.ledger.entries() == []
 
@@ -158,7 +159,7 @@ def test_spec_checks_refuse_before_any_model_is_built(make_trainer: MakeTrainer)
     trainer = make_trainer(max_grad_norm=0.5)
     loose = FED.model_copy(update={"privacy": PrivacySpec(target_epsilon=2.0, max_grad_norm=5.0)})
 
-    reply = trainer.train(_envelope(), RoundInstruction(loose, 1), secure=True)
+    reply = trainer.train(_envelope(), signed(loose, 1), secure=True)
 
     assert reply.code == "clipping_too_loose"
     assert trainer._engines == {}  # no engine with the federation's clipping norm
@@ -173,9 +174,7 @@ def test_accepted_request_trains_and_records_its_federation(make_trainer: MakeTr
         max_grad_norm=1.0,
     )
 
-    replies = [
-        trainer.train(_envelope(), RoundInstruction(FED, rnd), secure=True) for rnd in (1, 2, 3)
-    ]
+    replies = [trainer.train(_envelope(), signed(FED, rnd), secure=True) for rnd in (1, 2, 3)]
 
     assert [r.status for r in replies] == ["ok"] * 3
     entries = trainer.ledger.entries()
@@ -190,7 +189,7 @@ def test_accepted_request_trains_and_records_its_federation(make_trainer: MakeTr
 def test_plain_rounds_train_when_the_site_allows_them(make_trainer: MakeTrainer) -> None:
     trainer = make_trainer(require_secure_aggregation=False)
 
-    reply = trainer.train(_envelope(), RoundInstruction(PLAIN_FED, 1))
+    reply = trainer.train(_envelope(), signed(PLAIN_FED, 1))
 
     assert reply.status == "ok"
     assert [e.federation for e in trainer.ledger.entries()] == ["clinic-fed"]
@@ -198,7 +197,7 @@ def test_plain_rounds_train_when_the_site_allows_them(make_trainer: MakeTrainer)
 
 def test_a_plain_train_message_through_the_service_is_refused(make_trainer: MakeTrainer) -> None:
     trainer = make_trainer()
-    data = envelope_request(_envelope(), instruction_to_records(RoundInstruction(FED, 1)))
+    data = envelope_request(_envelope(), instruction_to_records(signed(FED, 1)))
 
     answer = handle_request(trainer, SecureAggregation(trainer), data)
 
@@ -209,35 +208,38 @@ def test_a_plain_train_message_through_the_service_is_refused(make_trainer: Make
 
 def test_a_secure_round_is_never_replayed_as_a_plain_reply(make_trainer: MakeTrainer) -> None:
     trainer = make_trainer(require_secure_aggregation=False)  # even where plain rounds are fine
-    secure = trainer.train(_envelope(), RoundInstruction(FED, 1), secure=True)
+    secure = trainer.train(_envelope(), signed(FED, 1), secure=True)
     assert secure.status == "ok"
 
-    plain = trainer.train(_envelope(), RoundInstruction(FED, 1))
+    plain = trainer.train(_envelope(), signed(FED, 1))
 
     assert (plain.status, plain.code) == ("refused", "already_trained")
     assert plain.weights == []
-    assert trainer.train(_envelope(), RoundInstruction(FED, 1), secure=True) is secure
+    assert trainer.train(_envelope(), signed(FED, 1), secure=True) is secure
     assert len(trainer.ledger.entries()) == 1
 
 
 def test_evaluation_is_not_a_plain_round(make_trainer: MakeTrainer) -> None:
     trainer = make_trainer()  # requires secure aggregation; evaluation sends no update
 
-    reply = trainer.evaluate(_envelope(), RoundInstruction(FED, 3))
+    reply = trainer.evaluate(_envelope(), signed(FED, 3))  # the scheduled one: last round
 
     assert reply.status == "ok"
-    assert trainer.ledger.entries() == []
+    assert [e.kind for e in trainer.ledger.entries()] == ["evaluate"]  # a DP release, charged
 
 
 def test_federation_cap_counts_its_own_history_across_runs(make_trainer: MakeTrainer) -> None:
     trainer = make_trainer(federation_epsilon={"clinic-fed": 2.5})
     for rnd in (1, 2, 3):
-        assert trainer.train(_envelope(1), RoundInstruction(FED, rnd), secure=True).status == "ok"
+        assert trainer.train(_envelope(1), signed(FED, rnd), secure=True).status == "ok"
 
-    second_run = trainer.train(_envelope(2), RoundInstruction(FED, 1), secure=True)
+    second_run = trainer.train(
+        _envelope(2), signed(FED, 1, admin_run_id="admin-run-2"), secure=True
+    )
 
     assert (second_run.status, second_run.code) == ("refused", "federation_epsilon_exceeded")
-    assert "it has spent 2.0" in second_run.reason or "it has spent 1.9" in second_run.reason
+    # training got target_epsilon less the evaluation's share (a tenth): 2.0 - 0.2
+    assert "it has spent 1.7" in second_run.reason or "it has spent 1.8" in second_run.reason
     assert len(trainer.ledger.entries()) == 3
 
 
@@ -254,13 +256,13 @@ def test_federation_cap_ignores_other_federations_but_not_unknown_ones(
         federation="bank-fed",
     )  # fmt: skip
 
-    assert trainer.train(_envelope(), RoundInstruction(FED, 1), secure=True).status == "ok"
+    assert trainer.train(_envelope(), signed(FED, 1), secure=True).status == "ok"
 
     trainer.ledger.record(  # an entry from before ledgers named federations
         dataset_id=trainer.settings.dataset_id, run_id="older", round=1, step=big,
         accountant="rdp", delta=1e-5, epsilon_after=7.9, num_examples=100,
     )  # fmt: skip
-    refused = trainer.train(_envelope(), RoundInstruction(FED, 2), secure=True)
+    refused = trainer.train(_envelope(), signed(FED, 2), secure=True)
     assert (refused.status, refused.code) == ("refused", "federation_epsilon_exceeded")
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from admin_support import AdminApi, run_row
 from flwr.app import RecordDict
+from signing_support import pin_key
 
 from client_node.ledger import Ledger
 from client_node.settings import NodeSettings
@@ -30,7 +31,7 @@ from client_node.trainer.service import handle_request
 from coordinator.fl.journal import RunJournal
 from coordinator.fl.secure_rounds import Answer, SecAggFedAvg
 from coordinator.fl.server_app import RunAbortedError, drive_run
-from coordinator.services.round_sink import open_journal
+from coordinator.services.round_sink import LedgerJournal
 from coordinator.superlink import SuperLink
 from lepton_fl.config import RunSpec
 from lepton_fl.datasets import load_partition
@@ -69,17 +70,19 @@ def ledgers() -> Iterator[list[Ledger]]:
         ledger.close()
 
 
-def _trainer(home: Path, name: str, index: int, ledgers: list[Ledger]) -> NodeTrainer:
+def _trainer(
+    home: Path, name: str, index: int, ledgers: list[Ledger], pinned_pem: str, key: Path
+) -> NodeTrainer:
     home.mkdir(parents=True)
     (home / "ca.pem").write_text("unused here")
-    (home / "key").write_text("unused here")
     settings = NodeSettings.model_validate(
         {
             "node": {"name": name, "state_dir": str(home)},
             "data": {"task": "breast_cancer", "partition": f"site-{index}-of-4"},
             "privacy": {"epsilon_budget": 10.0, "federations": ["clinic-fed"]} | POLICIES[name],
             "superlink": {"address": "127.0.0.1:1", "root_certificates": str(home / "ca.pem")},
-            "auth": {"private_key": str(home / "key")},
+            "auth": {"private_key": str(key)},  # the key enrolled through the API
+            "coordinator": pin_key(home, pem=pinned_pem),
         }
     )
     ledger = Ledger(settings.ledger_path)
@@ -109,14 +112,15 @@ def test_refusing_nodes_reasons_reach_the_admin_run_status(
         federation = api.federation("clinic-fed", [n["id"] for n in nodes])
         run = api.ok("POST", f"/federations/{federation['id']}/runs", api.admin)
         row = run_row(api, run["id"])
-        spec = RunSpec.model_validate_json(row.spec).model_copy(
-            update={"admin_database_url": api.db.url}
-        )
+        spec = RunSpec.model_validate_json(row.spec)
         assert spec.federation.secure_aggregation.enabled
 
+        assert spec.authorization is not None  # the admin service signed the run
+        pinned = api.ok("GET", "/signing-key", api.admin)["public_key_pem"]
         sites: dict[int, tuple[NodeTrainer, SecureAggregation]] = {}
         for index, member in enumerate(sorted(spec.members, key=lambda m: m.name)):
-            trainer = _trainer(tmp_path / member.name, member.name, index, ledgers)
+            key = api.keys_dir / "nodes" / member.name
+            trainer = _trainer(tmp_path / member.name, member.name, index, ledgers, pinned, key)
             sites[member.node_id] = (trainer, SecureAggregation(trainer))
         flower_run = int(str(row.flower_run_id))
 
@@ -134,7 +138,8 @@ def test_refusing_nodes_reasons_reach_the_admin_run_status(
 
         grid = _SuperLinkView(flower_run, set(sites))
         protocol = SecAggFedAvg(spec.federation, run_id=str(flower_run), transport=transport)
-        journal = open_journal(spec)  # the ServerApp's journal, recording in the admin DB
+        # the ServerApp's journal, recorded in the admin DB as the journal follower does
+        journal = LedgerJournal(Path(spec.journal_path), db=api.db, run_id=run["id"])
         with pytest.raises(RunAbortedError) as caught:
             _serve(grid, spec, journal, protocol)
 

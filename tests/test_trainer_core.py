@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from signing_support import pin_key, signed
 
 from client_node.ledger import Ledger
 from client_node.settings import NodeSettings
@@ -14,7 +15,7 @@ from client_node.trainer.core import NodeTrainer
 from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
 from lepton_fl.datasets import load_partition
 from lepton_fl.privacy import epsilon_spent
-from lepton_fl.wire import Envelope, RoundInstruction
+from lepton_fl.wire import Envelope
 
 FED = FederationSpec(
     name="clinic-fed",
@@ -39,6 +40,7 @@ def _settings(tmp_path: Path, *, budget: float = 10.0) -> NodeSettings:
             },
             "superlink": {"address": "127.0.0.1:1", "root_certificates": str(tmp_path / "ca.pem")},
             "auth": {"private_key": str(tmp_path / "key")},
+            "coordinator": pin_key(tmp_path),
         }
     )
 
@@ -68,7 +70,7 @@ def _envelope(run_id: int = 1) -> Envelope:
 def test_trainer_trains_and_records_before_replying(make_trainer) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer()
 
-    reply = trainer.train(_envelope(), RoundInstruction(FED, 1))
+    reply = trainer.train(_envelope(), signed(FED, 1))
 
     assert reply.status == "ok"
     entries = trainer.ledger.entries()
@@ -81,9 +83,9 @@ def test_trainer_trains_and_records_before_replying(make_trainer) -> None:  # ty
 
 def test_trainer_redelivered_round_is_not_charged_twice(make_trainer) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer()
-    first = trainer.train(_envelope(), RoundInstruction(FED, 1))
+    first = trainer.train(_envelope(), signed(FED, 1))
 
-    again = trainer.train(_envelope(), RoundInstruction(FED, 1))
+    again = trainer.train(_envelope(), signed(FED, 1))
 
     assert again is first
     assert len(trainer.ledger.entries()) == 1
@@ -91,11 +93,11 @@ def test_trainer_redelivered_round_is_not_charged_twice(make_trainer) -> None:  
 
 def test_trainer_round_recorded_before_a_restart_is_refused(make_trainer) -> None:  # type: ignore[no-untyped-def]
     first = make_trainer()
-    first.train(_envelope(), RoundInstruction(FED, 1))
+    first.train(_envelope(), signed(FED, 1))
     first.ledger.close()  # the process ends; its cache is gone
     restarted = make_trainer()  # a new trainer process: same ledger file
 
-    reply = restarted.train(_envelope(), RoundInstruction(FED, 1))
+    reply = restarted.train(_envelope(), signed(FED, 1))
 
     assert (reply.status, reply.code) == ("refused", "already_trained")
     assert len(restarted.ledger.entries()) == 1
@@ -104,7 +106,7 @@ def test_trainer_round_recorded_before_a_restart_is_refused(make_trainer) -> Non
 def test_trainer_refuses_over_budget_before_training(make_trainer) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer(budget=0.3)
 
-    reply = trainer.train(_envelope(), RoundInstruction(FED, 1))
+    reply = trainer.train(_envelope(), signed(FED, 1))
 
     assert (reply.status, reply.code) == ("refused", "budget_exhausted")
     assert "0.30" in reply.reason or "0.3" in reply.reason
@@ -114,9 +116,9 @@ def test_trainer_refuses_over_budget_before_training(make_trainer) -> None:  # t
 def test_trainer_budget_composes_across_runs(make_trainer) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer(budget=2.05)  # the first run (calibrated to 2.0) fits, no more
     for rnd in (1, 2, 3):
-        assert trainer.train(_envelope(1), RoundInstruction(FED, rnd)).status == "ok"
+        assert trainer.train(_envelope(1), signed(FED, rnd)).status == "ok"
 
-    second_run = trainer.train(_envelope(2), RoundInstruction(FED, 1))
+    second_run = trainer.train(_envelope(2), signed(FED, 1, admin_run_id="admin-run-2"))
 
     assert (second_run.status, second_run.code) == ("refused", "budget_exhausted")
     assert len(trainer.ledger.entries()) == 3
@@ -133,7 +135,7 @@ def test_trainer_budget_composes_across_runs(make_trainer) -> None:  # type: ign
 def test_trainer_site_policy_refusals(make_trainer, change: dict[str, object], code: str) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer()
 
-    reply = trainer.train(_envelope(), RoundInstruction(FED.model_copy(update=change), 1))
+    reply = trainer.train(_envelope(), signed(FED.model_copy(update=change), 1))
 
     assert (reply.status, reply.code) == ("refused", code)
     assert reply.reason
@@ -142,16 +144,21 @@ def test_trainer_site_policy_refusals(make_trainer, change: dict[str, object], c
 
 def test_trainer_evaluate_reports_history_epsilon(make_trainer) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer()
-    trained = trainer.train(_envelope(), RoundInstruction(FED, 1))
+    trained = [trainer.train(_envelope(), signed(FED, rnd)) for rnd in (1, 2, 3)]
 
-    reply = trainer.evaluate(_envelope(), RoundInstruction(FED, 1, trained.weights))
+    reply = trainer.evaluate(_envelope(), signed(FED, 3, trained[-1].weights))
 
     assert reply.status == "ok"
     assert reply.evaluation is not None
-    assert reply.evaluation.num_examples > 0
-    assert reply.evaluation.confusion is not None  # precision, recall, F1 and the matrix too
+    assert reply.evaluation.confusion is not None  # noised counts, and what follows from them
     assert sum(map(sum, reply.evaluation.confusion)) == reply.evaluation.num_examples
-    assert trained.evaluation is not None
-    assert trained.evaluation.classification() is not None
-    assert trained.charge is not None
-    assert reply.epsilon == pytest.approx(trained.charge.epsilon)
+    assert reply.evaluation.loss is None
+    assert reply.evaluation.roc_auc is None
+    assert trained[-1].charge is not None
+    assert reply.charge is not None
+    assert reply.epsilon == pytest.approx(reply.charge.epsilon)
+    assert reply.epsilon > trained[-1].charge.epsilon  # the release is charged too
+    recomputed = epsilon_spent(
+        trainer.ledger.history("breast_cancer:site-0-of-3"), delta=1e-5, accountant="rdp"
+    )
+    assert reply.epsilon == pytest.approx(recomputed)

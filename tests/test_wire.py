@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
@@ -54,7 +56,7 @@ def test_wire_garbage_bytes_raise_wire_error(data: bytes) -> None:
 
 def test_wire_missing_record_is_named(spec: FederationSpec) -> None:
     records = wire.instruction_to_records(wire.RoundInstruction(spec, 1))
-    records["config"] = ConfigRecord({"wire-version": 1})
+    records["config"] = ConfigRecord({"wire-version": wire.WIRE_VERSION})
 
     with pytest.raises(wire.WireError, match="'federation'"):
         wire.instruction_from_records(records)
@@ -65,9 +67,7 @@ def test_wire_train_reply_roundtrips() -> None:
         status="ok",
         weights=[np.zeros(4, dtype=np.float32)],
         num_examples=120,
-        train_loss=0.42,
         train_seconds=0.3,
-        evaluation=wire.EvalMetrics(num_examples=40, loss=0.5, accuracy=0.8, roc_auc=0.9),
         charge=wire.PrivacyCharge(
             noise_multiplier=1.1,
             sample_rate=0.1,
@@ -81,9 +81,10 @@ def test_wire_train_reply_roundtrips() -> None:
     back = wire.train_reply_from_records(
         wire.records_from_bytes(wire.records_to_bytes(wire.train_reply_to_records(reply)))
     )
-    assert back.charge == reply.charge
-    assert back.evaluation == reply.evaluation
+    assert back == dataclasses.replace(reply, weights=back.weights)
     assert back.num_examples == 120
+    metrics = wire.train_reply_to_records(reply)["metrics"]
+    assert set(metrics) == {"num-examples", "train-seconds", "node-seconds"}  # no loss (v2)
     assert np.array_equal(back.weights[0], reply.weights[0])
 
 
@@ -92,3 +93,44 @@ def test_wire_refusal_carries_only_the_reason() -> None:
     records = wire.train_reply_to_records(refusal)
     assert set(records.keys()) == {"status"}
     assert wire.train_reply_from_records(records) == refusal
+
+
+def test_wire_evaluate_reply_carries_a_release_and_its_charge() -> None:
+    released = wire.EvalMetrics(
+        num_examples=81,
+        loss=None,  # a DP release has no loss and no ROC-AUC
+        accuracy=68 / 81,
+        roc_auc=None,
+        precision=31 / 36,
+        recall=31 / 39,
+        f1=2 * 31 / 75,
+        confusion=((37, 5), (8, 31)),
+    )
+    reply = wire.EvaluateReply(
+        status="ok",
+        evaluation=released,
+        epsilon=1.9,
+        epsilon_budget=8.0,
+        charge=wire.PrivacyCharge(3.3, 1.0, 1, 1e-5, "rdp", 1.9, 8.0),
+    )
+    records = wire.evaluate_reply_to_records(reply)
+    assert "eval-loss" not in records["metrics"]
+    assert "eval-roc-auc" not in records["metrics"]
+    back = wire.evaluate_reply_from_records(wire.records_from_bytes(wire.records_to_bytes(records)))
+    assert back == reply
+
+
+def test_wire_release_noised_to_nothing_decodes() -> None:
+    empty = wire.EvalMetrics(0, None, 0.0, None, 0.0, 0.0, 0.0, ((0, 0), (0, 0)))
+    reply = wire.EvaluateReply(status="ok", evaluation=empty)
+    assert wire.evaluate_reply_from_records(wire.evaluate_reply_to_records(reply)) == reply
+
+
+def test_wire_older_version_is_refused_with_the_fix() -> None:
+    spec = FederationSpec(name="heart", task="heart_disease", privacy=PrivacySpec(target_epsilon=1))
+    records = wire.instruction_to_records(wire.RoundInstruction(spec, 1))
+    records["config"]["wire-version"] = (
+        1  # a node or coordinator from before train replies lost their loss
+    )
+    with pytest.raises(wire.WireError, match="Wire version 1 is not supported.*upgrade"):
+        wire.instruction_from_records(records)

@@ -279,7 +279,7 @@ MALFORMED: list[tuple[str, Request | Reply, Mutate, str]] = [
     ("reply-as-request", UNMASK_REQ, _set("kind", "UnmaskReply"), "Unknown SecAgg request"),
     ("request-as-reply", ADV_REP, _set("kind", "UnmaskRequest"), "Unknown SecAgg reply"),
     ("kind-not-str", ADV_REP, _set("kind", 3), "'kind' is missing or not a str"),
-    ("other-version", MASK_REQ, _set("wire-version", 2), "not supported"),
+    ("other-version", MASK_REQ, _set("wire-version", wire.WIRE_VERSION + 1), "not supported"),
     ("no-version", MASK_REQ, _drop("wire-version"), "not supported"),
     ("no-record", MASK_REQ, _del_record("secagg"), "'secagg' is missing"),
     ("not-config", MASK_REQ, _replace_config, "'secagg' is missing or not a ConfigRecord"),

@@ -1,10 +1,14 @@
-"""The node's trainer: site policy, privacy budget, DP-SGD training, local ledger.
+"""The node's trainer: data, models, DP-SGD training, behind the node's privacy gate.
 
 One `NodeTrainer` lives as long as the node. It holds the local data split, one model and
-one Opacus DP-SGD engine per model configuration, and the ledger. For every train request
-it checks the request against the site policy and the remaining budget **before** training,
-trains, records the round's `(noise_multiplier, sample_rate, steps)` in the ledger **before**
-replying, and reports the epsilon its recorded history gives under the named accountant.
+one Opacus DP-SGD engine per model configuration, and the privacy gate
+(`client_node/privacy_gate.py`), which owns the site policy, the ledger, the calibration and
+the accountants. Every request must first carry the run's authorization, signed by the
+coordinator's admin service with the key this node pinned (`authorize`); then the gate
+admits or refuses it **before** any model is trained or evaluated, records its charge in the
+ledger **before** the reply leaves, and builds what the reply may contain: for a round the
+update, its example count and the charge (the training loss stays in the node's log); for
+the one evaluation a federation schedules, noised confusion counts only.
 """
 
 from __future__ import annotations
@@ -18,36 +22,24 @@ import numpy as np
 import torch
 
 from client_node.ledger import Ledger
-from client_node.policy import PlannedSpend, PolicyRefusedError, RequestKind, SitePolicy
+from client_node.policy import RequestKind
+from client_node.privacy_gate import PrivacyGate, RequestRefusedError, RoundAdmission
 from client_node.settings import NodeSettings
 from client_node.trainer.dp_sgd import DPTrainer
 from client_node.trainer.evaluation import evaluate
-from lepton_fl.config import AccountantName, FederationSpec
+from lepton_fl.config import FederationSpec
+from lepton_fl.crypto.run_authorization import (
+    RunAuthorization,
+    RunAuthorizationError,
+    authorization_digest,
+    load_pinned_key,
+    verify_run_authorization,
+)
 from lepton_fl.datasets import LocalSplit, TabularSplit
 from lepton_fl.models import ModelSpec, build_model, get_weights, model_spec, set_weights
-from lepton_fl.privacy import (
-    AccountantStep,
-    PrivacyAccountingError,
-    calibrate_noise_multiplier,
-    epsilon_spent,
-)
-from lepton_fl.wire import (
-    Envelope,
-    EvalMetrics,
-    EvaluateReply,
-    PrivacyCharge,
-    RoundInstruction,
-    TrainReply,
-)
+from lepton_fl.wire import Envelope, EvaluateReply, RoundInstruction, TrainReply
 
-
-class RequestRefusedError(Exception):
-    """A request the site policy or budget does not allow; the reason goes back to the run."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+__all__ = ["NodeTrainer", "RequestRefusedError"]
 
 
 @dataclass(frozen=True)
@@ -78,12 +70,13 @@ class NodeTrainer:
         self.split: LocalSplit = split.local() if isinstance(split, TabularSplit) else split
         self.ledger = ledger
         self.device = device
-        self.policy = SitePolicy(settings.privacy, node_task=settings.data.task)
+        self.gate = PrivacyGate(settings=settings, ledger=ledger)
+        self.policy = self.gate.policy
         self._lock = threading.Lock()
         self._engines: dict[_EngineKey, tuple[DPTrainer, list[np.ndarray]]] = {}
-        self._noise: dict[tuple[int, str], float] = {}
         self._replies: dict[tuple[int, int], TrainReply] = {}
         self._secure_keys: set[tuple[int, int]] = set()  # replies trained for SecAgg+
+        self._pinned_key, self._pinned_key_error = _read_pinned_key(settings)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -96,6 +89,10 @@ class NodeTrainer:
         says so); a plain request is refused while the site requires secure aggregation.
         """
         with self._lock:
+            try:
+                self._authorize(envelope, instruction)
+            except RequestRefusedError as refusal:
+                return TrainReply(status="refused", code=refusal.code, reason=refusal.reason)
             key = (envelope.run_id, instruction.round)
             if key in self._replies:  # a redelivered message: same answer, no new charge
                 if key in self._secure_keys and not secure:  # never unmask a secure update
@@ -121,27 +118,32 @@ class NodeTrainer:
             return reply
 
     def evaluate(self, envelope: Envelope, instruction: RoundInstruction) -> EvaluateReply:
-        """Evaluate the given model on this node's held-out split."""
+        """The run's scheduled evaluation on this node's held-out split, released with DP
+        noise and charged, or a refusal (ad hoc, repeated, or over a limit)."""
         with self._lock:
             try:
-                self._check_policy(instruction.federation, "evaluate")
+                self._authorize(envelope, instruction)
+                fed = instruction.federation
+                self.gate.check_request(fed, "evaluate")
                 self._check_data()
-                engine, initial = self._engine(instruction.federation)
+                engine, initial = self._engine(fed)
+                admission = self.gate.admit_evaluation(
+                    run_id=str(envelope.run_id),
+                    round=instruction.round,
+                    fed=fed,
+                    sample_rate=engine.sample_rate,
+                    steps_per_round=self._steps_per_round(engine, fed),
+                )
+                self._load(engine, instruction.weights or initial)
             except RequestRefusedError as refusal:
                 return EvaluateReply(status="refused", code=refusal.code, reason=refusal.reason)
-            set_weights(engine.model, instruction.weights or initial)
-            privacy = instruction.federation.privacy
-            return EvaluateReply(
-                status="ok",
-                evaluation=self._evaluate(engine),
-                epsilon=self.epsilon(delta=privacy.delta, accountant=privacy.accountant),
-                epsilon_budget=self.settings.privacy.epsilon_budget,
-            )
+            test = self.split.test
+            exact = evaluate(engine.model, test.inputs, test.labels, device=self.device)
+            return self.gate.evaluation_reply(admission, exact)
 
     def epsilon(self, *, delta: float, accountant: str) -> float:
-        """Epsilon of this dataset's whole recorded history."""
-        history = self.ledger.history(self.settings.dataset_id)
-        return epsilon_spent(history, delta=delta, accountant=_accountant(accountant))
+        """Epsilon of this dataset's whole recorded history (training and evaluation)."""
+        return self.gate.epsilon(delta=delta, accountant=accountant)
 
     # -- the round ------------------------------------------------------------------------
 
@@ -155,8 +157,46 @@ class NodeTrainer:
         before a node joins a session, so that a node that would refuse does not join.
         """
         with self._lock:
-            engine, *_ = self._plan(envelope, instruction, "secure" if secure else "plain")
+            self._authorize(envelope, instruction)
+            engine, _ = self._plan(envelope, instruction, "secure" if secure else "plain")
             return engine.num_examples
+
+    def authorize(self, envelope: Envelope, instruction: RoundInstruction) -> RunAuthorization:
+        """Check the run's signed authorization for this message (see `_authorize`)."""
+        with self._lock:
+            return self._authorize(envelope, instruction)
+
+    def _authorize(self, envelope: Envelope, instruction: RoundInstruction) -> RunAuthorization:
+        """The run is one the admin service signed, for this spec, with this node as a member,
+        and its admin run id is bound to this Flower run; raise :class:`RequestRefusedError`
+        otherwise. Checked before anything else a request could cause."""
+        if self._pinned_key is None:
+            error = self._pinned_key_error
+            assert error is not None
+            raise RequestRefusedError(error.code, error.message)
+        try:
+            authorization = verify_run_authorization(
+                instruction.authorization,
+                self._pinned_key,
+                federation_digest=instruction.federation.digest(),
+                node_id=envelope.node_id,
+            )
+        except RunAuthorizationError as err:
+            raise RequestRefusedError(err.code, err.message) from err
+        assert instruction.authorization is not None  # verified above
+        flower_run = str(envelope.run_id)
+        bound = self.ledger.bind_run(
+            authorization.admin_run_id, flower_run, authorization_digest(instruction.authorization)
+        )
+        if bound != flower_run:
+            raise RequestRefusedError(
+                "run_replayed",
+                f"Run {authorization.admin_run_id} was authorized once and already runs here as "
+                f"Flower run {bound}; this node refuses it under Flower run {flower_run} (a "
+                "replay of its signed authorization). Start a new run through the admin "
+                "service.",
+            )
+        return authorization
 
     def model_shapes(self, fed: FederationSpec) -> list[tuple[int, ...]]:
         """Shapes of the exchanged tensors (the trainable parameters) of the federation's model
@@ -168,98 +208,47 @@ class NodeTrainer:
 
     def _plan(
         self, envelope: Envelope, instruction: RoundInstruction, kind: RequestKind
-    ) -> tuple[DPTrainer, float, list[AccountantStep], AccountantName]:
-        """Policy, round and budget checks for a round: (engine, sigma, history, accountant)."""
+    ) -> tuple[DPTrainer, RoundAdmission]:
+        """The gate's admission of a round, after the site policy's request checks and the
+        data check: (engine, admission)."""
         fed = instruction.federation
-        self._check_policy(fed, kind)
+        self.gate.check_request(fed, kind)
         self._check_data()
-        if not 1 <= instruction.round <= fed.rounds:
-            raise RequestRefusedError(
-                "bad_round", f"Round {instruction.round} is outside the run's 1..{fed.rounds}."
-            )
-        dataset_id = self.settings.dataset_id
-        run_id = str(envelope.run_id)
-        if self.ledger.entry_for(dataset_id, run_id, instruction.round) is not None:
-            raise RequestRefusedError(
-                "already_trained",
-                f"This node already trained round {instruction.round} of run {run_id} and "
-                "recorded its privacy cost; it will not train (and spend budget) twice.",
-            )
         engine, _ = self._engine(fed)
-        privacy = fed.privacy
-        accountant = _accountant(privacy.accountant)
-        steps = engine.steps_per_epoch() * fed.training.local_epochs
-        sigma = self._noise_for_run(envelope.run_id, fed, steps_per_round=steps)
-        planned = AccountantStep(
-            noise_multiplier=sigma, sample_rate=engine.sample_rate, steps=steps
+        admission = self.gate.admit_round(
+            run_id=str(envelope.run_id),
+            round=instruction.round,
+            fed=fed,
+            kind=kind,
+            sample_rate=engine.sample_rate,
+            steps_per_round=self._steps_per_round(engine, fed),
         )
-        entries = self.ledger.entries(dataset_id)
-        remaining = fed.rounds - instruction.round + 1
-        try:  # the site's floor: noise, this federation's epsilon cap, the lifetime budget
-            self.policy.check_spend(
-                fed, PlannedSpend(planned, remaining), entries, accountant=accountant
-            )
-        except PolicyRefusedError as refusal:
-            raise RequestRefusedError(refusal.code, refusal.reason) from refusal
-        return engine, sigma, [e.step for e in entries], accountant
+        return engine, admission
 
     def _train(
         self, envelope: Envelope, instruction: RoundInstruction, kind: RequestKind
     ) -> TrainReply:
         fed = instruction.federation
-        privacy = fed.privacy
-        dataset_id = self.settings.dataset_id
-        run_id = str(envelope.run_id)
-        engine, sigma, history, accountant = self._plan(envelope, instruction, kind)
+        engine, admission = self._plan(envelope, instruction, kind)
         _, initial = self._engine(fed)
+        self._load(engine, instruction.weights or initial)
+        result = engine.train(
+            epochs=fed.training.local_epochs, noise_multiplier=admission.noise_multiplier
+        )
+        return self.gate.train_reply(admission, result, get_weights(engine.model))
+
+    @staticmethod
+    def _steps_per_round(engine: DPTrainer, fed: FederationSpec) -> int:
+        return engine.steps_per_epoch() * fed.training.local_epochs
+
+    @staticmethod
+    def _load(engine: DPTrainer, weights: list[np.ndarray]) -> None:
         try:
-            set_weights(engine.model, instruction.weights or initial)
+            set_weights(engine.model, weights)
         except ValueError as err:
             raise RequestRefusedError(
                 "model_mismatch", f"The model sent does not fit this node's model: {err}"
             ) from err
-        before = self._evaluate(engine)  # the model as received (round 1: the seed init)
-
-        result = engine.train(epochs=fed.training.local_epochs, noise_multiplier=sigma)
-        taken = AccountantStep(
-            noise_multiplier=sigma, sample_rate=result.sample_rate, steps=result.steps
-        )
-        epsilon = epsilon_spent([*history, taken], delta=privacy.delta, accountant=accountant)
-        self.ledger.record(  # recorded before the reply leaves the node
-            dataset_id=dataset_id,
-            run_id=run_id,
-            round=instruction.round,
-            step=taken,
-            accountant=accountant,
-            delta=privacy.delta,
-            epsilon_after=epsilon,
-            num_examples=result.num_examples,
-            federation=fed.name,
-        )
-        return TrainReply(
-            status="ok",
-            weights=get_weights(engine.model),
-            num_examples=result.num_examples,
-            train_loss=result.train_loss,
-            train_seconds=result.seconds,
-            evaluation=before,
-            charge=PrivacyCharge(
-                noise_multiplier=sigma,
-                sample_rate=result.sample_rate,
-                steps=result.steps,
-                delta=privacy.delta,
-                accountant=accountant,
-                epsilon=epsilon,
-                epsilon_budget=self.settings.privacy.epsilon_budget,
-            ),
-        )
-
-    def _check_policy(self, fed: FederationSpec, kind: RequestKind) -> None:
-        """The site policy's checks of the federation spec and of how the request came."""
-        try:
-            self.policy.check_request(fed, kind=kind)
-        except PolicyRefusedError as refusal:
-            raise RequestRefusedError(refusal.code, refusal.reason) from refusal
 
     def _check_data(self) -> None:
         if self.data_error is not None:
@@ -268,30 +257,6 @@ class NodeTrainer:
                 f"Node {self.settings.node.name!r} refuses: its local data cannot be used. "
                 f"{self.data_error}",
             )
-
-    def _noise_for_run(self, run_id: int, fed: FederationSpec, *, steps_per_round: int) -> float:
-        """Calibrate once per run: sigma such that all planned rounds meet the run's target.
-
-        The site's lifetime budget is enforced per round by `check_round`, not by raising
-        sigma: a node that can no longer afford the noise level the federation agreed on
-        refuses (with the numbers), rather than quietly adding more noise to everyone's
-        aggregate. The result depends only on the spec and the sampling rate, so a
-        restarted trainer computes the same sigma for the same run.
-        """
-        key = (run_id, fed.digest())
-        if key not in self._noise:
-            engine, _ = self._engine(fed)
-            try:
-                self._noise[key] = calibrate_noise_multiplier(
-                    sample_rate=engine.sample_rate,
-                    steps=steps_per_round * fed.rounds,
-                    target_epsilon=fed.privacy.target_epsilon,
-                    delta=fed.privacy.delta,
-                    accountant=_accountant(fed.privacy.accountant),
-                )
-            except PrivacyAccountingError as err:
-                raise RequestRefusedError("calibration_failed", str(err)) from err
-        return self._noise[key]
 
     def _engine(self, fed: FederationSpec) -> tuple[DPTrainer, list[np.ndarray]]:
         """The DP engine for this model configuration, built once and reused every round."""
@@ -325,24 +290,28 @@ class NodeTrainer:
             self._engines[key] = (engine, initial)
         return self._engines[key]
 
-    def _evaluate(self, engine: DPTrainer) -> EvalMetrics:
-        test = self.split.test
-        result = evaluate(engine.model, test.inputs, test.labels, device=self.device)
-        return EvalMetrics(
-            num_examples=result.num_examples,
-            loss=result.loss,
-            accuracy=result.accuracy,
-            roc_auc=result.roc_auc,
-            precision=result.precision,
-            recall=result.recall,
-            f1=result.f1,
-            confusion=result.confusion,
+
+def _read_pinned_key(settings: NodeSettings) -> tuple[str | None, RunAuthorizationError | None]:
+    """The pinned coordinator public key (PEM), or why there is none usable."""
+    section = settings.coordinator
+    if section is None:
+        return None, RunAuthorizationError(
+            "run_no_pinned_key",
+            f"Node {settings.node.name!r} has no pinned coordinator key, so it refuses every "
+            'run: add [coordinator] public_key = "coordinator.pem" to node.toml with the '
+            "coordinator's signing public key (from the enrollment answer or GET "
+            "/api/v1/signing-key; check its fingerprint out of band), then restart the node.",
         )
-
-
-def _accountant(name: str) -> AccountantName:
-    if name == "rdp":
-        return "rdp"
-    if name == "prv":
-        return "prv"
-    raise RequestRefusedError("unknown_accountant", f"Accountant {name!r} is not 'rdp' or 'prv'.")
+    try:
+        pem = section.public_key.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return None, RunAuthorizationError(
+            "run_bad_pinned_key",
+            f"Cannot read the pinned coordinator key {section.public_key} ({err}); every run is "
+            "refused until [coordinator].public_key names a readable PEM file.",
+        )
+    try:
+        load_pinned_key(pem)
+    except RunAuthorizationError as err:
+        return None, RunAuthorizationError(err.code, f"{section.public_key}: {err.message}")
+    return pem, None

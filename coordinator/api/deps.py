@@ -7,7 +7,6 @@ from typing import Annotated
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, Request
-from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
 from coordinator.api.settings import AdminSettings
@@ -31,12 +30,10 @@ class AppContext:
 
     @property
     def run_settings(self) -> RunSettings:
-        # The RunSpec travels through the SuperLink (and its state database): it names the
-        # admin database without its password; `lepton coordinator start` puts a password
-        # in PGPASSWORD, which the SuperLink and the ServerApps it starts inherit.
+        # The ServerApp gets no database URL: it writes the run journal, which the admin
+        # service reads (coordinator.services.round_sink.JournalFollower).
         return RunSettings(
             runs_dir=self.settings.runs_dir,
-            database_url=make_url(self.db.url).set(password=None).render_as_string(False),
             round_timeout_s=self.settings.round_timeout_s,
             connect_timeout_s=self.settings.connect_timeout_s,
         )

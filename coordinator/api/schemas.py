@@ -127,6 +127,17 @@ class NodeCreatedOut(NodeOut):
     )
 
 
+class EnrolledNodeOut(NodeOut):
+    coordinator_public_key_pem: str = Field(
+        description="The coordinator's Ed25519 signing public key (PEM): pin it in the node's "
+        "node.toml as [coordinator] public_key after comparing its fingerprint out of band; "
+        "the node refuses every run not signed with it."
+    )
+    coordinator_key_fingerprint: str = Field(
+        description="'sha256:' + hex of the raw public key, to compare over a second channel."
+    )
+
+
 class EnrollIn(BaseModel):
     model_config = _STRICT
     token: Annotated[str, Field(min_length=1, max_length=200)]
@@ -238,6 +249,7 @@ class LedgerEntryOut(BaseModel):
     accountant: str
     epsilon_reported: float
     recorded_at: str
+    kind: str
 
 
 class FederationSpendOut(BaseModel):
@@ -294,6 +306,7 @@ class NodeLedgerRowIn(BaseModel):
     noise_multiplier: Annotated[float, Field(gt=0, le=1e6)]
     sample_rate: Annotated[float, Field(gt=0, le=1)]
     steps: Annotated[int, Field(ge=0, le=10**9)]
+    kind: Literal["train", "evaluate"] = "train"
 
 
 class ReconcileIn(BaseModel):
@@ -305,6 +318,7 @@ class MismatchOut(BaseModel):
     flower_run_id: str
     round: int
     problem: str
+    kind: str
 
 
 class ReconcileOut(BaseModel):

@@ -120,11 +120,14 @@ class RunRound(SQLModel, table=True):
 
 
 class LedgerEntry(SQLModel, table=True):
-    """One node's DP-SGD charge in one round: exactly an Opacus accountant history entry."""
+    """One node's charge in one round: exactly an Opacus accountant history entry. ``kind``
+    is "train" (a DP-SGD round) or "evaluate" (a scheduled evaluation's DP release)."""
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
-        UniqueConstraint("run_id", "node_id", "round", name="uq_ledger_run_node_round"),
+        UniqueConstraint(
+            "run_id", "node_id", "round", "kind", name="uq_ledger_run_node_round_kind"
+        ),
         Index("ix_ledger_node_federation", "node_id", "federation_id"),
     )
 
@@ -140,6 +143,7 @@ class LedgerEntry(SQLModel, table=True):
     accountant: str = Field(max_length=8)
     epsilon_reported: float  # the node's own epsilon of its whole history after this round
     recorded_at: str = Field(max_length=32)
+    kind: str = Field(default="train", max_length=8)
 
 
 class Release(SQLModel, table=True):

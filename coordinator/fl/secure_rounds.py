@@ -4,18 +4,22 @@
 ``secure_aggregation.session_rounds`` rounds (default: the rest of the run):
 
 * setup, once per session: *advertise keys* (each node checks the federation against its
-  site policy and budget, checks the session's parameters, and answers with its public keys
-  and training-set size) and *share keys* (encrypted Shamir shares of every round's secrets);
+  site policy and budget, checks the session's parameters, and answers with its signed
+  public keys and its size bucket, a power of two >= its training-set size) and *share
+  keys* (encrypted Shamir shares of every round's secrets);
 * each round: wave A, *train + masked input* (the node trains with DP-SGD, records its charge,
-  and sends ``[w_i * (W_i - W) / scale, w_i]`` masked), then wave B, *unmask* (survivors reveal
+  and sends ``[w_i * (W_i - W) / scale, w_i]`` masked, ``w_i = n_i / n_max`` with ``n_max``
+  the largest bucket of the round's active nodes), then wave B, *unmask* (survivors reveal
   the shares that remove the masks; the mask keys of nodes that dropped are reconstructed).
 
 The new model is ``W + scale * S / W_sum`` from the decoded sum ``[S, W_sum]``: the
-example-weighted mean update of exactly the nodes whose input entered the sum. A node that
-drops out, is rejected, or refuses is left out of the sum, and is not charged. A node dropped
-in a round stays out of the session (its round key was reconstructed) and rejoins when a new
-session starts, with fresh keys. A session that cannot go on ends; the next round starts a new
-one; a round that cannot be completed safely fails with the reason, never with a wrong sum.
+example-weighted mean update of exactly the nodes whose input entered the sum. The
+coordinator learns the survivors' example total ``W_sum * n_max``, never one node's size. A
+node that drops out, is rejected, or refuses is left out of the sum, and is not charged. A
+node dropped in a round stays out of the session (its round key was reconstructed) and
+rejoins when a new session starts, with fresh keys. A session that cannot go on ends; the
+next round starts a new one; a round that cannot be completed safely fails with the reason,
+never with a wrong sum.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +46,13 @@ from lepton_fl.secagg import (
     SecAggError,
     SecAggServer,
 )
-from lepton_fl.secagg.fedavg import apply_sum, session_config, update_scale, vector_length
+from lepton_fl.secagg.fedavg import (
+    apply_sum,
+    mean_error_bound,
+    session_config,
+    update_scale,
+    vector_length,
+)
 from lepton_fl.wire import (
     RoundInstruction,
     TrainReply,
@@ -52,10 +62,10 @@ from lepton_fl.wire import (
 )
 from lepton_fl.wire.secagg import (
     is_secagg,
-    num_examples_from,
     put_round_weighting,
     secagg_reply_from_records,
     secagg_request_to_records,
+    size_bucket_from,
 )
 
 Answer = RecordDict | str  # a reply's content, or why there is none
@@ -88,7 +98,7 @@ class _Session:
     server: SecAggServer
     number: int
     first_round: int
-    examples: dict[int, int]
+    buckets: dict[int, int]  # node id -> advertised size bucket
     record: dict[str, Any] = field(default_factory=dict)
     absent: dict[int, NodeOutcome] = field(default_factory=dict)  # why a member is not in it
 
@@ -148,6 +158,7 @@ class SecAggFedAvg:
                 instruction.round, None, failed, time.monotonic() - started, details
             )
         scale = self._scale(session, result.active)
+        size_bound = self._size_bound(session, result.active)
         weights, weight_sum = apply_sum(instruction.weights, result.values, scale=scale)
         for node_id in result.survivors:
             outcomes[node_id] = NodeOutcome(by_id[node_id], "ok", reply=replies[node_id])
@@ -171,9 +182,11 @@ class SecAggFedAvg:
             threshold=result.params.threshold,
             neighbours=result.params.neighbours,
             clipped_values=result.clipped_total,
-            quantization_error_bound=result.error_bound * scale,
+            quantization_error_bound=mean_error_bound(result.error_bound, weight_sum) * scale,
             update_scale=scale,
+            size_bound=size_bound,
             weight_sum=weight_sum,
+            examples=round(weight_sum * size_bound),
             rejections=[
                 {
                     "node": _name(by_id, r.sender),
@@ -235,12 +248,12 @@ class SecAggFedAvg:
             graph_seed=self.graph_seed(),
         )
         by_id = {m.node_id: m for m in members}
-        header = instruction_to_records(RoundInstruction(fed, instruction.round, []))
-        examples: dict[int, int] = {}
+        header = instruction_to_records(replace(instruction, weights=[]))  # keeps authorization
+        buckets: dict[int, int] = {}
 
         def advertise(node_id: int, content: RecordDict, reply: Reply) -> None:
             if isinstance(reply, AdvertiseKeysReply):
-                examples[node_id] = num_examples_from(content)
+                buckets[node_id] = size_bucket_from(content)
 
         wave = _Waves(self.transport, server, by_id, outcomes, timeout)
         rnd = instruction.round
@@ -251,7 +264,7 @@ class SecAggFedAvg:
             server,
             number,
             instruction.round,
-            examples,
+            buckets,
             record={
                 "participants": [by_id[n].name for n in params.participants],
                 "rounds": server.rounds,
@@ -279,9 +292,8 @@ class SecAggFedAvg:
         requests = server.masked_input_requests()
         active = tuple(requests)
         base = instruction_to_records(instruction)
-        total = sum(session.examples[n] for n in active)
         scale = self._scale(session, active)
-        put_round_weighting(base, example_total=total, update_scale=scale)
+        put_round_weighting(base, size_bound=self._size_bound(session, active), update_scale=scale)
         summaries: dict[int, TrainReply] = {}
 
         def trained(node_id: int, content: RecordDict, reply: Reply) -> None:
@@ -293,8 +305,13 @@ class SecAggFedAvg:
         wave.send(server.unmask_requests(), "query", f"{instruction.round}.unmask")
         return server.finalize(), summaries
 
+    @staticmethod
+    def _size_bound(session: _Session, active: Sequence[int]) -> int:
+        """n_max: the largest size bucket of the round's active nodes (public)."""
+        return max(session.buckets[n] for n in active)
+
     def _scale(self, session: _Session, active: Sequence[int]) -> float:
-        return update_scale(self.federation, max_examples=max(session.examples[n] for n in active))
+        return update_scale(self.federation, max_examples=self._size_bound(session, active))
 
 
 @dataclass

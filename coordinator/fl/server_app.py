@@ -1,10 +1,12 @@
 """The Lepton ServerApp: drives the rounds of one run on Flower's Message API.
 
-Flower starts it (`flwr-serverapp`) once per run. It reads the `RunSpec` from the run
-config, sends train and evaluate messages only to the run's members (Flower node ids the
-coordinator got by registering each member's key), aggregates through a `RoundProtocol`,
-and records every round in the run journal. It imports no torch: nodes initialise the
-model from the federation's seed, and aggregation is numpy.
+The coordinator's launcher (`coordinator.fl.launcher`) starts it once per run, in a process
+with no secret of the coordinator's. It reads the `RunSpec` from the run config, sends train
+and evaluate messages only to the run's members (Flower node ids the coordinator got by
+registering each member's key), aggregates through a `RoundProtocol`, and records every round
+in the run journal, which the admin service reads (`coordinator.services.round_sink`): the
+ServerApp holds no database credentials. It imports no torch: nodes initialise the model from
+the federation's seed, and aggregation is numpy.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from coordinator.fl.journal import RunJournal
 from coordinator.fl.messaging import exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
 from coordinator.fl.secure_rounds import SecAggFedAvg, flower_transport
-from coordinator.services.round_sink import open_journal
 from lepton_fl.config import Member, RunSpec
 from lepton_fl.metrics import aggregate_metrics
 from lepton_fl.model_init import initial_weights
+from lepton_fl.privacy.evaluation import evaluation_epsilon_share
 from lepton_fl.wire import (
     EvalMetrics,
+    PrivacyCharge,
     RoundInstruction,
     WireError,
     evaluate_reply_from_records,
@@ -42,12 +45,17 @@ class RunAbortedError(RuntimeError):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Flower entry point."""
+    """Flower entry point (for `flwr-serverapp`; the coordinator uses `run_lepton`)."""
+    run_lepton(grid, context)
+
+
+def run_lepton(grid: Grid, context: Context) -> None:
+    """Drive the run whose `RunSpec` the run config carries."""
     raw = context.run_config.get("lepton-run")
     if not isinstance(raw, str) or not raw:
         raise RunAbortedError("The run config has no 'lepton-run' spec; submit runs via Lepton.")
     run = RunSpec.model_validate_json(raw)
-    journal = open_journal(run)  # also records rounds, charges and the end in the admin DB
+    journal = RunJournal(Path(run.journal_path))
     try:
         drive_run(grid, run, journal, protocol=protocol_for(grid, run))
     except Exception as err:
@@ -65,7 +73,8 @@ def protocol_for(grid: Grid, run: RunSpec) -> RoundProtocol:
 
 
 def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundProtocol) -> None:
-    """All rounds of one run, then a final evaluation of the global model."""
+    """All rounds of one run, then the final evaluation of the global model when the spec
+    schedules one (``privacy.evaluation_epsilon`` is not 0)."""
     fed = run.federation
     journal.write(
         "run_started",
@@ -81,7 +90,7 @@ def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundP
     weights: list[np.ndarray] = list(initial_weights(fed))
     for rnd in range(1, fed.rounds + 1):
         journal.write("round_started", round=rnd, nodes=[m.name for m in members])
-        instruction = RoundInstruction(federation=fed, round=rnd, weights=weights)
+        instruction = RoundInstruction(fed, rnd, weights, authorization=run.authorization)
         outcome = protocol.run_round(grid, members, instruction, timeout=run.round_timeout_s)
         journal.write("round", **round_record(outcome))
         if len(outcome.participants) < fed.min_participants or outcome.weights is None:
@@ -92,10 +101,13 @@ def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundP
             )
         weights = outcome.weights
         save_checkpoint(Path(run.journal_path).with_name("checkpoint.npz"), weights, rnd)
-    evaluation, metrics = evaluate(grid, members, RoundInstruction(fed, fed.rounds, weights), run)
-    journal.write(
-        "evaluation", round=fed.rounds, nodes=evaluation, aggregate=aggregate_record(metrics)
-    )
+    if evaluation_epsilon_share(fed.privacy.target_epsilon, fed.privacy.evaluation_epsilon):
+        # the one evaluation the spec schedules: each node releases noised counts, charged
+        final = RoundInstruction(fed, fed.rounds, weights, authorization=run.authorization)
+        evaluation, metrics = evaluate(grid, members, final, run)
+        journal.write(
+            "evaluation", round=fed.rounds, nodes=evaluation, aggregate=aggregate_record(metrics)
+        )
     journal.write("run_finished", rounds_completed=fed.rounds)
 
 
@@ -121,29 +133,22 @@ def wait_for_members(grid: Grid, run: RunSpec) -> list[Member]:
 
 
 def round_record(outcome: RoundOutcome) -> dict[str, object]:
-    """The journal entry of a round: participants, refusals and aggregate-safe metrics."""
+    """The journal entry of a round: participants, refusals, example counts and charges.
+
+    No loss and no evaluation: nodes keep their training loss (it is not DP), and evaluate
+    only once, when the federation schedules it (`evaluate`)."""
     nodes: dict[str, dict[str, object]] = {}
     for o in outcome.outcomes:
         nodes[o.member.name] = node_record(o)
     participants = outcome.participants
     total = sum(o.reply.num_examples for o in participants if o.reply)
-    train_loss = (
-        sum(o.reply.train_loss * o.reply.num_examples for o in participants if o.reply) / total
-        if total
-        else None
-    )
-    pre_round = {
-        o.member.name: o.reply.evaluation
-        for o in participants
-        if o.reply is not None and o.reply.evaluation is not None
-    }
+    if "examples" in outcome.details:  # SecAgg+: the survivors' total, from the masked sum
+        total = int(outcome.details["examples"])
     return {
         "round": outcome.round,
         "seconds": outcome.seconds,
         "participants": [o.member.name for o in participants],
         "num_examples": total,
-        "train_loss": train_loss,
-        "pre_round_eval": aggregate_record(pre_round),
         "nodes": nodes,
         **({"secagg": outcome.details} if outcome.details else {}),
     }
@@ -157,29 +162,30 @@ def node_record(o: NodeOutcome) -> dict[str, object]:
         return record
     record.update(
         num_examples=reply.num_examples,
-        train_loss=reply.train_loss,
         train_seconds=reply.train_seconds,
         node_seconds=reply.node_seconds,
     )
-    if reply.evaluation is not None:
-        record["pre_round_eval"] = eval_record(reply.evaluation)
     if reply.charge is not None:
-        c = reply.charge
-        record["charge"] = {
-            "noise_multiplier": c.noise_multiplier,
-            "sample_rate": c.sample_rate,
-            "steps": c.steps,
-            "delta": c.delta,
-            "accountant": c.accountant,
-            "epsilon": c.epsilon,
-            "epsilon_budget": c.epsilon_budget,
-        }
+        record["charge"] = charge_record(reply.charge)
     return record
 
 
+def charge_record(c: PrivacyCharge) -> dict[str, object]:
+    """A node's privacy charge (a round's, or an evaluation release's) for the journal."""
+    return {
+        "noise_multiplier": c.noise_multiplier,
+        "sample_rate": c.sample_rate,
+        "steps": c.steps,
+        "delta": c.delta,
+        "accountant": c.accountant,
+        "epsilon": c.epsilon,
+        "epsilon_budget": c.epsilon_budget,
+    }
+
+
 def eval_record(ev: EvalMetrics) -> dict[str, object]:
-    """A node's evaluation figures for the journal (precision, recall, F1 and the confusion
-    matrix only when the node sent them)."""
+    """A node's evaluation figures for the journal: its DP release (noised counts and the
+    rates that follow; ``loss`` and ``roc_auc`` are ``None``, they stay at the node)."""
     record: dict[str, object] = {
         "num_examples": ev.num_examples,
         "accuracy": ev.accuracy,
@@ -200,17 +206,19 @@ def aggregate_record(evaluations: Mapping[str, EvalMetrics]) -> dict[str, object
     """The federation's figures over the nodes that evaluated, weighted by their examples
     (`lepton_fl.metrics.aggregate_metrics`); ``None`` when no node sent full metrics.
 
-    ``left_out`` names the nodes that sent no precision, recall, F1 and confusion matrix;
-    ``error`` says why nothing could be combined (the nodes disagree on the classes)."""
+    ``left_out`` names the nodes that sent no precision, recall, F1 and confusion matrix, or
+    whose noised counts sum to 0; ``error`` says why nothing could be combined (the nodes
+    disagree on the classes). ``loss`` is combined only when every node sent one (a DP
+    release has none)."""
     full = {name: ev.classification() for name, ev in evaluations.items()}
-    usable = {name: m for name, m in full.items() if m is not None}
-    left_out = sorted(name for name, m in full.items() if m is None)
+    usable = {name: m for name, m in full.items() if m is not None and m.num_examples > 0}
+    left_out = sorted(name for name in full if name not in usable)
     if not usable:
         return None
+    losses = {name: evaluations[name].loss for name in usable}
+    known = {name: loss for name, loss in losses.items() if loss is not None}
     try:
-        combined = aggregate_metrics(
-            usable, losses={name: evaluations[name].loss for name in usable}
-        )
+        combined = aggregate_metrics(usable, losses=known if len(known) == len(usable) else None)
     except ValueError as err:
         return {"error": str(err), "left_out": left_out}
     return {**combined.as_dict(), "left_out": left_out}
@@ -249,6 +257,8 @@ def evaluate(
             if reply.status == "ok":
                 metrics[m.name] = reply.evaluation
         entry.update(epsilon=reply.epsilon, epsilon_budget=reply.epsilon_budget)
+        if reply.charge is not None:
+            entry["charge"] = charge_record(reply.charge)
         results[m.name] = entry
     return results, metrics
 

@@ -4,7 +4,8 @@ Rows are exactly Opacus accountant history entries (noise multiplier, sample rat
 plus the delta and accountant they were charged under, so epsilon is always recomputed
 from the history with Opacus (`lepton_fl.privacy.epsilon_spent`), never summed. The
 ServerApp writes them (`record_round`), in the same transaction as the round and its audit
-event. `reconcile` compares this ledger with a node's own.
+event. `reconcile` compares this ledger with a node's own. A scheduled evaluation's DP release is
+charged as a row of kind "evaluate" (`record_evaluation`).
 """
 
 from __future__ import annotations
@@ -82,21 +83,7 @@ def record_round(db: Database, run_id: str, record: dict[str, Any]) -> bool:
             charge = entry.get("charge")
             if not charge or name not in by_name:
                 continue
-            session.add(
-                LedgerEntry(
-                    node_id=by_name[name],
-                    federation_id=run.federation_id,
-                    run_id=run_id,
-                    round=rnd,
-                    noise_multiplier=float(charge["noise_multiplier"]),
-                    sample_rate=float(charge["sample_rate"]),
-                    steps=int(charge["steps"]),
-                    delta=float(charge["delta"]),
-                    accountant=str(charge["accountant"]),
-                    epsilon_reported=float(charge["epsilon"]),
-                    recorded_at=now_iso(),
-                )
-            )
+            session.add(_ledger_entry(run, by_name[name], rnd, charge, kind="train"))
             charges[by_name[name]] = float(charge["epsilon"])
         run.rounds_completed = max(run.rounds_completed, rnd)
         if run.state == "submitted":
@@ -110,6 +97,67 @@ def record_round(db: Database, run_id: str, record: dict[str, Any]) -> bool:
             {"round": rnd, "participants": participants, "epsilon_reported": charges},
         )
     return True
+
+
+def record_evaluation(db: Database, run_id: str, record: dict[str, Any]) -> bool:
+    """Record the DP charges of a run's scheduled evaluation (a journal `evaluation` record),
+    with an audit event, in one transaction. Returns False if already recorded.
+
+    A node charges its own ledger before its noised counts leave it; the coordinator records
+    the same charge, so its epsilon for a node is never below the node's own."""
+    rnd = int(record["round"])
+    with db.write() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise NotFoundError(f"No run with id {run_id!r} exists.", code="run_not_found")
+        by_name = {m["name"]: m["node_id"] for m in json.loads(run.members)}
+        charges: dict[str, float] = {}
+        for name, entry in dict(record.get("nodes", {})).items():
+            charge = entry.get("charge")
+            node_id = by_name.get(name)
+            if not charge or node_id is None:
+                continue
+            recorded = session.exec(
+                select(LedgerEntry).where(
+                    LedgerEntry.run_id == run_id,
+                    LedgerEntry.node_id == node_id,
+                    LedgerEntry.round == rnd,
+                    LedgerEntry.kind == "evaluate",
+                )
+            ).first()
+            if recorded is not None:
+                continue
+            session.add(_ledger_entry(run, node_id, rnd, charge, kind="evaluate"))
+            charges[node_id] = float(charge["epsilon"])
+        if not charges:
+            return False
+        audit.append_event(
+            session,
+            Actor(role="system", label="serverapp"),
+            "run.evaluation",
+            f"run:{run_id}",
+            {"round": rnd, "epsilon_reported": charges},
+        )
+    return True
+
+
+def _ledger_entry(
+    run: Run, node_id: str, rnd: int, charge: dict[str, Any], *, kind: str
+) -> LedgerEntry:
+    return LedgerEntry(
+        node_id=node_id,
+        federation_id=run.federation_id,
+        run_id=run.id,
+        round=rnd,
+        noise_multiplier=float(charge["noise_multiplier"]),
+        sample_rate=float(charge["sample_rate"]),
+        steps=int(charge["steps"]),
+        delta=float(charge["delta"]),
+        accountant=str(charge["accountant"]),
+        epsilon_reported=float(charge["epsilon"]),
+        recorded_at=now_iso(),
+        kind=kind,
+    )
 
 
 def _finite(value: object) -> float | None:
@@ -193,13 +241,14 @@ def ledger_overview(db: Database, actor: Actor) -> list[NodeLedger]:
 
 @dataclass(frozen=True)
 class NodeLedgerRow:
-    """One row of a node's own ledger: the Flower run id, the round and its charge."""
+    """One row of a node's own ledger: the Flower run id, the round, its kind and charge."""
 
     flower_run_id: str
     round: int
     noise_multiplier: float
     sample_rate: float
     steps: int
+    kind: str = "train"
 
 
 @dataclass(frozen=True)
@@ -209,6 +258,7 @@ class Mismatch:
     flower_run_id: str
     round: int
     problem: str
+    kind: str = "train"
 
 
 def reconcile(
@@ -230,15 +280,22 @@ def reconcile(
             r.flower_run_id
             for r in session.exec(select(Run).where(col(Run.flower_run_id).is_not(None))).all()
         }
-    mine = {(str(flower_ids.get(e.run_id)), e.round): e for e in report.history}
-    theirs = {(r.flower_run_id, r.round): r for r in node_rows if r.flower_run_id in known_runs}
+    mine = {(str(flower_ids.get(e.run_id)), e.round, e.kind): e for e in report.history}
+    theirs = {
+        (r.flower_run_id, r.round, r.kind): r for r in node_rows if r.flower_run_id in known_runs
+    }
     problems: list[Mismatch] = []
     for key in sorted(set(mine) | set(theirs)):
         a, b = mine.get(key), theirs.get(key)
+        run_round = (key[0], key[1])
         if a is None:
-            problems.append(Mismatch(*key, "in the node's ledger but not the coordinator's"))
+            problems.append(
+                Mismatch(*run_round, "in the node's ledger but not the coordinator's", key[2])
+            )
         elif b is None:
-            problems.append(Mismatch(*key, "in the coordinator's ledger but not the node's"))
+            problems.append(
+                Mismatch(*run_round, "in the coordinator's ledger but not the node's", key[2])
+            )
         elif (
             not math.isclose(a.noise_multiplier, b.noise_multiplier, rel_tol=1e-9)
             or not math.isclose(a.sample_rate, b.sample_rate, rel_tol=1e-9)
@@ -246,10 +303,11 @@ def reconcile(
         ):
             problems.append(
                 Mismatch(
-                    *key,
+                    *run_round,
                     f"charges differ: coordinator (sigma={a.noise_multiplier:g}, "
                     f"q={a.sample_rate:g}, steps={a.steps}), node (sigma={b.noise_multiplier:g}, "
                     f"q={b.sample_rate:g}, steps={b.steps})",
+                    key[2],
                 )
             )
     return problems

@@ -1,28 +1,54 @@
-"""The ServerApp's link to the admin database: a run journal that also records in it.
+"""The admin service's reader of run journals: rounds, charges and run states into the DB.
 
-`open_journal(run)` is what the ServerApp calls: for a run started through the admin API
-(its `RunSpec` names the admin database and run), every journal event is also written
-through the services: `round` records the round, each node's charge and an audit event in
-one transaction; `run_started`, `run_finished` and `run_failed` move the run's state. The
-journal line is written first, so a database outage never loses a round's record.
+The ServerApp holds no database credentials (it runs in a process with nothing of the
+coordinator's, see `coordinator.fl.launcher`): it only appends to its run's journal
+(`coordinator.fl.journal`). The admin service reads the journals of its active runs
+(`JournalFollower`, a thread of `lepton coordinator start`) and records each event through
+the services: `round` records the round, each node's charge and an audit event in one
+transaction; `run_started`, `run_finished` and `run_failed` move the run's state. Every
+record is idempotent (a round is recorded once, an ended run stays ended), so a coordinator
+restarted mid-run reads the journal again from its start and loses nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
+from sqlmodel import col, select
+
 from coordinator.db import Database
+from coordinator.db.tables import Run
 from coordinator.fl.journal import RunJournal
 from coordinator.services import ledger, runs
-from lepton_fl.config import RunSpec
 
 log = logging.getLogger(__name__)
 
+FOLLOW_INTERVAL_S = 0.25
+
+
+def apply_event(db: Database, run_id: str, event: dict[str, Any], *, journal: Path) -> None:
+    """Record one journal event of run `run_id` in the admin database (idempotent)."""
+    kind = event.get("event")
+    if kind == "run_started":
+        runs.mark_started(db, run_id, flower_run_id=int(event["flower_run_id"]))
+    elif kind == "round":
+        ledger.record_round(db, run_id, event)
+    elif kind == "evaluation":
+        ledger.record_evaluation(db, run_id, event)
+    elif kind == "run_finished":
+        runs.mark_ended(
+            db, run_id, state="finished", checkpoint=journal.with_name("checkpoint.npz")
+        )
+    elif kind == "run_failed":
+        runs.mark_ended(db, run_id, state="failed", failure=str(event.get("reason")))
+
 
 class LedgerJournal(RunJournal):
-    """A run journal that also records rounds and the run's state in the admin database."""
+    """A journal that records each event at once (an in-process ServerApp, in tests)."""
 
     def __init__(self, path: Path, *, db: Database, run_id: str) -> None:
         super().__init__(path)
@@ -31,31 +57,63 @@ class LedgerJournal(RunJournal):
 
     def write(self, event: str, **fields: Any) -> None:
         super().write(event, **fields)
-        if event == "run_started":
-            runs.mark_started(self.db, self.run_id, flower_run_id=int(fields["flower_run_id"]))
-        elif event == "round":
-            ledger.record_round(self.db, self.run_id, fields)
-        elif event == "run_finished":
-            runs.mark_ended(
-                self.db,
-                self.run_id,
-                state="finished",
-                checkpoint=self.path.with_name("checkpoint.npz"),
-            )
-        elif event == "run_failed":
+        apply_event(self.db, self.run_id, {"event": event, **fields}, journal=self.path)
+
+
+def follow_journal(db: Database, run_id: str, path: Path, offset: int) -> int:
+    """Apply the complete lines of `path` after byte `offset`; return the new offset."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return offset
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next pass
+    for line in data[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            log.error("run %s: an unreadable journal line was skipped", run_id)
+            continue
+        apply_event(db, run_id, event, journal=path)
+    return offset + end
+
+
+class JournalFollower:
+    """Reads the journals of active runs into the admin database, in a thread."""
+
+    def __init__(self, db: Database, *, interval_s: float = FOLLOW_INTERVAL_S) -> None:
+        self.db = db
+        self.interval_s = interval_s
+        self._offsets: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start following."""
+        self._thread = threading.Thread(target=self._run, name="journal-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following (after one last pass)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def poll(self) -> None:
+        """One pass over the active runs' journals."""
+        with self.db.read() as session:
+            active = session.exec(
+                select(Run.id, Run.journal_path).where(col(Run.state).in_(runs.ACTIVE_STATES))
+            ).all()
+        for run_id, journal in active:
+            offset = self._offsets.get(run_id, 0)
+            self._offsets[run_id] = follow_journal(self.db, run_id, Path(journal), offset)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
             try:
-                runs.mark_ended(
-                    self.db, self.run_id, state="failed", failure=str(fields.get("reason"))
-                )
-            except Exception:  # the run already failed; do not hide why
-                log.exception("Could not record the failure of run %s", self.run_id)
-
-
-def open_journal(run: RunSpec) -> RunJournal:
-    """The journal for `run`: recording in the admin database when the run came from it."""
-    path = Path(run.journal_path)
-    if run.admin_database_url is None or run.admin_run_id is None:
-        return RunJournal(path)
-    return LedgerJournal(
-        path, db=Database(run.admin_database_url, pooled=False), run_id=run.admin_run_id
-    )
+                self.poll()
+            except Exception:  # a database hiccup: the next pass tries again
+                log.exception("reading run journals failed")
+        self.poll()

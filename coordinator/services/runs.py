@@ -2,10 +2,11 @@
 
 Starting a run checks, before anything is submitted, that the federation has enough
 enrolled, approved members and that none of them would exceed its budget: the federation's
-target epsilon (what the whole run is calibrated to at each node) plus what the ledger
-says the node has spent must not exceed the node's budget. The refusal names the node and
-the numbers. Runs of different federations run side by side; a federation runs one at a
-time.
+target epsilon (what the whole run, training and its scheduled evaluation, is calibrated to
+at each node) plus what the ledger says the node has spent must not exceed the node's budget
+(`lepton_fl.privacy.budget.run_fits_budget`, the rule the nodes' calibration follows).
+The refusal names the node and the numbers. Runs of different federations run side by
+side; a federation runs one at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import col, select
 
 from coordinator.db import Database
@@ -36,6 +38,8 @@ from coordinator.services.federations import check_definition, load_definition
 from coordinator.services.gateway import RunLauncher
 from coordinator.services.ledger import history_epsilon, node_entries
 from lepton_fl.config import Member, RunSpec
+from lepton_fl.crypto.run_authorization import authorize_run
+from lepton_fl.privacy.budget import planned_run_epsilon, run_fits_budget
 
 ACTIVE_STATES = ("submitted", "running")
 TERMINAL_STATES = ("finished", "failed", "stopped")
@@ -43,10 +47,9 @@ TERMINAL_STATES = ("finished", "failed", "stopped")
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where runs keep their journals and how the ServerApp reaches the admin database."""
+    """Where runs keep their journals (the admin service reads them, see round_sink)."""
 
     runs_dir: Path
-    database_url: str | None
     round_timeout_s: float = 300.0
     connect_timeout_s: float = 120.0
 
@@ -58,8 +61,13 @@ def start_run(
     *,
     launcher: RunLauncher | None,
     settings: RunSettings,
+    signing_key: Ed25519PrivateKey,
 ) -> Run:
-    """Check members and budgets, record the run, submit it; return the run."""
+    """Check members and budgets, record the run, submit it; return the run.
+
+    The submitted RunSpec carries the run's authorization, signed with ``signing_key`` (the
+    coordinator's key, which nodes pin): every node refuses a run without it.
+    """
     require_writer(actor, action="start runs")
     require_role(actor, "platform_admin", action="start runs")
     with db.read() as session:
@@ -91,14 +99,17 @@ def start_run(
             "and add more nodes first.",
             code="not_enough_members",
         )
-    planned = definition.privacy.target_epsilon
+    planned = planned_run_epsilon(definition.privacy.target_epsilon)
     for node in nodes:
-        if spent[node.id] + planned > node.epsilon_budget + 1e-12:
+        decision = run_fits_budget(
+            spent[node.id],
+            target_epsilon=definition.privacy.target_epsilon,
+            budget=node.epsilon_budget,
+        )
+        if not decision.allowed:
             raise ConflictError(
-                f"Node {node.name} cannot take part: this run plans epsilon {planned:g}, the "
-                f"node has spent {spent[node.id]:.4g} of its budget {node.epsilon_budget:g} "
-                f"(remaining {max(0.0, node.epsilon_budget - spent[node.id]):.4g}). Remove the "
-                "node from the federation or lower the federation's target epsilon.",
+                f"Node {node.name} cannot take part: {decision.reason} Remove the node from "
+                "the federation or lower the federation's target epsilon.",
                 code="budget_exceeded",
             )
     if launcher is None:
@@ -118,13 +129,16 @@ def start_run(
     try:
         run_spec = RunSpec(
             federation=spec,
-            members=tuple(Member(name=n.name, node_id=int(str(n.flower_node_id))) for n in nodes),
+            members=tuple(
+                Member(name=n.name, node_id=int(str(n.flower_node_id)), public_key=n.public_key)
+                for n in nodes
+            ),
             journal_path=str(journal),
             round_timeout_s=settings.round_timeout_s,
             connect_timeout_s=settings.connect_timeout_s,
-            admin_database_url=settings.database_url,
             admin_run_id=run_id,
         )
+        run_spec = authorize_run(run_spec, signing_key)
     except ValueError as err:
         raise InvalidError(f"The run is invalid: {err}", code="invalid_run") from err
     with db.write() as session:
@@ -176,10 +190,8 @@ def start_run(
 
 
 def _public_spec(run: RunSpec) -> str:
-    """The RunSpec as stored: the database URL's password never lands in a table."""
-    data = run.model_dump(mode="json")
-    data["admin_database_url"] = None
-    return json.dumps(data, sort_keys=True)
+    """The RunSpec as stored."""
+    return json.dumps(run.model_dump(mode="json"), sort_keys=True)
 
 
 def mark_started(db: Database, run_id: str, *, flower_run_id: int) -> None:

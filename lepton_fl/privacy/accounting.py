@@ -264,12 +264,20 @@ def _rdp_epsilon(entries: list[_OpacusEntry], *, delta: float) -> float:
 
 
 def _prv_epsilon(entries: list[_OpacusEntry], *, delta: float) -> float:
+    import numpy as np
+
     accountant = _guarded_prv_accountant_class()()
     accountant.history = entries
     try:
-        return float(
-            accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR, delta_error=delta / 1000)
-        )
+        # At sample rate 1 (an evaluation release: the plain Gaussian mechanism) Opacus's PRV
+        # takes log(1 - q) = log(0) inside an np.where whose other branch it uses; the
+        # division warning is harmless there.
+        with np.errstate(divide="ignore"):
+            return float(
+                accountant.get_epsilon(
+                    delta=delta, eps_error=PRV_EPS_ERROR, delta_error=delta / 1000
+                )
+            )
     except _DomainTooLargeError as exc:
         raise PrivacyAccountingError(
             f"The PRV accountant would need a grid of {exc.size:,} points for this history "

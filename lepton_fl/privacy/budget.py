@@ -104,3 +104,48 @@ def _format(value: float, decimals: int) -> str:
 def _pair(value: float, limit: float) -> tuple[str, str]:
     decimals = _decimals(value, limit)
     return _format(value, decimals), _format(limit, decimals)
+
+
+def planned_run_epsilon(target_epsilon: float) -> float:
+    """The epsilon one run plans at each node: its ``target_epsilon``, which covers its
+    training rounds **and** its scheduled evaluation release, composed by the federation's
+    accountant (``lepton_fl.privacy.evaluation.calibrate_run`` calibrates both to it)."""
+    return _check_budget(target_epsilon, name="target_epsilon")
+
+
+def run_fits_budget(spent: float, *, target_epsilon: float, budget: float) -> BudgetDecision:
+    """The admin service's pre-check of a whole run for one node, before it is submitted.
+
+    The run's plan is :func:`planned_run_epsilon` (training + scheduled evaluation), and
+    basic composition bounds what it adds to ``spent``, the node's history: allowed when
+    ``spent + planned <= budget``. The node itself later checks each round and the
+    evaluation exactly (:func:`check_round`, under its own accountant as well).
+    """
+    planned = planned_run_epsilon(target_epsilon)
+    limit = _check_budget(budget, name="budget")
+    after = spent + planned
+    if after <= limit + 1e-12:
+        return BudgetDecision(True, spent, after, limit, "")
+    return BudgetDecision(
+        False,
+        spent,
+        after,
+        limit,
+        f"this run plans epsilon {planned:g} (its training and its scheduled evaluation), "
+        f"the node has spent {spent:.4g} of its budget {limit:g} (remaining "
+        f"{max(0.0, limit - spent):.4g}).",
+    )
+
+
+def _check_budget(value: float, *, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or float(value) <= 0
+    ):
+        raise PrivacyAccountingError(
+            f"{name} must be a finite epsilon greater than 0, got {value!r}.",
+            code="invalid_budget",
+        )
+    return float(value)

@@ -13,6 +13,7 @@ this is the classic four-wave SecAgg+ round with fresh keys.
 from lepton_fl.secagg.config import RoundParams, SecAggConfig, masking_graph, resolve_round_params
 from lepton_fl.secagg.encoding import EncodingStats, flatten, unflatten
 from lepton_fl.secagg.errors import ErrorCode, Rejection, SecAggError
+from lepton_fl.secagg.identity import NodeIdentity
 from lepton_fl.secagg.messages import (
     SETUP,
     AdvertiseKeysReply,
@@ -45,6 +46,7 @@ __all__ = [
     "ErrorCode",
     "MaskedInputReply",
     "MaskedInputRequest",
+    "NodeIdentity",
     "PublicKeys",
     "Rejection",
     "Reply",

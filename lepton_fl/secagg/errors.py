@@ -29,6 +29,10 @@ class ErrorCode(StrEnum):
     NON_FINITE_INPUT = "non_finite_input"
     BAD_STATE = "bad_state"
     EXCLUDED = "excluded"
+    NOT_A_MEMBER = "not_a_member"
+    BAD_SIGNATURE = "bad_signature"
+    ROUND_ALREADY_ANSWERED = "round_already_answered"
+    NO_IDENTITY = "no_identity"
 
 
 class SecAggError(Exception):

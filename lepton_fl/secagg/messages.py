@@ -94,10 +94,13 @@ def resolve_session_params(
 
 @dataclass(frozen=True, slots=True)
 class PublicKeys:
-    """A node's session public keys: ``enc`` (c) for shares, one mask key (s) per round."""
+    """A node's session public keys: ``enc`` (c) for shares, one mask key (s) per round,
+    and the node's signature over them with its enrolled key (empty where the session
+    runs without identities; see lepton_fl.secagg.identity)."""
 
     enc: bytes
     masks: tuple[bytes, ...]
+    signature: bytes = b""
 
     def mask(self, round: int) -> bytes:
         """The mask-agreement public key of round ``round`` (1-based)."""
@@ -203,7 +206,8 @@ def payload_bytes(message: Reply) -> int:
     """Bytes of payload a session reply carries, without framing (as ``payload_bytes``)."""
     header = 8  # sender id; the binding is part of the transport's envelope
     if isinstance(message, AdvertiseKeysReply):
-        return header + len(message.keys.enc) + sum(len(k) for k in message.keys.masks)
+        keys = message.keys
+        return header + len(keys.enc) + sum(len(k) for k in keys.masks) + len(keys.signature)
     if isinstance(message, ShareKeysReply):
         cts = sum(8 + len(ct) for ct in message.encrypted_shares.values())
         return header + cts + sum(len(c) for c in message.self_mask_commitments)

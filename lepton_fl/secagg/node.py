@@ -12,6 +12,7 @@ itself once it missed one (it must re-key, i.e. join a new session).
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from enum import Enum
@@ -43,6 +44,7 @@ from lepton_fl.secagg.derive import (
 )
 from lepton_fl.secagg.encoding import EncodingStats, encode, reduce
 from lepton_fl.secagg.errors import ErrorCode, SecAggError
+from lepton_fl.secagg.identity import NodeIdentity
 from lepton_fl.secagg.messages import (
     SETUP,
     AdvertiseKeysReply,
@@ -78,13 +80,26 @@ class SecAggNode:
 
     After a refusal the object is spent: the node has left the session and must re-key
     (join a new session) to take part again.
+
+    With an ``identity`` (the product always gives one) the node signs its advertisement,
+    refuses a session offering a participant outside the run's members, and refuses a key
+    list with a key set its node did not sign (see lepton_fl.secagg.identity).
     """
 
-    def __init__(self, *, node_id: int, run_id: str, session: int, config: SecAggConfig) -> None:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        run_id: str,
+        session: int,
+        config: SecAggConfig,
+        identity: NodeIdentity | None = None,
+    ) -> None:
         self.node_id = node_id
         self.run_id = run_id
         self.session = session
         self.config = config
+        self.identity = identity
         rounds = config.session_rounds
         self._state = _State.NEW
         self._session_params: SessionParams | None = None
@@ -94,6 +109,9 @@ class SecAggNode:
         pairs = [generate_key_pair() for _ in range(rounds)]
         self._mask_sks: dict[int, X25519PrivateKey] = {r + 1: p[0] for r, p in enumerate(pairs)}
         self._keys = PublicKeys(enc=self._enc_pk, masks=tuple(p[1] for p in pairs))
+        if identity is not None:
+            signature = identity.sign(run_id, session, node_id, self._keys)
+            self._keys = dataclasses.replace(self._keys, signature=signature)
         self._secret_bs: dict[int, bytes] = {}  # round -> own b^(r)
         self._peer_keys: dict[int, PublicKeys] = {}
         self._b_shares: dict[int, dict[int, int]] = {}  # round -> owner -> share of b^(r)
@@ -220,6 +238,14 @@ class SecAggNode:
                 ErrorCode.UNKNOWN_SENDER,
                 f"Node {self.node_id} is not a participant of the offered session.",
             )
+        if self.identity is not None:
+            strangers = sorted(set(offered.params.participants) - set(self.identity.members))
+            if strangers:
+                raise self._fail(
+                    ErrorCode.NOT_A_MEMBER,
+                    f"Node {self.node_id} refuses a session offering participants "
+                    f"{strangers}, which are not members of the run it was authorized for.",
+                )
         self._session_params = offered
         self._graph = masking_graph(offered.params)
         self._state = _State.ADVERTISED
@@ -249,6 +275,7 @@ class SecAggNode:
             raise self._fail(
                 ErrorCode.UNKNOWN_SENDER, "The key list names nodes outside the session."
             )
+        self._check_signatures(keys)
         raw = [k.enc for k in keys.values()] + [m for k in keys.values() for m in k.masks]
         if (
             any(len(k.masks) != sp.rounds for k in keys.values())
@@ -306,6 +333,23 @@ class SecAggNode:
             sealed[holder] = seal(key, bytes(plain[holder]), aad=aad)
         self._state = _State.READY
         return ShareKeysReply(binding, self.node_id, sealed, tuple(commitments))
+
+    def _check_signatures(self, keys: Mapping[int, PublicKeys]) -> None:
+        """Every other node's keys carry its signature by its enrolled key."""
+        if self.identity is None:
+            return
+        forged = sorted(
+            node
+            for node, node_keys in keys.items()
+            if node != self.node_id
+            and not self.identity.verify(self.run_id, self.session, node, node_keys)
+        )
+        if forged:
+            raise self._fail(
+                ErrorCode.BAD_SIGNATURE,
+                f"Node {self.node_id} refuses the key list: the keys of {forged} are not "
+                "signed by those members' enrolled keys (forged or substituted).",
+            )
 
     # -- rounds ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: train replies carry no loss or evaluation; evaluations are DP releases
 
 T = TypeVar("T")
 

@@ -50,20 +50,26 @@ class RoundInstruction:
     federation: FederationSpec
     round: int
     weights: list[np.ndarray] = field(default_factory=list)  # empty: initialise from the seed
+    # The admin service's signed run authorization (lepton_fl.crypto.run_authorization),
+    # forwarded unchanged with every message of the run; None: an unsigned run.
+    authorization: str | None = None
 
 
 @dataclass(frozen=True)
 class EvalMetrics:
-    """Aggregate-safe evaluation figures of one model on one node's held-out split.
+    """Evaluation figures of one model on one node's held-out split.
 
-    The figures follow `lepton_fl.metrics` (class 1 for two classes, macro averages for
-    more; ``confusion[i][j]`` counts true class ``i`` predicted as ``j``). ``precision``,
-    ``recall``, ``f1`` and ``confusion`` travel together: all four or none (a node that
-    computes only loss, accuracy and AUC). Decoding checks them (see `_eval_from`).
+    What a node sends is a DP release (``lepton_fl.privacy.evaluation``): noised confusion
+    counts and the rates that follow from them; ``num_examples`` is the noised counts' sum
+    (it may be 0), ``loss`` and ``roc_auc`` are ``None`` (they stay at the node). The
+    figures follow `lepton_fl.metrics` (class 1 for two classes, macro averages for more;
+    ``confusion[i][j]`` counts true class ``i`` predicted as ``j``). ``precision``,
+    ``recall``, ``f1`` and ``confusion`` travel together: all four or none. Decoding checks
+    them (see `_eval_from`).
     """
 
     num_examples: int
-    loss: float
+    loss: float | None
     accuracy: float
     roc_auc: float | None
     precision: float | None = None
@@ -104,23 +110,24 @@ class PrivacyCharge:
 
 @dataclass(frozen=True)
 class TrainReply:
-    """A node's answer to a train instruction."""
+    """A node's answer to a train instruction: the update, its example count and the round's
+    privacy charge. No loss and no evaluation (wire version 2): the training loss is computed
+    on private rows without noise, so it stays in the node's log."""
 
     status: ReplyStatus
     code: str = ""
     reason: str = ""
     weights: list[np.ndarray] = field(default_factory=list)
     num_examples: int = 0
-    train_loss: float = float("nan")
     train_seconds: float = 0.0  # the DP-SGD loop alone
-    node_seconds: float = 0.0  # the trainer's whole handling: checks, evaluation, ledger
-    evaluation: EvalMetrics | None = None  # of the model the node received, before training
+    node_seconds: float = 0.0  # the trainer's whole handling: checks, ledger, training
     charge: PrivacyCharge | None = None
 
 
 @dataclass(frozen=True)
 class EvaluateReply:
-    """A node's answer to an evaluate instruction."""
+    """A node's answer to an evaluate instruction: the DP release of its evaluation, the
+    release's charge, and the node's epsilon on the dataset (the release included)."""
 
     status: ReplyStatus
     code: str = ""
@@ -128,6 +135,7 @@ class EvaluateReply:
     evaluation: EvalMetrics | None = None
     epsilon: float | None = None
     epsilon_budget: float | None = None
+    charge: PrivacyCharge | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,8 @@ def instruction_to_records(instruction: RoundInstruction) -> RecordDict:
             "round": instruction.round,
         }
     )
+    if instruction.authorization is not None:
+        config["authorization"] = instruction.authorization
     return RecordDict({_ARRAYS: ArrayRecord(list(instruction.weights)), _CONFIG: config})
 
 
@@ -168,8 +178,12 @@ def instruction_from_records(records: RecordDict) -> RoundInstruction:
     if federation.digest() != _get(config, "federation-digest", str):
         raise WireError("The federation spec does not match its digest; the message was altered.")
     weights = _arrays(records)
+    authorization = _get(config, "authorization", str) if "authorization" in config else None
     return RoundInstruction(
-        federation=federation, round=_get(config, "round", int), weights=weights
+        federation=federation,
+        round=_get(config, "round", int),
+        weights=weights,
+        authorization=authorization,
     )
 
 
@@ -184,12 +198,9 @@ def train_reply_to_records(reply: TrainReply) -> RecordDict:
     records[_ARRAYS] = ArrayRecord(list(reply.weights))
     metrics: dict[str, MetricRecordValues] = {
         "num-examples": reply.num_examples,
-        "train-loss": reply.train_loss,
         "train-seconds": reply.train_seconds,
         "node-seconds": reply.node_seconds,
     }
-    if reply.evaluation is not None:
-        metrics.update(_eval_metrics(reply.evaluation))
     records[_METRICS] = MetricRecord(metrics)
     if reply.charge is not None:
         records[_CHARGE] = _charge_record(reply.charge)
@@ -207,10 +218,8 @@ def train_reply_from_records(records: RecordDict) -> TrainReply:
         status=status,
         weights=_arrays(records),
         num_examples=int(metrics["num-examples"]),
-        train_loss=float(metrics["train-loss"]),
         train_seconds=float(metrics["train-seconds"]),
         node_seconds=float(metrics.get("node-seconds", 0.0)),
-        evaluation=_eval_from(records),
         charge=charge,
     )
 
@@ -226,6 +235,8 @@ def evaluate_reply_to_records(reply: EvaluateReply) -> RecordDict:
     if reply.epsilon_budget is not None:
         metrics["epsilon-budget"] = reply.epsilon_budget
     records[_METRICS] = MetricRecord(metrics)
+    if reply.charge is not None:
+        records[_CHARGE] = _charge_record(reply.charge)
     return records
 
 
@@ -242,6 +253,7 @@ def evaluate_reply_from_records(records: RecordDict) -> EvaluateReply:
         evaluation=_eval_from(records),
         epsilon=None if epsilon is None else float(epsilon),
         epsilon_budget=None if budget is None else float(budget),
+        charge=_charge(records) if _CHARGE in records else None,
     )
 
 
@@ -304,9 +316,10 @@ _EVAL_EXTRA = ("eval-precision", "eval-recall", "eval-f1", "eval-confusion", "ev
 def _eval_metrics(evaluation: EvalMetrics) -> dict[str, MetricRecordValues]:
     metrics: dict[str, MetricRecordValues] = {
         "eval-num-examples": evaluation.num_examples,
-        "eval-loss": evaluation.loss,
         "eval-accuracy": evaluation.accuracy,
     }
+    if evaluation.loss is not None:
+        metrics["eval-loss"] = evaluation.loss
     if evaluation.roc_auc is not None:
         metrics["eval-roc-auc"] = evaluation.roc_auc
     extra = (evaluation.precision, evaluation.recall, evaluation.f1, evaluation.confusion)
@@ -327,9 +340,11 @@ def _eval_metrics(evaluation: EvalMetrics) -> dict[str, MetricRecordValues]:
 
 
 def _eval_from(records: RecordDict) -> EvalMetrics | None:
-    """Decode a node's evaluation, checking it: a positive whole number of examples, rates in
-    [0, 1], and (when present) a square confusion matrix of non-negative counts that sums to
-    the number of examples and agrees with the accuracy, precision, recall and F1."""
+    """Decode a node's evaluation, checking it: a whole number of examples (positive unless
+    it comes with a confusion matrix: a noised release may count 0), rates in [0, 1], and
+    (when present) a square confusion matrix of non-negative counts that sums to the number
+    of examples and agrees with the accuracy, precision, recall and F1. The loss is
+    optional (a DP release has none)."""
     metrics = _metrics(records) if _METRICS in records else {}
     if "eval-accuracy" not in metrics:
         return None
@@ -337,10 +352,14 @@ def _eval_from(records: RecordDict) -> EvalMetrics | None:
     if not isinstance(raw, MetricRecord):  # _metrics checked it already; this informs mypy
         raise WireError(f"Record {_METRICS!r} is missing or not a MetricRecord.")
     n = raw.get("eval-num-examples")
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+    if (
+        isinstance(n, bool)
+        or not isinstance(n, int)
+        or n < 0
+        or (n == 0 and "eval-confusion" not in raw)
+    ):
         raise WireError(f"Field 'eval-num-examples' must be a positive whole number, got {n!r}.")
-    if "eval-loss" not in metrics:
-        raise WireError("Field 'eval-loss' is missing from the evaluation.")
+    loss = metrics.get("eval-loss")
     roc = metrics.get("eval-roc-auc")
     for key in ("eval-accuracy", "eval-roc-auc", "eval-precision", "eval-recall", "eval-f1"):
         if key in metrics and not 0.0 <= metrics[key] <= 1.0:
@@ -349,7 +368,7 @@ def _eval_from(records: RecordDict) -> EvalMetrics | None:
     if not present:
         return EvalMetrics(
             num_examples=n,
-            loss=float(metrics["eval-loss"]),
+            loss=None if loss is None else float(loss),
             accuracy=float(metrics["eval-accuracy"]),
             roc_auc=None if roc is None else float(roc),
         )
@@ -369,12 +388,9 @@ def _eval_from(records: RecordDict) -> EvalMetrics | None:
         )
     except ValueError as err:
         raise WireError(f"Field 'eval-confusion' is invalid: {err}.") from err
+    rates = rates_from_confusion(confusion) if n > 0 else (0.0, 0.0, 0.0, 0.0)
     expected = dict(
-        zip(
-            ("eval-accuracy", "eval-precision", "eval-recall", "eval-f1"),
-            rates_from_confusion(confusion),
-            strict=True,
-        )
+        zip(("eval-accuracy", "eval-precision", "eval-recall", "eval-f1"), rates, strict=True)
     )
     for key, value in expected.items():
         if abs(metrics[key] - value) > 1e-9:
@@ -384,7 +400,7 @@ def _eval_from(records: RecordDict) -> EvalMetrics | None:
             )
     return EvalMetrics(
         num_examples=n,
-        loss=float(metrics["eval-loss"]),
+        loss=None if loss is None else float(loss),
         accuracy=float(metrics["eval-accuracy"]),
         roc_auc=None if roc is None else float(roc),
         precision=float(metrics["eval-precision"]),

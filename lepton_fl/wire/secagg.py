@@ -40,8 +40,10 @@ from lepton_fl.wire.records import WIRE_VERSION, T, WireError, _check_version, _
 # `sender` or `recipient` and the payload.  Node ids are canonical decimal strings (Flower
 # ids are unsigned 64-bit and do not fit the signed int64 of a ConfigRecord); id tuples are
 # `list[str]`; a mapping node id -> bytes is two parallel lists `<name>-ids: list[str]` and
-# `<name>-blobs: list[bytes]`; public keys add `<name>-enc: list[bytes]` and the per-node
-# mask keys flattened into `<name>-masks: list[bytes]` with `<name>-mask-counts: list[int]`.
+# `<name>-blobs: list[bytes]`; public keys add `<name>-enc: list[bytes]`, the per-node
+# mask keys flattened into `<name>-masks: list[bytes]` with `<name>-mask-counts: list[int]`,
+# and each node's signature over its keys in `<name>-signatures: list[bytes]` (the
+# advertisement itself carries `enc-key`, `mask-keys` and `keys-signature`).
 # The masked vector travels alone in ArrayRecord "secagg.masked" under key "masked".
 
 _SECAGG = "secagg"
@@ -91,6 +93,7 @@ def secagg_reply_to_records(reply: Reply) -> RecordDict:
     if isinstance(reply, AdvertiseKeysReply):
         config["enc-key"] = bytes(reply.keys.enc)
         config["mask-keys"] = [bytes(k) for k in reply.keys.masks]
+        config["keys-signature"] = bytes(reply.keys.signature)
     elif isinstance(reply, ShareKeysReply):
         _put_blobs(config, "encrypted-shares", reply.encrypted_shares)
         config["self-mask-commitments"] = [bytes(c) for c in reply.self_mask_commitments]
@@ -169,7 +172,9 @@ def _reply_from(records: RecordDict, config: ConfigRecord, kind: str) -> Reply:
     sender = _node_id(config, "sender")
     if kind == AdvertiseKeysReply.__name__:
         keys = PublicKeys(
-            enc=_get(config, "enc-key", bytes), masks=tuple(_typed_list(config, "mask-keys", bytes))
+            enc=_get(config, "enc-key", bytes),
+            masks=tuple(_typed_list(config, "mask-keys", bytes)),
+            signature=_get(config, "keys-signature", bytes),
         )
         return AdvertiseKeysReply(binding=binding, sender=sender, keys=keys)
     if kind == ShareKeysReply.__name__:
@@ -273,6 +278,7 @@ def _put_public_keys(config: ConfigRecord, name: str, keys: Mapping[int, PublicK
     config[f"{name}-enc"] = [bytes(k.enc) for k in keys.values()]
     config[f"{name}-mask-counts"] = [len(k.masks) for k in keys.values()]
     config[f"{name}-masks"] = [bytes(m) for k in keys.values() for m in k.masks]
+    config[f"{name}-signatures"] = [bytes(k.signature) for k in keys.values()]
 
 
 def _public_keys_from(config: ConfigRecord, name: str) -> dict[int, PublicKeys]:
@@ -280,7 +286,9 @@ def _public_keys_from(config: ConfigRecord, name: str) -> dict[int, PublicKeys]:
     encs = _typed_list(config, f"{name}-enc", bytes)
     counts = _typed_list(config, f"{name}-mask-counts", int)
     masks = _typed_list(config, f"{name}-masks", bytes)
+    signatures = _typed_list(config, f"{name}-signatures", bytes)
     _same_length(f"{name}-ids", ids, f"{name}-enc", encs)
+    _same_length(f"{name}-ids", ids, f"{name}-signatures", signatures)
     _same_length(f"{name}-ids", ids, f"{name}-mask-counts", counts)
     if any(c < 0 for c in counts) or sum(counts) != len(masks):
         raise WireError(
@@ -289,8 +297,10 @@ def _public_keys_from(config: ConfigRecord, name: str) -> dict[int, PublicKeys]:
         )
     out: dict[int, PublicKeys] = {}
     start = 0
-    for node, enc, count in zip(ids, encs, counts, strict=True):
-        out[node] = PublicKeys(enc=enc, masks=tuple(masks[start : start + count]))
+    for node, enc, count, signature in zip(ids, encs, counts, signatures, strict=True):
+        out[node] = PublicKeys(
+            enc=enc, masks=tuple(masks[start : start + count]), signature=signature
+        )
         start += count
     return out
 
@@ -381,35 +391,36 @@ def _same_length(key_a: str, a: Sequence[object], key_b: str, b: Sequence[object
 _FEDAVG = "lepton.fedavg"
 
 
-def put_round_weighting(records: RecordDict, *, example_total: int, update_scale: float) -> None:
-    """Wave A, server -> node: the example total N and the update scale of the round."""
+def put_round_weighting(records: RecordDict, *, size_bound: int, update_scale: float) -> None:
+    """Wave A, server -> node: the round's public size bound n_max and update scale."""
     records[_FEDAVG] = ConfigRecord(
-        {"example-total": int(example_total), "update-scale": float(update_scale)}
+        {"size-bound": int(size_bound), "update-scale": float(update_scale)}
     )
 
 
 def round_weighting_from(records: RecordDict) -> tuple[int, float]:
-    """Decode and check ``(example_total, update_scale)``."""
+    """Decode and check ``(size_bound, update_scale)``."""
     config = _config(records, _FEDAVG)
-    total = _get(config, "example-total", int)
+    bound = _get(config, "size-bound", int)
     scale = _get(config, "update-scale", float)
-    if total < 1 or not (np.isfinite(scale) and scale > 0):
+    if bound < 1 or not (np.isfinite(scale) and scale > 0):
         raise WireError(
-            f"Bad round weighting: example total {total} and update scale {scale} must be positive."
+            f"Bad round weighting: size bound {bound} and update scale {scale} must be positive."
         )
-    return total, scale
+    return bound, scale
 
 
-def put_num_examples(records: RecordDict, num_examples: int) -> None:
-    """Setup wave 1, node -> server: the node's training-set size (its FedAvg weight)."""
-    records[_FEDAVG] = ConfigRecord({"num-examples": int(num_examples)})
+def put_size_bucket(records: RecordDict, bucket: int) -> None:
+    """Setup wave 1, node -> server: the node's size bucket (a power of two >= its
+    training-set size); its exact size travels only inside the masked vector."""
+    records[_FEDAVG] = ConfigRecord({"size-bucket": int(bucket)})
 
 
-def num_examples_from(records: RecordDict) -> int:
-    """Decode a node's advertised training-set size."""
-    value = _get(_config(records, _FEDAVG), "num-examples", int)
-    if value < 1:
-        raise WireError(f"A node advertised {value} training examples; at least 1 is needed.")
+def size_bucket_from(records: RecordDict) -> int:
+    """Decode a node's advertised size bucket: a power of two."""
+    value = _get(_config(records, _FEDAVG), "size-bucket", int)
+    if value < 1 or value & (value - 1):
+        raise WireError(f"A node advertised size bucket {value}; it must be a power of two.")
     return value
 
 

@@ -41,14 +41,18 @@ def reconcile(node_id: str, body: ReconcileIn, caller: CallerDep) -> ReconcileOu
     if not looks_like_id(node_id):
         raise not_found("node", node_id)
     rows = [
-        ledger.NodeLedgerRow(e.flower_run_id, e.round, e.noise_multiplier, e.sample_rate, e.steps)
+        ledger.NodeLedgerRow(
+            e.flower_run_id, e.round, e.noise_multiplier, e.sample_rate, e.steps, e.kind
+        )
         for e in body.entries
     ]
     problems = ledger.reconcile(caller.ctx.db, caller.actor, node_id, rows)
     return ReconcileOut(
         ok=not problems,
         mismatches=[
-            MismatchOut(flower_run_id=p.flower_run_id, round=p.round, problem=p.problem)
+            MismatchOut(
+                flower_run_id=p.flower_run_id, round=p.round, problem=p.problem, kind=p.kind
+            )
             for p in problems
         ],
     )

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query, status
 
 from coordinator.api.deps import CallerDep, ContextDep
 from coordinator.api.routes import ERRORS, SUPERLINK_ERRORS
-from coordinator.api.schemas import EnrollIn, NodeCreatedOut, NodeIn, NodeOut
+from coordinator.api.schemas import EnrolledNodeOut, EnrollIn, NodeCreatedOut, NodeIn, NodeOut
 from coordinator.services import nodes
+from lepton_fl.crypto.release import public_key_fingerprint, public_key_pem
 
 router = APIRouter(tags=["nodes"], responses=ERRORS)
 
@@ -28,17 +29,22 @@ def create_node(body: NodeIn, caller: CallerDep) -> NodeCreatedOut:
     return NodeCreatedOut(**NodeOut.of(node).model_dump(), enrollment_token=token)
 
 
-@router.post("/nodes/enroll", response_model=NodeOut, responses=SUPERLINK_ERRORS)
-def enroll_node(body: EnrollIn, ctx: ContextDep) -> NodeOut:
+@router.post("/nodes/enroll", response_model=EnrolledNodeOut, responses=SUPERLINK_ERRORS)
+def enroll_node(body: EnrollIn, ctx: ContextDep) -> EnrolledNodeOut:
     """The node enrolls: its one-time token and OpenSSH public key (no API key needed).
 
     The coordinator registers the key with the SuperLink; the node id the SuperLink returns
-    is the node's Flower identity.
+    is the node's Flower identity. The answer carries the coordinator's signing public key,
+    which the node pins (node.toml ``[coordinator] public_key``) to verify every run.
     """
-    return NodeOut.of(
-        nodes.enroll_node(
-            ctx.db, token=body.token, public_key=body.public_key, registry=ctx.registry
-        )
+    node = nodes.enroll_node(
+        ctx.db, token=body.token, public_key=body.public_key, registry=ctx.registry
+    )
+    pem = public_key_pem(ctx.signing_key)
+    return EnrolledNodeOut(
+        **NodeOut.of(node).model_dump(),
+        coordinator_public_key_pem=pem,
+        coordinator_key_fingerprint=public_key_fingerprint(pem),
     )
 
 

@@ -29,6 +29,7 @@ def start_run(federation_id: str, caller: CallerDep) -> RunOut:
             federation_id,
             launcher=caller.ctx.launcher,
             settings=caller.ctx.run_settings,
+            signing_key=caller.ctx.signing_key,
         )
     )
 

@@ -1,0 +1,103 @@
+"""`python -m client_node.supernode_launcher ARGS`: Flower's `flower-supernode`, minus its
+fixed waits.
+
+Flower 1.42's SuperNode loop (`flwr/supernode/start_client_internal.py`) sleeps a literal
+3 s whenever a pull from the SuperLink finds no message, and 0.5 s at a time while it waits
+for a reply or an object. With our executor answering in milliseconds, those sleeps are most
+of a round's wall time. No flag, environment variable or argument sets them, so this
+launcher replaces the `time` module *that one module* sees with `AdaptiveWaits` and then
+runs Flower's own `flower_supernode()` entry point, unchanged:
+
+* an empty pull waits ``idle_s``, which starts at ``IDLE_MIN_S`` after any activity and
+  grows by half each empty pull up to ``IDLE_MAX_S`` (an idle node polls the SuperLink about
+  once a second, not 20 times);
+* a wait for a reply or an object sleeps ``ACTIVE_S`` instead of 0.5 s, and counts as
+  activity.
+
+It works only for the Flower version it was written against (`PINNED_FLOWER`): on any other
+version it refuses to start with a message saying so, and `tests/test_supernode_launcher.py`
+pins the behaviour. Upstream we would propose an option (or an event) for the SuperNode's
+idle wait instead of the literal.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import ModuleType
+
+import flwr
+
+PINNED_FLOWER = "1.42."
+IDLE_SLEEP_S = 3  # flwr 1.42: `time.sleep(3)` after an empty pull
+ACTIVE_SLEEP_S = 0.5  # flwr 1.42: `time.sleep(0.5)` while waiting for a reply or an object
+IDLE_MIN_S = 0.05
+IDLE_MAX_S = 1.0
+ACTIVE_S = 0.02
+
+
+class FlowerVersionError(RuntimeError):
+    """The installed Flower is not the version whose waits we know."""
+
+
+class AdaptiveWaits(ModuleType):
+    """A stand-in for `time` in one Flower module: the same module, other sleeps."""
+
+    def __init__(self) -> None:
+        super().__init__("time")
+        self.__dict__.update(
+            {k: v for k, v in vars(time).items() if not k.startswith("__") and k != "sleep"}
+        )
+        self.idle_s = IDLE_MIN_S
+        self._lock = threading.Lock()
+
+    def sleep(self, seconds: float) -> None:  # noqa: D102 - time.sleep's contract
+        with self._lock:
+            if seconds == IDLE_SLEEP_S:
+                delay = self.idle_s
+                self.idle_s = min(self.idle_s * 1.5, IDLE_MAX_S)
+            elif seconds == ACTIVE_SLEEP_S:
+                delay = ACTIVE_S
+                self.idle_s = IDLE_MIN_S
+            else:
+                delay = seconds
+        time.sleep(delay)
+
+
+def check_flower_version(version: str = flwr.__version__) -> None:
+    """Refuse any Flower but the pinned one: the waits we replace are its literals."""
+    if not version.startswith(PINNED_FLOWER):
+        raise FlowerVersionError(
+            f"client_node.supernode_launcher shortens the fixed waits of Flower "
+            f"{PINNED_FLOWER}x's SuperNode loop, but Flower {version} is installed. Check "
+            "flwr/supernode/start_client_internal.py of that version and update the launcher "
+            "(and tests/test_supernode_launcher.py), or install flwr 1.42."
+        )
+
+
+def install() -> AdaptiveWaits:
+    """Put `AdaptiveWaits` into Flower's SuperNode loop module; return it."""
+    check_flower_version()
+    from flwr.supernode import start_client_internal
+
+    waits = AdaptiveWaits()
+    start_client_internal.time = waits  # type: ignore[attr-defined]
+    return waits
+
+
+def main() -> None:
+    """Run `flower-supernode` with the given arguments and the adaptive waits."""
+    try:
+        install()
+    except FlowerVersionError as err:
+        print(f"error [flower_version]: {err}", file=sys.stderr)
+        sys.exit(2)
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The node's privacy gate against a coordinator that bends the protocol (issue 10).
+
+Real trainers, a real SQLite ledger, signed runs: nothing leaves a node that DP does not
+cover, evaluation happens only when and as often as the signed spec schedules it, and a
+round must fit the site's budget under the site's own accountant too.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from signing_support import pin_key, signed
+
+from client_node.ledger import Ledger
+from client_node.settings import NodeSettings
+from client_node.trainer.core import NodeTrainer
+from client_node.trainer.evaluation import evaluate
+from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
+from lepton_fl.datasets import load_partition
+from lepton_fl.models import set_weights
+from lepton_fl.privacy import AccountantStep, epsilon_spent
+from lepton_fl.privacy.evaluation import release_confusion
+from lepton_fl.wire import Envelope, train_reply_to_records
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning"),
+]
+
+FED = FederationSpec(
+    name="clinic-fed",
+    task="breast_cancer",
+    rounds=3,
+    privacy=PrivacySpec(target_epsilon=2.0, delta=1e-5),
+    training=TrainingSpec(local_epochs=2, batch_size=32, learning_rate=0.3),
+)
+DATASET = "breast_cancer:site-0-of-3"
+MakeTrainer = Callable[..., NodeTrainer]
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> Iterator[MakeTrainer]:
+    ledgers: list[Ledger] = []
+
+    def make(*, budget: float = 10.0, accountant: str = "rdp", state: str = "state") -> NodeTrainer:
+        (tmp_path / "ca.pem").write_text("unused here")
+        (tmp_path / "key").write_text("unused here")
+        settings = NodeSettings.model_validate(
+            {
+                "node": {"name": "clinic", "state_dir": str(tmp_path / state)},
+                "data": {"task": "breast_cancer", "partition": "site-0-of-3"},
+                "privacy": {
+                    "epsilon_budget": budget,
+                    "accountant": accountant,
+                    "federations": ["clinic-fed"],
+                    "require_secure_aggregation": False,  # plain rounds, in process
+                },
+                "superlink": {
+                    "address": "127.0.0.1:1",
+                    "root_certificates": str(tmp_path / "ca.pem"),
+                },
+                "auth": {"private_key": str(tmp_path / "key")},
+                "coordinator": pin_key(tmp_path),
+            }
+        )
+        ledger = Ledger(settings.ledger_path)
+        ledgers.append(ledger)
+        split = load_partition("breast_cancer", "site-0-of-3")
+        return NodeTrainer(
+            settings=settings, split=split, ledger=ledger, device=torch.device("cpu")
+        )
+
+    yield make
+    for ledger in ledgers:
+        ledger.close()
+
+
+def _envelope(run_id: int = 1) -> Envelope:
+    return Envelope(kind="train", run_id=run_id, message_id="m", node_id=9)
+
+
+def _run(trainer: NodeTrainer, fed: FederationSpec, run_id: int = 1, **kw: Any) -> list[Any]:
+    replies = [
+        trainer.train(_envelope(run_id), signed(fed, rnd, **kw)) for rnd in range(1, fed.rounds + 1)
+    ]
+    assert all(r.status == "ok" for r in replies), [r.reason for r in replies]
+    return replies
+
+
+def _opacus_rdp_epsilon(steps: list[AccountantStep], delta: float) -> float:
+    accountant = RDPAccountant()
+    for step in steps:
+        for _ in range(step.steps):
+            accountant.step(noise_multiplier=step.noise_multiplier, sample_rate=step.sample_rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(accountant.get_epsilon(delta=delta))
+
+
+# -- the crafted-weights loss attack ------------------------------------------------------------
+
+
+def test_no_loss_leaves_the_node_even_for_crafted_weights(
+    make_trainer: MakeTrainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's attack: zero weights make the loss exactly ln 2 unless a target record
+    pulls it away. The reply must not carry the loss (or anything but the update, the count,
+    timings and the charge); the node keeps the loss in its own log."""
+    trainer = make_trainer()
+    _, initial = trainer._engine(FED)
+    crafted = [np.zeros_like(w) for w in initial]
+
+    with caplog.at_level(logging.INFO, logger="lepton.node.privacy"):
+        reply = trainer.train(_envelope(), signed(FED, 1, crafted))
+
+    assert reply.status == "ok"
+    records = train_reply_to_records(reply)
+    assert set(records["metrics"]) == {"num-examples", "train-seconds", "node-seconds"}
+    assert not any("loss" in key or key.startswith("eval-") for key in records["metrics"])
+    assert set(records) == {"status", "arrays", "metrics", "privacy"}
+    assert "train loss" in caplog.text  # kept at the node
+
+
+# -- evaluation: only scheduled, once, noised, charged -------------------------------------------
+
+
+def test_ad_hoc_evaluation_requests_are_refused_and_charge_nothing(
+    make_trainer: MakeTrainer,
+) -> None:
+    trainer = make_trainer()
+    before = trainer.evaluate(_envelope(), signed(FED, 1))  # bisection probe before any round
+    _run(trainer, FED)
+    mid_run = trainer.evaluate(_envelope(), signed(FED, 2))
+    unscheduled_fed = FED.model_copy(
+        update={"privacy": PrivacySpec(target_epsilon=2.0, delta=1e-5, evaluation_epsilon=0.0)}
+    )
+    none_scheduled = trainer.evaluate(_envelope(2), signed(unscheduled_fed, 3, admin_run_id="r2"))
+
+    for reply in (before, mid_run, none_scheduled):
+        assert (reply.status, reply.code) == ("refused", "evaluation_not_scheduled")
+        assert reply.evaluation is None
+    assert [e.kind for e in trainer.ledger.entries()] == ["train"] * 3
+
+
+def test_scheduled_evaluation_is_noised_charged_and_reported(make_trainer: MakeTrainer) -> None:
+    trainer = make_trainer()
+    trained = _run(trainer, FED)
+    weights = trained[-1].weights
+
+    reply = trainer.evaluate(_envelope(), signed(FED, 3, weights))
+    repeat = trainer.evaluate(_envelope(), signed(FED, 3, weights))  # the bisection's next probe
+
+    assert reply.status == "ok"
+    assert reply.evaluation is not None
+    assert reply.evaluation.loss is None  # loss and ROC-AUC stay at the node
+    assert reply.evaluation.roc_auc is None
+    # charged before the reply: one evaluation row keyed like the round, sample rate 1
+    evaluation_rows = [e for e in trainer.ledger.entries() if e.kind == "evaluate"]
+    assert [(e.run_id, e.round) for e in evaluation_rows] == [("1", 3)]
+    row = evaluation_rows[0]
+    assert (row.sample_rate, row.steps) == (1.0, 1)
+    assert row.noise_multiplier > 1.0
+    assert reply.charge is not None
+    assert reply.charge.noise_multiplier == row.noise_multiplier
+    # the epsilon the node reports includes the release, as Opacus composes it
+    history = trainer.ledger.history(DATASET)
+    assert reply.epsilon is not None
+    assert reply.epsilon == pytest.approx(_opacus_rdp_epsilon(history, 1e-5), rel=1e-9)
+    assert trained[-1].charge is not None
+    assert reply.epsilon > trained[-1].charge.epsilon
+    # the whole run (training + evaluation) stays within the federation's target
+    assert reply.epsilon <= FED.privacy.target_epsilon
+    # asked again: refused, nothing more charged (also after a restart: the ledger decides)
+    assert (repeat.status, repeat.code) == ("refused", "evaluation_repeated")
+    trainer.ledger.close()
+    restarted = make_trainer()
+    again = restarted.evaluate(_envelope(), signed(FED, 3, weights))
+    assert (again.status, again.code) == ("refused", "evaluation_repeated")
+    assert len(restarted.ledger.entries()) == 4
+
+    # the counts released are the exact ones plus noise of the charged size
+    engine, _ = restarted._engine(FED)
+    set_weights(engine.model, weights)
+    test = restarted.split.test
+    exact = evaluate(engine.model, test.inputs, test.labels, device=torch.device("cpu"))
+    assert sum(map(sum, reply.evaluation.confusion or ())) == reply.evaluation.num_examples
+    draws = np.array(
+        [
+            release_confusion(exact.confusion, noise_multiplier=row.noise_multiplier).confusion
+            for _ in range(200)
+        ]
+    )
+    assert np.mean(np.all(draws == np.asarray(exact.confusion), axis=(1, 2))) < 0.1
+
+
+# -- budget by the stricter accountant ----------------------------------------------------------
+
+
+def test_round_over_budget_under_the_sites_accountant_is_refused(make_trainer: MakeTrainer) -> None:
+    """Site budget 7.0; a PRV federation's round fits under PRV but the site's RDP counts it
+    over: refused. The same node with [privacy].accountant = "prv" admits it."""
+    prv_fed = FED.model_copy(
+        update={"privacy": PrivacySpec(target_epsilon=2.0, delta=1e-5, accountant="prv")}
+    )
+    past = AccountantStep(1.0, 0.1, 75)  # an older run's spending on this dataset
+
+    def seeded(accountant: str, state: str) -> NodeTrainer:
+        trainer = make_trainer(budget=7.0, accountant=accountant, state=state)
+        trainer.ledger.record(
+            dataset_id=DATASET, run_id="older", round=1, step=past, accountant="prv",
+            delta=1e-5, epsilon_after=6.0, num_examples=142, federation="clinic-fed",
+        )  # fmt: skip
+        return trainer
+
+    lenient = seeded("prv", "prv-site")
+    admitted = lenient.train(_envelope(), signed(prv_fed, 1))
+    assert admitted.status == "ok", admitted.reason
+    assert admitted.charge is not None
+    planned = AccountantStep(
+        admitted.charge.noise_multiplier, admitted.charge.sample_rate, admitted.charge.steps
+    )
+    assert epsilon_spent([past, planned], delta=1e-5, accountant="prv") <= 7.0
+    assert epsilon_spent([past], delta=1e-5, accountant="rdp") <= 7.0  # it is this round ...
+    assert epsilon_spent([past, planned], delta=1e-5, accountant="rdp") > 7.0  # ... that crosses
+
+    strict = seeded("rdp", "rdp-site")
+    refused = strict.train(_envelope(), signed(prv_fed, 1))
+
+    assert (refused.status, refused.code) == ("refused", "budget_exhausted")
+    assert "[privacy].accountant = 'rdp'" in refused.reason
+    assert "it would raise epsilon from 6.96 to 7.05" in refused.reason
+    assert len(strict.ledger.entries()) == 1  # nothing recorded
+
+
+def test_node_ledger_report_shows_evaluation_and_epsilon_per_federation(
+    make_trainer: MakeTrainer, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lepton.cli import app
+
+    trainer = make_trainer()
+    trained = _run(trainer, FED)
+    assert trainer.evaluate(_envelope(), signed(FED, 3, trained[-1].weights)).status == "ok"
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"""
+[node]
+name = "clinic"
+state_dir = "{tmp_path / "state"}"
+[data]
+task = "breast_cancer"
+partition = "site-0-of-3"
+[privacy]
+epsilon_budget = 10.0
+federations = ["clinic-fed"]
+[superlink]
+address = "127.0.0.1:1"
+root_certificates = "{tmp_path / "ca.pem"}"
+[auth]
+private_key = "{tmp_path / "key"}"
+[coordinator]
+public_key = "{tmp_path / "coordinator.pem"}"
+"""
+    )
+
+    result = CliRunner().invoke(app, ["node", "ledger", "--config", str(config), "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [h["kind"] for h in report["history"]] == ["train"] * 3 + ["evaluate"]
+    rows = {(r["dataset_id"], r["federation"]): r for r in report["by_federation"]}
+    fed_row = rows[(DATASET, "clinic-fed")]
+    assert fed_row["evaluations"] == 1
+    assert fed_row["epsilon_training"] < fed_row["epsilon"] == pytest.approx(report["epsilon"])
+    assert rows[(DATASET, "*")]["epsilon"] == pytest.approx(report["epsilon"])
+    text = CliRunner().invoke(app, ["node", "ledger", "--config", str(config)]).output
+    assert "evaluation release" in text
+    assert "federation clinic-fed: epsilon" in text
