@@ -421,8 +421,8 @@ def build_summary(
         final = evaluation.get(m.name, {})
         base = baselines.get(m.name)
         mismatches = list(check.mismatches)
-        # the admin database holds training charges; the evaluation's is in the journal
-        disagreement = epsilon_mismatch(ledger.epsilon_training, check.ledger.epsilon_spent)
+        # both ledgers hold the training rounds and the evaluation's DP release
+        disagreement = epsilon_mismatch(ledger.epsilon, check.ledger.epsilon_spent)
         if disagreement is not None:
             mismatches.append(disagreement)
         reconciliation[m.name] = {"ok": check.ok and not mismatches, "mismatches": mismatches}

@@ -143,6 +143,7 @@ def test_ledger_matches_every_nodes_own_ledger(
                     "noise_multiplier": e.noise_multiplier,
                     "sample_rate": e.sample_rate,
                     "steps": e.steps,
+                    "kind": e.kind,
                 }
                 for e in own.entries()
             ]
@@ -150,7 +151,12 @@ def test_ledger_matches_every_nodes_own_ledger(
             "POST", f"/ledger/nodes/{node['id']}/reconcile", d.admin, json={"entries": rows}
         )
 
-        assert [h["round"] for h in report["history"]] == [1, 2]
+        # two training rounds and the scheduled evaluation's DP release, as the node charged
+        assert [(h["round"], h["kind"]) for h in report["history"]] == [
+            (1, "train"),
+            (2, "train"),
+            (2, "evaluate"),
+        ]
         assert report["epsilon_spent"] == pytest.approx(report["epsilon_reported"], rel=1e-6)
         assert 0 < report["epsilon_spent"] <= 2.0 + 1e-9
         assert verdict == {"ok": True, "mismatches": []}

@@ -50,7 +50,7 @@ def test_demo_api_ledger_reconciles_with_every_node(demo: dict[str, Any]) -> Non
     for node in demo["nodes"]:
         assert node["epsilon_coordinator_ledger"] == pytest.approx(node["epsilon"], rel=1e-6)
         assert 0 < node["epsilon"] <= demo["target_epsilon"] + 1e-9
-        assert len(node["history"]) == 2
+        assert len(node["history"]) == 3  # two training rounds and the evaluation release
 
 
 def test_demo_api_release_and_audit_verify(demo: dict[str, Any]) -> None:

@@ -11,12 +11,14 @@ side; a federation runs one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from coordinator.db import Database
@@ -260,21 +262,17 @@ def get_run(db: Database, actor: Actor, run_id: str) -> Run:
     run = db.fetch(Run, run_id) if looks_like_id(run_id) else None
     if run is None or not _visible(actor, run):
         raise not_found("run", run_id)
-    if run.state in ACTIVE_STATES:
-        view = read_journal(Path(run.journal_path))
-        if view.finished:
-            failure = view.failure
-            mark_ended(
-                db,
-                run_id,
-                state="failed" if failure else "finished",
-                failure=failure,
-                checkpoint=Path(run.journal_path).with_name("checkpoint.npz"),
-            )
-            with db.read() as session:
-                refreshed = session.get(Run, run_id)
-                assert refreshed is not None
-                run = refreshed
+    if run.state in ACTIVE_STATES and read_journal(Path(run.journal_path)).finished:
+        # The run ended before the journal follower's next pass: record the whole journal
+        # now (rounds, evaluation charges, the end), in order; every record is idempotent.
+        from coordinator.services.round_sink import follow_journal
+
+        with contextlib.suppress(IntegrityError):  # the follower recorded it meanwhile
+            follow_journal(db, run_id, Path(run.journal_path), 0)
+        with db.read() as session:
+            refreshed = session.get(Run, run_id)
+            assert refreshed is not None
+            run = refreshed
     return run
 
 
