@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import flwr
 import httpx
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
@@ -63,7 +62,6 @@ from lepton_fl.wire import Envelope, MessageKind
 log = logging.getLogger("lepton.executor")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Runtime call otherwise
 
-SUPPORTED_FLOWER = "1.42"
 """The Flower minor version whose Runtime API this executor speaks."""
 
 COMPONENT_NAME = "flwr-clientapp"
@@ -86,23 +84,6 @@ MESSAGE_KINDS: dict[str, MessageKind] = {
 
 MessageHandler = Callable[[Envelope, RecordDict], RecordDict]
 """The trainer's entry point: `client_node.trainer.service.handle_message`, bound."""
-
-
-class FlowerVersionError(RuntimeError):
-    """The installed flwr is not the version whose Runtime internals the executor uses."""
-
-    code = "flower_version_unsupported"
-
-
-def check_flower_version(version: str | None = None) -> None:
-    """Fail loudly unless flwr is 1.42.x (the executor relies on its Runtime API internals)."""
-    found = flwr.__version__ if version is None else version
-    if found.split(".")[:2] != SUPPORTED_FLOWER.split("."):
-        raise FlowerVersionError(
-            f"This node needs flwr {SUPPORTED_FLOWER}.x, but flwr {found} is installed. The "
-            "trainer claims Flower tasks through the SuperNode's Runtime API, whose protocol "
-            f"is internal to Flower; install flwr=={SUPPORTED_FLOWER}.* (make setup) and retry."
-        )
 
 
 @dataclass(frozen=True)

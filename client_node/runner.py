@@ -28,7 +28,7 @@ import torch
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from client_node.connectors import ConnectorError, empty_split, load_node_data
-from client_node.executor import NodeExecutor, check_flower_version
+from client_node.executor import NodeExecutor
 from client_node.ledger import Ledger
 from client_node.settings import NodeConfigError, NodeSettings
 from client_node.supernode import (
@@ -42,6 +42,7 @@ from client_node.trainer.dp_sgd import resolve_device
 from client_node.trainer.secure import SecureAggregation
 from client_node.trainer.service import TrainerServer, handle_message
 from lepton_fl.datasets import LocalSplit, get_task
+from lepton_fl.flower_pins import check_flower_version
 from lepton_fl.processes import ProcessError
 
 log = logging.getLogger("lepton.node")

@@ -14,10 +14,12 @@ runs Flower's own `flower_supernode()` entry point, unchanged:
 * a wait for a reply or an object sleeps ``ACTIVE_S`` instead of 0.5 s, and counts as
   activity.
 
-It works only for the Flower version it was written against (`PINNED_FLOWER`): on any other
-version it refuses to start with a message saying so, and `tests/test_supernode_launcher.py`
-pins the behaviour. Upstream we would propose an option (or an event) for the SuperNode's
-idle wait instead of the literal.
+It also shortens the object-pull backoff (`lepton_fl.flower_pins`). It works only for the
+Flower series it was written against: on any other version it refuses to start with a
+message saying so (`lepton_fl.flower_pins.check_flower_version`), and
+`tests/test_supernode_launcher.py` pins the behaviour. Upstream we would propose an option
+(or an event) for the SuperNode's idle wait instead of the literal, and a backoff argument
+for object pulls.
 """
 
 from __future__ import annotations
@@ -27,18 +29,17 @@ import threading
 import time
 from types import ModuleType
 
-import flwr
+from lepton_fl.flower_pins import (
+    FlowerVersionError,
+    check_flower_version,
+    shorten_object_pull_backoff,
+)
 
-PINNED_FLOWER = "1.42."
 IDLE_SLEEP_S = 3  # flwr 1.42: `time.sleep(3)` after an empty pull
 ACTIVE_SLEEP_S = 0.5  # flwr 1.42: `time.sleep(0.5)` while waiting for a reply or an object
 IDLE_MIN_S = 0.05
 IDLE_MAX_S = 1.0
 ACTIVE_S = 0.02
-
-
-class FlowerVersionError(RuntimeError):
-    """The installed Flower is not the version whose waits we know."""
 
 
 class AdaptiveWaits(ModuleType):
@@ -65,24 +66,15 @@ class AdaptiveWaits(ModuleType):
         time.sleep(delay)
 
 
-def check_flower_version(version: str = flwr.__version__) -> None:
-    """Refuse any Flower but the pinned one: the waits we replace are its literals."""
-    if not version.startswith(PINNED_FLOWER):
-        raise FlowerVersionError(
-            f"client_node.supernode_launcher shortens the fixed waits of Flower "
-            f"{PINNED_FLOWER}x's SuperNode loop, but Flower {version} is installed. Check "
-            "flwr/supernode/start_client_internal.py of that version and update the launcher "
-            "(and tests/test_supernode_launcher.py), or install flwr 1.42."
-        )
-
-
 def install() -> AdaptiveWaits:
-    """Put `AdaptiveWaits` into Flower's SuperNode loop module; return it."""
-    check_flower_version()
+    """Put `AdaptiveWaits` and a short object-pull backoff into Flower's SuperNode loop
+    module; return the waits."""
+    check_flower_version(who="The SuperNode launcher")
     from flwr.supernode import start_client_internal
 
     waits = AdaptiveWaits()
     start_client_internal.time = waits  # type: ignore[attr-defined]
+    shorten_object_pull_backoff(start_client_internal)
     return waits
 
 

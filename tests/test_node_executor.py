@@ -15,15 +15,11 @@ import flwr
 import pytest
 from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 
-from client_node.executor import (
-    HEARTBEAT_INTERVAL_S,
-    FlowerVersionError,
-    PollSchedule,
-    check_flower_version,
-)
+from client_node.executor import HEARTBEAT_INTERVAL_S, PollSchedule
 from client_node.fab_check import EXPECTED_CLIENTAPP, FabChecker, check_fab
 from client_node.supernode import new_superexec_secret, superexec_secret_path, supernode_command
 from coordinator.superlink import fab_directory
+from lepton_fl.flower_pins import FlowerVersionError, check_flower_version
 
 PYPROJECT = """\
 [build-system]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 
 import pytest
+from flwr.supercore.inflatable import inflatable_utils
+from flwr.superlink.grid import http_grid
 from flwr.supernode import start_client_internal
 
 from client_node.supernode_launcher import (
@@ -29,20 +32,35 @@ def test_the_waits_we_replace_are_still_flowers_literals() -> None:
 def test_another_flower_version_is_refused_loudly() -> None:
     check_flower_version("1.42.0")
 
-    with pytest.raises(FlowerVersionError, match=r"Flower 1\.43\.0 is installed"):
+    with pytest.raises(FlowerVersionError, match=r"flwr 1\.43\.0 is installed"):
         check_flower_version("1.43.0")
 
 
-def test_install_replaces_time_in_the_supernode_loop_only() -> None:
-    original = start_client_internal.time
+def test_install_replaces_time_and_the_pull_backoff_in_the_supernode_loop_only() -> None:
+    original_time, original_pull = start_client_internal.time, start_client_internal.pull_objects
     try:
-        waits = install()
+        install()
+        waits = install()  # a second install wraps nothing twice
 
         assert start_client_internal.time is waits
         assert time.sleep is not waits.sleep  # the rest of the process keeps the real one
         assert waits.monotonic is time.monotonic
+        pull = start_client_internal.pull_objects
+        assert isinstance(pull, functools.partial)
+        assert pull.func is inflatable_utils.pull_objects
+        assert pull.keywords == {"initial_backoff": 0.05, "backoff_cap": 1.0}
+        assert inflatable_utils.pull_objects is original_pull  # Flower's own is untouched
     finally:
-        start_client_internal.time = original  # type: ignore[attr-defined]
+        start_client_internal.time = original_time  # type: ignore[attr-defined]
+        start_client_internal.pull_objects = original_pull  # type: ignore[attr-defined]
+
+
+def test_flowers_object_pull_backoff_is_what_we_shorten() -> None:
+    defaults = inspect.signature(inflatable_utils.pull_objects).parameters
+
+    assert defaults["initial_backoff"].default == 1  # Flower 1.42: 1 s, doubling to 10 s
+    assert defaults["backoff_cap"].default == 10
+    assert "pull_objects" in vars(http_grid)  # imported by name: replaced there for the grid
 
 
 def test_empty_pulls_back_off_to_a_second_and_activity_resets() -> None:

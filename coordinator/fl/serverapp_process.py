@@ -23,10 +23,11 @@ from flwr.proto.runtime_pb2 import (
 )
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.grid import HttpGrid
+from flwr.superlink.grid import HttpGrid, http_grid
 
 from coordinator.fl.launcher import CA_ENV, RUNTIME_ENV, TOKEN_ENV
 from lepton_fl.app_bundle import AppBundleError, check_app_bundle
+from lepton_fl.flower_pins import check_flower_version, shorten_object_pull_backoff
 
 log = logging.getLogger("lepton.serverapp")
 
@@ -34,6 +35,8 @@ log = logging.getLogger("lepton.serverapp")
 def main() -> int:
     """Run the task named by the environment; the exit code says whether it completed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    check_flower_version(who="The coordinator's ServerApp process")
+    shorten_object_pull_backoff(http_grid)
     token = os.environ.pop(TOKEN_ENV)
     grid = HttpGrid(
         runtime_api_address=os.environ[RUNTIME_ENV],

@@ -1,0 +1,52 @@
+"""What we rely on inside Flower, in one place, pinned to the Flower series we read it from.
+
+Three of our processes use Flower internals that no public API offers: the node's executor
+(the SuperNode's Runtime API protocol), the SuperNode launcher (its fixed waits) and the
+coordinator's ServerApp process (the Runtime API and the object-pull backoff). Each calls
+`check_flower_version` first, so any other Flower fails loudly with the reason instead of
+misbehaving; `tests/test_supernode_launcher.py` pins the behaviours themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import flwr
+
+SUPPORTED_FLOWER = "1.42"
+
+OBJECT_PULL_INITIAL_BACKOFF_S = 0.05
+"""Flower 1.42 waits 1 s (doubling to 10 s) before retrying an object that is not there yet;
+on loopback an object is there milliseconds later."""
+OBJECT_PULL_BACKOFF_CAP_S = 1.0
+
+
+class FlowerVersionError(RuntimeError):
+    """The installed Flower is not the series whose internals we use."""
+
+    code = "flower_version_unsupported"
+
+
+def check_flower_version(version: str | None = None, *, who: str = "This node") -> None:
+    """Fail loudly unless flwr is 1.42.x."""
+    found = flwr.__version__ if version is None else version
+    if found.split(".")[:2] != SUPPORTED_FLOWER.split("."):
+        raise FlowerVersionError(
+            f"{who} needs flwr {SUPPORTED_FLOWER}.x, but flwr {found} is installed. Lepton uses "
+            "Flower internals of that series (the Runtime API protocol, the SuperNode's waits, "
+            f"the object-pull backoff); install flwr=={SUPPORTED_FLOWER}.* (make setup) and "
+            "retry, or update lepton_fl/flower_pins.py and its tests for the new version."
+        )
+
+
+def shorten_object_pull_backoff(module: ModuleType) -> None:
+    """Give `module`'s `pull_objects` (Flower's, imported by name) a short backoff."""
+    original = module.pull_objects
+    base = getattr(original, "func", original)  # idempotent: never wrap twice
+    shortened = functools.partial(
+        base,
+        initial_backoff=OBJECT_PULL_INITIAL_BACKOFF_S,
+        backoff_cap=OBJECT_PULL_BACKOFF_CAP_S,
+    )
+    module.pull_objects = shortened  # type: ignore[attr-defined]
