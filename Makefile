@@ -77,6 +77,7 @@ bench: setup nginx
 	$(BIN)/python bench/secagg.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/utility.py
+	$(BIN)/python bench/dp_evaluation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-summary.json
