@@ -18,13 +18,12 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from signing_support import pin_key, signed
+from trainer_support import TrainerFactory
 
-from client_node.ledger import Ledger
 from client_node.settings import NodeSettings
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.evaluation import evaluate
 from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
-from lepton_fl.datasets import load_partition
 from lepton_fl.models import set_weights
 from lepton_fl.privacy import AccountantStep, epsilon_spent
 from lepton_fl.privacy.evaluation import release_confusion
@@ -48,7 +47,7 @@ MakeTrainer = Callable[..., NodeTrainer]
 
 @pytest.fixture
 def make_trainer(tmp_path: Path) -> Iterator[MakeTrainer]:
-    ledgers: list[Ledger] = []
+    factory = TrainerFactory()
 
     def make(*, budget: float = 10.0, accountant: str = "rdp", state: str = "state") -> NodeTrainer:
         (tmp_path / "ca.pem").write_text("unused here")
@@ -71,16 +70,10 @@ def make_trainer(tmp_path: Path) -> Iterator[MakeTrainer]:
                 "coordinator": pin_key(tmp_path),
             }
         )
-        ledger = Ledger(settings.ledger_path)
-        ledgers.append(ledger)
-        split = load_partition("breast_cancer", "site-0-of-3")
-        return NodeTrainer(
-            settings=settings, split=split, ledger=ledger, device=torch.device("cpu")
-        )
+        return factory.trainer(settings)
 
     yield make
-    for ledger in ledgers:
-        ledger.close()
+    factory.close()
 
 
 def _envelope(run_id: int = 1) -> Envelope:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import RecordDict
 from signing_support import (
@@ -23,8 +22,8 @@ from signing_support import (
     signed,
     write_node_key,
 )
+from trainer_support import trainer_factory
 
-from client_node.ledger import Ledger
 from client_node.settings import NodeSettings
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.secure import SecureAggregation
@@ -41,7 +40,6 @@ from lepton_fl.crypto.run_authorization import (
     authorize_run,
     verify_run_authorization,
 )
-from lepton_fl.datasets import load_partition
 from lepton_fl.model_init import initial_weights
 from lepton_fl.secagg import SecAggServer
 from lepton_fl.secagg.fedavg import session_config, vector_length
@@ -200,20 +198,12 @@ def _settings(home: Path, *, pinned: bool = True, secure: bool = False) -> NodeS
 
 @pytest.fixture
 def make_trainer(tmp_path: Path) -> Iterator[object]:
-    ledgers: list[Ledger] = []
+    with trainer_factory() as factory:
 
-    def make(*, pinned: bool = True, secure: bool = False) -> NodeTrainer:
-        settings = _settings(tmp_path, pinned=pinned, secure=secure)
-        ledger = Ledger(settings.ledger_path)
-        ledgers.append(ledger)
-        split = load_partition("breast_cancer", "site-0-of-3")
-        return NodeTrainer(
-            settings=settings, split=split, ledger=ledger, device=torch.device("cpu")
-        )
+        def make(*, pinned: bool = True, secure: bool = False) -> NodeTrainer:
+            return factory.trainer(_settings(tmp_path, pinned=pinned, secure=secure))
 
-    yield make
-    for ledger in ledgers:
-        ledger.close()
+        yield make
 
 
 def _envelope(run_id: int = 1, kind: str = "train") -> Envelope:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 from signing_support import pin_key, signed
+from trainer_support import trainer_factory
 
-from client_node.ledger import Ledger
 from client_node.policy import PolicyRefusedError
 from client_node.settings import NodeConfigError, NodeSettings, load_node_settings
 from client_node.trainer.core import NodeTrainer, RequestRefusedError
@@ -27,7 +27,6 @@ from lepton_fl.config import (
     SecureAggregationSpec,
     TrainingSpec,
 )
-from lepton_fl.datasets import load_partition
 from lepton_fl.privacy import AccountantStep
 from lepton_fl.wire import (
     Envelope,
@@ -70,23 +69,10 @@ def _settings(tmp_path: Path, **privacy: Any) -> NodeSettings:
 
 @pytest.fixture
 def make_trainer(tmp_path: Path) -> Iterator[MakeTrainer]:
-    ledgers: list[Ledger] = []
     torch.set_num_threads(1)
-
-    def make(**privacy: Any) -> NodeTrainer:
-        for ledger in ledgers:  # one writer per ledger file: a restarted trainer
-            ledger.close()
-        settings = _settings(tmp_path, **privacy)
-        ledger = Ledger(settings.ledger_path)
-        ledgers.append(ledger)
-        split = load_partition("breast_cancer", "site-0-of-3")
-        return NodeTrainer(
-            settings=settings, split=split, ledger=ledger, device=torch.device("cpu")
-        )
-
-    yield make
-    for ledger in ledgers:
-        ledger.close()
+    with trainer_factory() as factory:
+        # a second trainer is the same node restarted: one writer per ledger file
+        yield lambda **privacy: factory.trainer(_settings(tmp_path, **privacy), restart=True)
 
 
 def _envelope(run_id: int = 1) -> Envelope:

@@ -6,14 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from signing_support import pin_key, signed
+from trainer_support import trainer_factory
 
-from client_node.ledger import Ledger
 from client_node.settings import NodeSettings
-from client_node.trainer.core import NodeTrainer
 from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
-from lepton_fl.datasets import load_partition
 from lepton_fl.privacy import epsilon_spent
 from lepton_fl.wire import Envelope
 
@@ -47,20 +44,8 @@ def _settings(tmp_path: Path, *, budget: float = 10.0) -> NodeSettings:
 
 @pytest.fixture
 def make_trainer(tmp_path: Path) -> Iterator[object]:
-    ledgers: list[Ledger] = []
-
-    def make(*, budget: float = 10.0) -> NodeTrainer:
-        settings = _settings(tmp_path, budget=budget)
-        ledger = Ledger(settings.ledger_path)
-        ledgers.append(ledger)
-        split = load_partition("breast_cancer", "site-0-of-3")
-        return NodeTrainer(
-            settings=settings, split=split, ledger=ledger, device=torch.device("cpu")
-        )
-
-    yield make
-    for ledger in ledgers:
-        ledger.close()
+    with trainer_factory() as factory:
+        yield lambda *, budget=10.0: factory.trainer(_settings(tmp_path, budget=budget))
 
 
 def _envelope(run_id: int = 1) -> Envelope:
