@@ -235,13 +235,14 @@ class PrivacyGate:
             kind="train",
         )
         LOG.info(
-            "run %s round %d of %s: trained %d steps on %d examples, train loss %.6f "
-            "(kept on this node), epsilon %.4f",
+            "run %s round %d of %s: trained %d steps on %d examples in %.3f s, train loss "
+            "%.6f (kept on this node), epsilon %.4f",
             admission.run_id,
             admission.round,
             fed.name,
             result.steps,
             result.num_examples,
+            result.seconds,
             result.train_loss,
             epsilon,
         )

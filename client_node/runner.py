@@ -158,7 +158,19 @@ def _load_data(settings: NodeSettings) -> tuple[LocalSplit, str | None]:
             err,
         )
         task = get_task(settings.data.task)  # known: an unknown task is a config error
-        return empty_split(settings.data.partition, task.modality, task.num_classes), str(err)
+        split = empty_split(settings.data.partition, task.modality, task.num_classes)
+        return split, data_refusal(err)
+
+
+def data_refusal(err: ConnectorError) -> str:
+    """What a ``data_invalid`` refusal tells the coordinator: the connector's code and the
+    column, never the file's path, a row number, a count or a value (those are facts about the
+    site's data, and they stay in the node's log and ``lepton node check-data``)."""
+    where = f" in column {err.column!r}" if err.column else ""
+    return (
+        f"The data connector reports {err.code}{where}. The node's log and `lepton node "
+        "check-data` on the node say which file and row, and how to fix it."
+    )
 
 
 def flower_exit_code(returncode: int, log_tail: str) -> int:

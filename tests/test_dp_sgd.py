@@ -86,6 +86,45 @@ def test_steps_equal_optimizer_steps(split: TabularSplit) -> None:
     assert result.sample_rate == trainer.sample_rate
 
 
+def test_a_public_population_sets_the_rate_and_the_steps(split: TabularSplit) -> None:
+    """Sampling over a public bound B >= n (a node's size bucket under secure aggregation):
+    q = batch / B and int(1 / q) steps per epoch, the same for any n up to B, and the steps
+    taken are those counted."""
+    n = len(split.y_train)
+    bucket = 1 << (n - 1).bit_length()
+    assert bucket > n
+    trainer = _trainer(split, population=bucket)
+    assert trainer.population == bucket
+    assert trainer.sample_rate == BATCH / bucket
+    assert trainer.steps_per_epoch() == bucket // BATCH
+    model = build_model(ModelSpec(), num_features=split.num_features, num_classes=2, seed=0)
+    fewer = DPTrainer(
+        model=model,
+        x=split.x_train[:-5],
+        y=split.y_train[:-5],
+        batch_size=BATCH,
+        learning_rate=LR,
+        max_grad_norm=1.0,
+        device=CPU,
+        seed=0,
+        population=bucket,
+    )
+    assert (fewer.sample_rate, fewer.steps_per_epoch()) == (
+        trainer.sample_rate,
+        trainer.steps_per_epoch(),
+    )
+    calls = []
+    handle = register_optimizer_step_post_hook(lambda *_: calls.append(1))
+    try:
+        result = trainer.train(epochs=2, noise_multiplier=1.0)
+    finally:
+        handle.remove()
+    assert result.steps == len(calls) == 2 * (bucket // BATCH)
+    assert result.sample_rate == BATCH / bucket
+    with pytest.raises(ValueError, match="population"):
+        _trainer(split, population=n - 1)
+
+
 def test_set_weights_between_rounds_takes_effect(split: TabularSplit) -> None:
     trainer = _trainer(split)
     trainer.train(epochs=1, noise_multiplier=1.0)

@@ -220,6 +220,36 @@ def test_exact_training_set_sizes_never_leave_in_the_clear(federation: Federatio
     assert outcome.details["examples"] == sum(sizes.values())  # what FedAvg needs: the sum
 
 
+def test_nothing_in_the_clear_tells_sizes_within_a_bucket_apart(federation: Federation) -> None:
+    """The clear part of a masked-input reply (the charge, the epsilon, timings) is the same
+    for nodes of different sizes in one bucket: each samples at q = batch / bucket, so the
+    charge depends on the public bucket only, and no timing leaves."""
+    everyone = [s.member for s in federation.sites.values()]
+    protocol = SecAggFedAvg(FED, run_id=str(RUN), transport=federation.send)
+    instruction = signed(FED, 1, initial_weights(FED), node_ids=federation.sites)
+    assert protocol.run_round(None, everyone, instruction, timeout=60).weights is not None
+    sizes = {n: s.trainer.split.train.labels.shape[0] for n, s in federation.sites.items()}
+    assert len(set(sizes.values())) > 1  # different sizes ...
+    assert len({size_bucket(n) for n in sizes.values()}) == 1  # ... in one bucket
+    bucket = size_bucket(next(iter(sizes.values())))
+    clear = {
+        node_id: train_reply_from_records(records_from_bytes(answer))
+        for (node_id, group), (_, answer) in federation.delivered.items()
+        if group == "1"
+    }
+    assert set(clear) == set(sizes)
+    for reply in clear.values():
+        assert (reply.num_examples, reply.train_seconds, reply.node_seconds) == (0, 0.0, 0.0)
+        assert reply.charge is not None
+        assert reply.charge.sample_rate == FED.training.batch_size / bucket
+        assert reply.charge.steps == FED.training.local_epochs * (bucket // FED.training.batch_size)
+    assert len({r.charge for r in clear.values()}) == 1  # sigma, q, steps, epsilon: all equal
+    for node_id, site in federation.sites.items():  # the ledger holds what ran, exactly
+        (entry,) = site.trainer.ledger.entries()
+        assert entry.step.sample_rate == FED.training.batch_size / bucket
+        assert entry.num_examples == sizes[node_id]
+
+
 def test_a_node_whose_key_is_not_the_enrolled_one_stays_out(federation: Federation) -> None:
     everyone = [s.member for s in federation.sites.values()]
     odd = federation.sites[everyone[0].node_id]

@@ -1,7 +1,8 @@
 """The one error every connector raises: what is wrong, where, and what to do about it.
 
-The message travels to the coordinator as the reason of a ``data_invalid`` refusal, so it names
-the file, the row and the column, never the value of a cell: no row ever leaves the node.
+The message is for the node's operator (the node's log, ``lepton node check-data``): it names
+the file, the row and the column, never the value of a cell. The coordinator gets only the code
+and the column, in a ``data_invalid`` refusal (``client_node.runner.data_refusal``).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from lepton_fl.crypto.run_authorization import (
 )
 from lepton_fl.datasets import LocalSplit, TabularSplit
 from lepton_fl.models import ModelSpec, build_model, get_weights, model_spec, set_weights
+from lepton_fl.secagg.fedavg import size_bucket
 from lepton_fl.wire import Envelope, EvaluateReply, RoundInstruction, TrainReply
 
 __all__ = ["NodeTrainer", "RequestRefusedError"]
@@ -49,6 +50,7 @@ class _EngineKey:
     learning_rate: float
     max_grad_norm: float
     seed: int
+    population: int  # the size its sampling rate is computed from (n, or n's size bucket)
 
 
 class NodeTrainer:
@@ -261,15 +263,17 @@ class NodeTrainer:
     def _engine(self, fed: FederationSpec) -> tuple[DPTrainer, list[np.ndarray]]:
         """The DP engine for this model configuration, built once and reused every round."""
         spec = model_spec(fed.model)
+        train = self.split.train
+        population = sampling_population(len(train), fed)
         key = _EngineKey(
             model=spec,
             batch_size=fed.training.batch_size,
             learning_rate=fed.training.learning_rate,
             max_grad_norm=fed.privacy.max_grad_norm,
             seed=fed.seed,
+            population=population,
         )
         if key not in self._engines:
-            train = self.split.train
             model = build_model(
                 spec,
                 input_shape=self.split.input_shape,
@@ -281,14 +285,27 @@ class NodeTrainer:
                 model=model,
                 inputs=train.inputs,
                 labels=train.labels,
-                batch_size=min(fed.training.batch_size, len(train)),
+                batch_size=min(fed.training.batch_size, population),
                 learning_rate=fed.training.learning_rate,
                 max_grad_norm=fed.privacy.max_grad_norm,
                 device=self.device,
                 seed=fed.seed,
+                population=population,
             )
             self._engines[key] = (engine, initial)
         return self._engines[key]
+
+
+def sampling_population(num_examples: int, fed: FederationSpec) -> int:
+    """The size a node's Poisson sampling rate is computed from: its exact training-set size
+    in a plain federation (where the size leaves anyway, as the FedAvg weight), its size bucket
+    under secure aggregation. There the round's charge ``(sigma, q, steps)``, which leaves in the
+    clear and goes to the coordinator's ledger, is then a function of the public bucket only
+    (``q = batch_size / bucket``), so it cannot give away the exact size that the masked vector
+    hides."""
+    if fed.secure_aggregation.enabled:
+        return size_bucket(num_examples)
+    return num_examples
 
 
 def _read_pinned_key(settings: NodeSettings) -> tuple[str | None, RunAuthorizationError | None]:

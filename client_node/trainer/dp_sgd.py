@@ -218,6 +218,15 @@ class DPTrainer:
     :meth:`train` call may use a different noise multiplier. Optimizer state (Adam moments, if
     Adam is chosen) is reset at the start of every call: a round depends only on its start weights.
 
+    ``population`` (default ``n``): the size the Poisson rate is computed from,
+    ``q = batch_size / population``. A node inside secure aggregation passes its public size
+    bucket (a power of two ``>= n``), so that ``q``, the steps per epoch (``int(1 / q)``) and
+    hence the noise calibrated for them depend on the bucket only, never on the exact ``n``.
+    Sampling really happens at that ``q`` (each of the ``n`` examples is drawn with probability
+    ``q``; an epoch still visits ``n`` examples in expectation), so the ledger's
+    ``(q, sigma, steps)`` is exactly what ran, not a bound. The gradient is still divided by
+    ``batch_size``: the expected batch ``q * n`` would depend on ``n``.
+
     Optimizer: plain SGD (no momentum) by default. Measured on the heart-disease hospitals
     (tabular MLP, batch 32, C=1, 4 seeds): SGD at lr 0.3 matched or beat Adam at every setting
     tried (5 and 20 epochs, sigma 1 and 2), and Adam fell behind as noise grew (Hungary, 5 epochs,
@@ -243,12 +252,21 @@ class DPTrainer:
         grad_sample_mode: GradSampleMode = "auto",
         x: npt.NDArray[np.floating] | None = None,
         y: npt.NDArray[np.integer] | None = None,
+        population: int | None = None,
     ) -> None:
         arrays, y_arr = _training_arrays(inputs, labels, x, y)
         n = len(y_arr)
-        if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        if population is None:
+            population = n
+        if not isinstance(population, int) or population < n:
             raise ValueError(
-                f"batch_size must be an int in [1, {n}] (the number of local examples), "
+                f"population must be an int >= {n} (the number of local examples), "
+                f"got {population!r}"
+            )
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= population:
+            raise ValueError(
+                f"batch_size must be an int in [1, {population}] (the "
+                f"{'number of local examples' if population == n else 'sampling population'}), "
                 f"got {batch_size!r}"
             )
         if optimizer not in ("sgd", "adam"):
@@ -293,7 +311,8 @@ class DPTrainer:
         self._noise_generator = torch.Generator(device=device).manual_seed(noise_seed & _SEED_MASK)
         self._shuffle_generator = torch.Generator().manual_seed((self._seed + 2) & _SEED_MASK)
 
-        self._sample_rate = batch_size / n
+        self._population = population
+        self._sample_rate = batch_size / population
         self._module = model
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._gsm: AbstractGradSampleModule
@@ -364,8 +383,14 @@ class DPTrainer:
 
     @property
     def sample_rate(self) -> float:
-        """Poisson sampling rate ``q = batch_size / n``."""
+        """Poisson sampling rate ``q = batch_size / population`` (``population`` is ``n``
+        unless the node samples as if it held a public upper bound of ``n``)."""
         return self._sample_rate
+
+    @property
+    def population(self) -> int:
+        """The size the sampling rate is computed from: ``n``, or a public bound ``>= n``."""
+        return self._population
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one DP epoch: exactly ``len(DPDataLoader)`` (``int(1 / q)``)."""

@@ -12,7 +12,9 @@ this process. The four message kinds of a session:
 * masked input (wave A of a round): train with DP-SGD (the charge is recorded in the ledger
   before anything leaves), then send ``[w * (W_i - W) / scale, w]`` masked, with
   ``w = n_i / n_max`` (``n_max``: the round's public size bound): the example count travels
-  only inside the masked vector;
+  only inside the masked vector. What travels beside it in the clear is the round's charge,
+  which depends on the size bucket only (the node samples at ``q = batch_size / bucket``,
+  ``client_node.trainer.core.sampling_population``), and no timings;
 * unmask (wave B): reveal the round's shares the protocol allows.
 
 A refused or malformed request is answered with a reason; the session's state machine
@@ -210,8 +212,12 @@ class SecureAggregation:
         )
         masked = session.node.masked_input(request, vec)
         records = secagg_reply_to_records(masked)
-        # the update and the example count travel masked only
-        summary = dataclasses.replace(reply, weights=[], num_examples=0)
+        # The update and the example count travel masked only. The charge (sigma, q, steps)
+        # is a function of the size bucket (`core.sampling_population`); the timings, which
+        # grow with the exact size, stay in the node's log.
+        summary = dataclasses.replace(
+            reply, weights=[], num_examples=0, train_seconds=0.0, node_seconds=0.0
+        )
         for name, record in train_reply_to_records(summary).items():
             records[name] = record
         self._answers = {k: v for k, v in self._answers.items() if k[0] == envelope.run_id}
