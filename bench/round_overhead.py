@@ -71,18 +71,21 @@ def measure_rounds(rounds: int) -> list[dict[str, float]]:
     if view.failure:
         raise SystemExit(f"bench run failed: {view.failure}")
     rows = []
-    for record in view.of("round"):
-        nodes = record["nodes"].values()
-        slowest = max(node["train_seconds"] for node in nodes)
-        slowest_node = max(node["node_seconds"] for node in nodes)
+    for record in view.rounds:
+        nodes = record.nodes.values()
+        trained = [n.train_seconds for n in nodes if n.train_seconds is not None]
+        handled = [n.node_seconds for n in nodes if n.node_seconds is not None]
+        if not trained or not handled:
+            raise SystemExit(f"bench round {record.round}: no node reported its timings")
+        slowest, slowest_node = max(trained), max(handled)
         rows.append(
             {
-                "round": record["round"],
-                "wall_s": record["seconds"],
+                "round": record.round,
+                "wall_s": record.seconds,
                 "slowest_train_s": slowest,
                 "slowest_node_s": slowest_node,
-                "overhead_s": record["seconds"] - slowest,
-                "flower_transport_s": record["seconds"] - slowest_node,
+                "overhead_s": record.seconds - slowest,
+                "flower_transport_s": record.seconds - slowest_node,
             }
         )
     return rows

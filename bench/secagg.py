@@ -10,13 +10,17 @@ Four measurements in one run, side by side:
     input and wave B unmask every round). Same task (``breast_cancer``, partitions
     ``site-i-of-n``), same ``tabular_mlp`` (default hidden (1000, 970): 1,003,912 params),
     same training (1 local epoch, batch 32, lr 0.05, target epsilon 3, node budgets 1000).
-    From the run journal's ``round`` records: round 1 seconds (the secure one includes the
+    From the run journal's round records: round 1 seconds (the secure one includes the
     session setup), the median of rounds 2..R (steady state), the mean of all rounds (setup
-    amortised over the run), and the median over rounds 2..R of the slowest node's
-    ``node_seconds`` (the trainer's whole handling of the train request; for the secure run,
-    of wave A before the update is masked) and ``train_seconds`` (the DP-SGD loop), so the
-    reader sees training against transport (every wave costs one ``flwr-clientapp`` process
-    per node and message). Ratios are secure / plain. The order of the two runs alternates
+    amortised over the run), and, for the plain run only, the median over rounds 2..R of
+    the slowest node's ``node_seconds`` (the trainer's whole handling of the train request)
+    and ``train_seconds`` (the DP-SGD loop), so the reader sees training against transport
+    (every wave costs one ``flwr-clientapp`` process per node and message). Under SecAgg+
+    the nodes withhold their timings (they grow with the dataset size, which the masked sum
+    hides), so the journal records none for the secure run and its node, train and rest
+    columns show '-' (``None`` in the JSON), never zeros: the plain run's figures on the
+    same cluster and data stand for the training share of a round. Ratios are secure /
+    plain and use round seconds only. The order of the two runs alternates
     (plain first at 3 nodes, secure first at 10; ``--pairs`` > 1 repeats in ABBA order) to
     spread the noise of a shared machine. The run that goes first on a cluster also pays the
     trainers' first use of the model (the DP engine is built once per trainer) in its round 1:
@@ -45,6 +49,7 @@ Prints a table, then one JSON object on the last line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import signal
@@ -52,6 +57,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -59,7 +65,7 @@ from typing import Any
 import numpy as np
 import secagg_crypto  # bench/ is sys.path[0] when this script runs
 
-from coordinator.fl.journal import read_journal
+from coordinator.fl.journal import RoundRecord, SecAggRound, read_journal
 from lepton.cluster import LocalCluster, NodePlan
 from lepton_fl.config import (
     FederationSpec,
@@ -148,58 +154,68 @@ def run_order(secure_first: bool, pairs: int) -> list[bool]:
     return order
 
 
-def round_rows(view_rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-round figures from a run journal's ``round`` records."""
+def round_rows(records: Sequence[RoundRecord]) -> list[dict[str, Any]]:
+    """Per-round figures from a run journal's round records.
+
+    ``slowest_node_s`` and ``slowest_train_s`` are ``None`` where no ok node reported its
+    timings: every round of a secure run (the nodes withhold them under SecAgg+, the journal
+    records them as unknown), and a round in which no node's update was used."""
     rows = []
-    for record in view_rounds:
-        nodes = record["nodes"]
-        ok = [n for n in nodes.values() if n.get("status") == "ok"]
-        secagg = record.get("secagg", {})
+    for record in records:
+        ok = [n for n in record.nodes.values() if n.status == "ok"]
+        train = [n.train_seconds for n in ok if n.train_seconds is not None]
+        node = [n.node_seconds for n in ok if n.node_seconds is not None]
+        secagg = record.secagg or SecAggRound()
         rows.append(
             {
-                "round": record["round"],
-                "seconds": record["seconds"],
-                "slowest_train_s": max((n["train_seconds"] for n in ok), default=float("nan")),
-                "slowest_node_s": max((n["node_seconds"] for n in ok), default=float("nan")),
+                "round": record.round,
+                "seconds": record.seconds,
+                "slowest_train_s": max(train) if train else None,
+                "slowest_node_s": max(node) if node else None,
                 "ok": len(ok),
                 "not_ok": {
-                    name: f"{n.get('status')}: {n.get('code')}"
-                    for name, n in nodes.items()
-                    if n.get("status") != "ok"
+                    name: f"{n.status}: {n.code}"
+                    for name, n in record.nodes.items()
+                    if n.status != "ok"
                 },
-                "session": secagg.get("session"),
-                "setup": "setup" in secagg,
-                "dropouts": secagg.get("dropouts", []),
-                "clipped_values": secagg.get("clipped_values"),
-                "failure": secagg.get("failure"),
+                "session": secagg.session,
+                "setup": secagg.setup is not None,
+                "dropouts": list(secagg.dropouts),
+                "clipped_values": secagg.clipped_values,
+                "failure": None if secagg.failure is None else dataclasses.asdict(secagg.failure),
             }
         )
     return rows
 
 
-def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 3) if values else None
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of the known values (None if none is known)."""
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
 
 
 def summarise(rows: list[dict[str, Any]], *, complete: bool) -> dict[str, Any]:
     """Round 1, steady-state (rounds 2..R) median and whole-run mean of a set of rounds.
 
     A run cut short before round 2 has no steady state (None, never round 1 in its place);
-    ``complete`` says whether every run behind ``rows`` did all its rounds.
+    ``complete`` says whether every run behind ``rows`` did all its rounds. Node timings
+    and the rest (round - slowest node) are ``None`` for a secure run: its nodes withhold
+    their timings.
     """
     steady = [r for r in rows if r["round"] >= 2]
-    first = [r["seconds"] for r in rows if r["round"] == 1]
+    first = [r for r in rows if r["round"] == 1]
+    first_node = [r["slowest_node_s"] for r in first if r["slowest_node_s"] is not None]
     return {
         "complete": complete,
-        "round1_s": _median(first),
+        "round1_s": _median([r["seconds"] for r in first]),
         "steady_median_s": _median([r["seconds"] for r in steady]),
         "mean_s": round(statistics.fmean(r["seconds"] for r in rows), 3),
         "steady_slowest_node_s": _median([r["slowest_node_s"] for r in steady]),
         "steady_slowest_train_s": _median([r["slowest_train_s"] for r in steady]),
-        "steady_transport_s": _median([r["seconds"] - r["slowest_node_s"] for r in steady]),
-        "round1_slowest_node_s": (
-            round(max(r["slowest_node_s"] for r in rows if r["round"] == 1), 3) if first else None
+        "steady_transport_s": _median(
+            [r["seconds"] - r["slowest_node_s"] for r in steady if r["slowest_node_s"] is not None]
         ),
+        "round1_slowest_node_s": round(max(first_node), 3) if first_node else None,
         "rounds_measured": len(rows),
     }
 
@@ -240,12 +256,12 @@ def measure_cluster(
                 view = cluster.wait_for_run(journal, timeout=RUN_TIMEOUT_S)
             except Exception as err:  # report it, keep what was measured
                 entry["failure"] = f"{type(err).__name__}: {err}"
-                entry["rounds"] = round_rows(read_journal(journal).of("round"))  # those done
+                entry["rounds"] = round_rows(read_journal(journal).rounds)  # those done
                 runs.append(entry)
                 break
             entry["run_wall_s"] = round(time.perf_counter() - run_started, 2)
             entry["failure"] = view.failure
-            entry["rounds"] = round_rows(view.of("round"))
+            entry["rounds"] = round_rows(view.rounds)
             runs.append(entry)
             print(
                 f"  [{n} nodes] run {index} ({kind}) done in {entry['run_wall_s']:.1f} s"
@@ -448,7 +464,8 @@ def print_report(
     )
     print(
         "    (steady = median of rounds 2..R; mean = all rounds; slowest node/train and rest ="
-        " round - slowest node, medians of rounds 2..R)"
+        " round - slowest node, medians of rounds 2..R; '-' for secure runs: SecAgg+ nodes"
+        " withhold their timings)"
     )
     print(head)
     for c in clusters:
@@ -489,11 +506,17 @@ def print_report(
                     notes.append(f"clipped {r['clipped_values']}")
                 if r["failure"]:
                     notes.append(f"failure {r['failure']}")
+                timings = (
+                    f"slowest node {fmt(r['slowest_node_s'])} s, train "
+                    f"{fmt(r['slowest_train_s'])} s"
+                    if r["slowest_node_s"] is not None
+                    else "node timings withheld"
+                    if run["kind"] == "secure"
+                    else "no node timings"
+                )
                 print(
                     f"    n={c['nodes']} {run['kind']:<6} round {r['round']}: {r['seconds']:.2f} s"
-                    f" (slowest node {r['slowest_node_s']:.2f} s, train "
-                    f"{r['slowest_train_s']:.2f} s, {r['ok']} ok)"
-                    + (f" [{'; '.join(notes)}]" if notes else "")
+                    f" ({timings}, {r['ok']} ok)" + (f" [{'; '.join(notes)}]" if notes else "")
                 )
             if run.get("failure"):
                 print(f"    n={c['nodes']} {run['kind']} run FAILED: {run['failure']}")

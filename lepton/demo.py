@@ -19,6 +19,7 @@ For comparison only, it also trains a model on each hospital's data alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from coordinator.api.settings import AdminSettings
-from coordinator.fl.journal import JournalView, read_journal
+from coordinator.fl.journal import JournalView, RoundRecord, SecAggRound, read_journal
 from lepton.admin_client import AdminClient, AuditVerdict, RoundStatus, RunStatus
 from lepton.baseline import BaselineResult, local_only_baselines
 from lepton.cluster import LocalCluster, NodePlan
@@ -54,6 +55,7 @@ from lepton.sectors import Sector, resolve_sectors
 from lepton_fl.config import FederationSpec, Member
 from lepton_fl.privacy.evaluation import evaluation_epsilon_share
 from lepton_fl.processes import ProcessError
+from lepton_fl.wire import EvalMetrics
 
 POLL_S = 0.25
 
@@ -361,30 +363,30 @@ def _status_table(run: RunStatus, view: JournalView, members: list[Member]) -> T
     table = Table(title="nodes", expand=False)
     for column in ("hospital", "status", "ε spent", "ε budget"):
         table.add_column(column)
-    rounds = view.of("round")
-    current = rounds[-1]["nodes"] if rounds else {}
+    rounds = view.rounds
+    current = rounds[-1].nodes if rounds else {}
     in_flight = run.state == "running" and run.rounds_completed < run.rounds_planned
     for m in members:
-        node = current.get(m.name, {})
-        charge = node.get("charge", {})
-        status = "training" if in_flight else node.get("status", "waiting")
+        node = current.get(m.name)
+        charge = node.charge if node is not None else None
+        status = "training" if in_flight else node.status if node is not None else "waiting"
         table.add_row(
             m.name,
-            str(status),
-            f"{charge['epsilon']:.2f}" if charge else "-",
-            f"{charge['epsilon_budget']:.1f}" if charge else "-",
+            status,
+            f"{charge.epsilon:.2f}" if charge else "-",
+            f"{charge.epsilon_budget:.1f}" if charge else "-",
         )
     return table
 
 
 def _round_line(r: RoundStatus, total: int, names: dict[str, str], view: JournalView) -> str:
-    detail: dict[str, Any] = next(
-        (j["nodes"] for j in view.of("round") if j["round"] == r.round), {}
-    )
+    record = next((j for j in view.rounds if j.round == r.round), None)
+    detail = record.nodes if record is not None else {}
     parts = []
     for node_id in r.participants:
         name = names.get(node_id, node_id)
-        eps = detail.get(name, {}).get("charge", {}).get("epsilon")
+        node = detail.get(name)
+        eps = node.charge.epsilon if node is not None and node.charge is not None else None
         parts.append(f"{name}=ok" + (f" ε={eps:.2f}" if eps is not None else ""))
     parts += [f"{names.get(n, n)}=refused ({why})" for n, why in r.refusals.items()]
     seconds = f" ({r.seconds:.1f} s)" if r.seconds is not None else ""
@@ -410,15 +412,16 @@ def build_summary(
     The run's state, rounds and the coordinator's ledger come from the admin API; the final
     per-node evaluation and the per-round secure-aggregation detail from the run journal.
     """
-    last_evaluation = (view.of("evaluation") or [{"nodes": {}}])[-1]
-    evaluation = last_evaluation["nodes"]
+    last_evaluation = view.evaluation
+    evaluation = last_evaluation.nodes if last_evaluation is not None else {}
     names = {site.node.id: name for name, site in admin.sites.items()}
     nodes = []
     reconciliation: dict[str, Any] = {}
     for m in members:
         ledger = ledgers[m.name]
         check = admin.ledgers[m.name]
-        final = evaluation.get(m.name, {})
+        final = evaluation.get(m.name)
+        released = final.charge if final is not None else None
         base = baselines.get(m.name)
         mismatches = list(check.mismatches)
         # both ledgers hold the training rounds and the evaluation's DP release
@@ -436,13 +439,13 @@ def build_summary(
                 "epsilon": ledger.epsilon,
                 "epsilon_training": ledger.epsilon_training,
                 "epsilon_evaluation": ledger.epsilon - ledger.epsilon_training,
-                "evaluation_noise_multiplier": (final.get("charge") or {}).get("noise_multiplier"),
+                "evaluation_noise_multiplier": released.noise_multiplier if released else None,
                 "epsilon_coordinator_ledger": check.ledger.epsilon_spent,
                 "epsilon_budget": ledger.epsilon_budget,
                 "epsilon_reported_to_coordinator": check.ledger.epsilon_reported,
                 "history": ledger.history,
                 "local_only": base.metrics() if base else None,
-                "federated": {key: final.get(key) for key in EVAL_FIELDS},
+                "federated": federated_figures(final.evaluation if final is not None else None),
             }
         )
     run = admin.run
@@ -459,7 +462,7 @@ def build_summary(
         "tls": True,
         "node_auth": True,
         "secure_aggregation": fed.secure_aggregation.enabled,
-        "secagg": secagg_summary(fed, view.of("round")),
+        "secagg": secagg_summary(fed, view.rounds),
         "delta": fed.privacy.delta,
         "accountant": fed.privacy.accountant,
         "target_epsilon": fed.privacy.target_epsilon,
@@ -467,7 +470,11 @@ def build_summary(
             fed.privacy.target_epsilon, fed.privacy.evaluation_epsilon
         ),
         "nodes": nodes,
-        "federation_metrics": last_evaluation.get("aggregate"),
+        "federation_metrics": (
+            last_evaluation.aggregate.as_dict()
+            if last_evaluation is not None and last_evaluation.aggregate is not None
+            else None
+        ),
         "rounds": [
             {
                 "round": r.round,
@@ -502,22 +509,22 @@ def build_summary(
     }
 
 
-def secagg_summary(fed: FederationSpec, rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+def secagg_summary(fed: FederationSpec, rounds: list[RoundRecord]) -> dict[str, Any] | None:
     """What secure aggregation did, round by round (None when it is off)."""
     if not fed.secure_aggregation.enabled:
         return None
-    per_round = []
+    per_round: list[dict[str, Any]] = []
     for r in rounds:
-        info = r.get("secagg", {})
+        info = r.secagg or SecAggRound()
         per_round.append(
             {
-                "round": r["round"],
-                "session": info.get("session"),
-                "threshold": info.get("threshold"),
-                "participants": info.get("participants", []),
-                "dropouts": info.get("dropouts", []),
-                "clipped_values": info.get("clipped_values"),
-                "failure": info.get("failure"),
+                "round": r.round,
+                "session": info.session,
+                "threshold": info.threshold,
+                "participants": list(info.participants),
+                "dropouts": list(info.dropouts),
+                "clipped_values": info.clipped_values,
+                "failure": None if info.failure is None else dataclasses.asdict(info.failure),
             }
         )
     thresholds = {p["threshold"] for p in per_round if p["threshold"] is not None}
@@ -531,6 +538,17 @@ def secagg_summary(fed: FederationSpec, rounds: list[dict[str, Any]]) -> dict[st
 
 EVAL_FIELDS = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "confusion")
 """What the summary shows of each node's final evaluation (`federated`)."""
+
+
+def federated_figures(evaluation: EvalMetrics | None) -> dict[str, Any]:
+    """A node's evaluation of the final model as the summary shows it (`EVAL_FIELDS`; all
+    ``None`` when it sent none)."""
+    if evaluation is None:
+        return dict.fromkeys(EVAL_FIELDS)
+    figures: dict[str, Any] = {key: getattr(evaluation, key) for key in EVAL_FIELDS}
+    if evaluation.confusion is not None:
+        figures["confusion"] = [list(row) for row in evaluation.confusion]
+    return figures
 
 
 def _fmt(value: object) -> str:

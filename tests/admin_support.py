@@ -17,13 +17,16 @@ from fastapi.testclient import TestClient
 from coordinator.api import AdminSettings, create_app
 from coordinator.db import Database
 from coordinator.db.tables import Run
+from coordinator.fl.journal import NodeRound, RoundRecord, RunEnded, RunStarted
 from coordinator.fl.server_app import save_checkpoint
 from coordinator.services.keys import bootstrap_admin_key
 from coordinator.services.round_sink import LedgerJournal
 from coordinator.superlink import CONNECTION, SuperLink, SuperLinkSettings
+from lepton_fl.config import Member, SecureAggregationSpec
 from lepton_fl.crypto import create_node_key, create_pki
 from lepton_fl.privacy import AccountantStep, epsilon_spent
 from lepton_fl.processes import free_port
+from lepton_fl.wire import PrivacyCharge
 
 PREFIX = "/api/v1"
 
@@ -192,41 +195,46 @@ def play_serverapp(api: AdminApi, run_id: str, *, rounds: int = 2) -> None:
     run = run_row(api, run_id)
     members = [m["name"] for m in json.loads(run.members)]
     journal = LedgerJournal(Path(run.journal_path), db=api.db, run_id=run_id)
-    journal.write("run_started", flower_run_id=int(str(run.flower_run_id)), members=members)
+    journal.append(
+        RunStarted(
+            flower_run_id=int(str(run.flower_run_id)),
+            federation="played",
+            federation_digest="0" * 64,
+            rounds=rounds,
+            members=tuple(
+                Member(name=m["name"], node_id=m["flower_node_id"]) for m in json.loads(run.members)
+            ),
+            aggregation="fedavg",
+            secure_aggregation=SecureAggregationSpec(enabled=False),
+        )
+    )
     history: list[AccountantStep] = []
     weights = [np.zeros((3, 2), dtype=np.float32), np.ones(2, dtype=np.float32)]
     for rnd in range(1, rounds + 1):
         step = AccountantStep(noise_multiplier=1.1, sample_rate=0.1, steps=20)
         history.append(step)
         epsilon = epsilon_spent(history, delta=1e-5, accountant="rdp")
-        nodes = {
-            name: {
-                "status": "ok",
-                "code": None,
-                "reason": None,
-                "num_examples": 100,
-                "train_loss": 0.5,
-                "charge": {
-                    "noise_multiplier": step.noise_multiplier,
-                    "sample_rate": step.sample_rate,
-                    "steps": step.steps,
-                    "delta": 1e-5,
-                    "accountant": "rdp",
-                    "epsilon": epsilon,
-                    "epsilon_budget": 8.0,
+        charge = PrivacyCharge(
+            noise_multiplier=step.noise_multiplier,
+            sample_rate=step.sample_rate,
+            steps=step.steps,
+            delta=1e-5,
+            accountant="rdp",
+            epsilon=epsilon,
+            epsilon_budget=8.0,
+        )
+        journal.append(
+            RoundRecord(
+                round=rnd,
+                seconds=1.0,
+                participants=tuple(members),
+                num_examples=100 * len(members),
+                nodes={
+                    name: NodeRound(status="ok", num_examples=100, charge=charge)
+                    for name in members
                 },
-            }
-            for name in members
-        }
-        journal.write(
-            "round",
-            round=rnd,
-            seconds=1.0,
-            participants=members,
-            num_examples=100 * len(members),
-            train_loss=0.5,
-            nodes=nodes,
+            )
         )
         weights = [w + 0.1 for w in weights]
         save_checkpoint(Path(run.journal_path).with_name("checkpoint.npz"), weights, rnd)
-    journal.write("run_finished", rounds_completed=rounds)
+    journal.append(RunEnded(state="finished", rounds_completed=rounds))

@@ -5,6 +5,8 @@ asked (the API and end-to-end tests use a real SuperLink)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from pathlib import Path
 
@@ -14,7 +16,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.db import Database
-from coordinator.fl.journal import RunJournal
+from coordinator.fl.journal import (
+    NodeRound,
+    RoundRecord,
+    RunEnded,
+    RunJournal,
+    RunStarted,
+    event_to_json,
+)
 from coordinator.services import audit, federations, keys, ledger, nodes, runs, tenants
 from coordinator.services.common import Actor
 from coordinator.services.errors import (
@@ -26,8 +35,9 @@ from coordinator.services.errors import (
 from coordinator.services.federations import FederationDefinition
 from coordinator.services.round_sink import JournalFollower
 from coordinator.services.runs import RunSettings
-from lepton_fl.config import RunSpec
+from lepton_fl.config import RunSpec, SecureAggregationSpec
 from lepton_fl.crypto import create_node_key
+from lepton_fl.wire import PrivacyCharge
 
 ADMIN = Actor(role="platform_admin", label="test-admin")
 
@@ -189,24 +199,23 @@ def _started_run(db: Database, tmp_path: Path, *, budget: float = 8.0) -> tuple[
     return run.id, node_ids
 
 
-def _round(rnd: int, names: list[str], epsilon: float) -> dict[str, object]:
-    charge = {
-        "noise_multiplier": 1.2,
-        "sample_rate": 0.05,
-        "steps": 30,
-        "delta": 1e-5,
-        "accountant": "rdp",
-        "epsilon": epsilon,
-        "epsilon_budget": 8.0,
-    }
-    return {
-        "round": rnd,
-        "participants": names,
-        "num_examples": 300,
-        "train_loss": 0.4,
-        "seconds": 2.0,
-        "nodes": {n: {"status": "ok", "charge": charge} for n in names},
-    }
+def _round(rnd: int, names: list[str], epsilon: float) -> RoundRecord:
+    charge = PrivacyCharge(
+        noise_multiplier=1.2,
+        sample_rate=0.05,
+        steps=30,
+        delta=1e-5,
+        accountant="rdp",
+        epsilon=epsilon,
+        epsilon_budget=8.0,
+    )
+    return RoundRecord(
+        round=rnd,
+        seconds=2.0,
+        participants=tuple(names),
+        num_examples=300,
+        nodes={n: NodeRound(status="ok", charge=charge) for n in names},
+    )
 
 
 def test_record_round_writes_round_charges_and_audit_together(db: Database, tmp_path: Path) -> None:
@@ -315,18 +324,19 @@ def test_the_admin_service_reads_rounds_and_the_end_from_the_journal(
     run_id, node_ids = _started_run(db, tmp_path)
     names = ["site-0", "site-1", "site-2"]
     journal = RunJournal(Path(runs.get_run(db, ADMIN, run_id).journal_path))
-    journal.write("run_started", flower_run_id=77)
-    journal.write("round", **_round(1, names, 0.5))
+    journal.append(_started(77))
+    journal.append(_round(1, names, 0.5))
+    second = json.dumps(event_to_json(_round(2, [], 0.0)))
     with journal.path.open("a") as handle:
-        handle.write('{"event": "round", "round": 2')  # the ServerApp is mid-write
+        handle.write(second[:30])  # the ServerApp is mid-write
 
     JournalFollower(db).poll()
 
     run = runs.get_run(db, ADMIN, run_id)
     assert (run.state, run.flower_run_id, run.rounds_completed) == ("running", "77", 1)
     with journal.path.open("a") as handle:
-        handle.write(', "participants": [], "nodes": {}}\n')
-    journal.write("run_finished", rounds_completed=2)
+        handle.write(second[30:] + "\n")
+    journal.append(RunEnded(state="finished", rounds_completed=2))
     restarted = JournalFollower(db)  # a coordinator restart: reads from the start again
     restarted.poll()
     restarted.poll()
@@ -335,3 +345,36 @@ def test_the_admin_service_reads_rounds_and_the_end_from_the_journal(
     assert (run.state, run.rounds_completed) == ("finished", 2)
     assert [r.round for r in runs.run_rounds(db, ADMIN, run_id)] == [1, 2]
     assert [e.round for e in ledger.node_ledger(db, ADMIN, node_ids[0]).history] == [1]
+
+
+def _started(flower_run_id: int) -> RunStarted:
+    return RunStarted(
+        flower_run_id=flower_run_id,
+        federation="fed",
+        federation_digest="0" * 64,
+        rounds=2,
+        members=(),
+        aggregation="fedavg",
+        secure_aggregation=SecureAggregationSpec(enabled=False),
+    )
+
+
+def test_the_follower_logs_and_skips_a_line_that_is_not_an_event(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_id, _ = _started_run(db, tmp_path)
+    names = ["site-0", "site-1", "site-2"]
+    journal = RunJournal(Path(runs.get_run(db, ADMIN, run_id).journal_path))
+    journal.append(_started(78))
+    with journal.path.open("a") as handle:
+        handle.write('{"event": "round", "round": "one"}\n')
+    journal.append(_round(1, names, 0.5))
+    journal.append(RunEnded(state="failed", rounds_completed=1, reason="boom", kind="Error"))
+
+    with caplog.at_level(logging.ERROR, logger="coordinator.services.round_sink"):
+        JournalFollower(db).poll()
+
+    run = runs.get_run(db, ADMIN, run_id)
+    assert (run.state, run.failure, run.rounds_completed) == ("failed", "boom", 1)
+    (logged,) = caplog.records
+    assert f"{journal.path}, line 2: round.round: expected a whole number" in logged.getMessage()

@@ -81,25 +81,30 @@ def _ledger_entries(path: Path) -> list:  # type: ignore[type-arg]
 
 def test_run_completes_every_round_with_the_honest_nodes(first_run: JournalView) -> None:
     assert first_run.failure is None
-    rounds = first_run.of("round")
-    assert [r["round"] for r in rounds] == [1, 2, 3]
+    rounds = first_run.rounds
+    assert [r.round for r in rounds] == [1, 2, 3]
     for record in rounds:
-        assert sorted(record["participants"]) == ["site-a", "site-b", "site-c"]
+        assert sorted(record.participants) == ["site-a", "site-b", "site-c"]
 
 
 def test_model_learns_and_evaluation_is_a_dp_release(first_run: JournalView) -> None:
-    final = first_run.of("evaluation")[-1]
+    final = first_run.evaluation
+    assert final is not None
     honest = ["site-a", "site-b", "site-c"]
+    released = [final.nodes[n] for n in honest]
     # noised counts (no pre-round evaluation, no loss, no AUC leave a node since issue 10)
-    assert all(final["nodes"][n]["loss"] is None for n in honest)
-    assert all(final["nodes"][n]["charge"]["sample_rate"] == 1.0 for n in honest)
-    assert final["aggregate"]["accuracy"] > 0.8  # chance is about 0.63
+    assert all(n.evaluation is not None and n.evaluation.loss is None for n in released)
+    assert all(n.charge is not None and n.charge.sample_rate == 1.0 for n in released)
+    assert final.aggregate is not None
+    assert final.aggregate.metrics is not None
+    assert final.aggregate.metrics.accuracy > 0.8  # chance is about 0.63
 
 
 def test_ledger_holds_one_entry_per_node_per_round(
     cluster: LocalCluster, first_run: JournalView
 ) -> None:
-    run_id = str(first_run.of("run_started")[0]["flower_run_id"])
+    assert first_run.started is not None
+    run_id = str(first_run.started.flower_run_id)
     for name in ("site-a", "site-b", "site-c"):
         entries = [
             e for e in _ledger_entries(cluster.nodes[name].ledger_path) if e.run_id == run_id
@@ -116,26 +121,30 @@ def test_ledger_holds_one_entry_per_node_per_round(
 def test_epsilon_is_what_the_history_gives_and_within_budget(
     cluster: LocalCluster, first_run: JournalView
 ) -> None:
-    last = first_run.of("round")[-1]["nodes"]
-    final = first_run.of("evaluation")[-1]["nodes"]
+    last = first_run.rounds[-1].nodes
+    assert first_run.evaluation is not None
+    final = first_run.evaluation.nodes
     for name in ("site-a", "site-b", "site-c"):
         entries = _ledger_entries(cluster.nodes[name].ledger_path)
         assert [e.kind for e in entries] == ["train"] * ROUNDS + ["evaluate"]
         trained = epsilon_spent([e.step for e in entries[:-1]], delta=1e-5, accountant="rdp")
         total = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
-        assert last[name]["charge"]["epsilon"] == pytest.approx(trained, rel=1e-9)
-        assert final[name]["charge"]["epsilon"] == pytest.approx(total, rel=1e-9)
+        trained_charge, final_charge = last[name].charge, final[name].charge
+        assert trained_charge is not None
+        assert final_charge is not None
+        assert trained_charge.epsilon == pytest.approx(trained, rel=1e-9)
+        assert final_charge.epsilon == pytest.approx(total, rel=1e-9)
         assert trained < total <= TARGET_EPSILON <= BUDGET
 
 
 def test_node_over_budget_refuses_before_training(
     cluster: LocalCluster, first_run: JournalView
 ) -> None:
-    for record in first_run.of("round"):
-        stingy = record["nodes"]["stingy"]
-        assert stingy["status"] == "refused"
-        assert stingy["code"] == "budget_exhausted"
-        assert "budget of 0.20" in stingy["reason"] or "0.2" in stingy["reason"]
+    for record in first_run.rounds:
+        stingy = record.nodes["stingy"]
+        assert stingy.status == "refused"
+        assert stingy.code == "budget_exhausted"
+        assert "budget of 0.20" in stingy.reason or "0.2" in stingy.reason
     assert _ledger_entries(cluster.nodes["stingy"].ledger_path) == []
 
 
@@ -167,7 +176,9 @@ def test_second_run_composes_with_the_first(cluster: LocalCluster, first_run: Jo
     trained = epsilon_spent([e.step for e in entries[:-1]], delta=1e-5, accountant="rdp")
     after = epsilon_spent([e.step for e in entries], delta=1e-5, accountant="rdp")
     assert after > trained > before
-    assert view.of("round")[0]["nodes"]["site-a"]["charge"]["epsilon"] == pytest.approx(trained)
+    charge = view.rounds[0].nodes["site-a"].charge
+    assert charge is not None
+    assert charge.epsilon == pytest.approx(trained)
 
 
 def test_coordinator_run_is_retired_for_the_admin_api(tmp_path: Path) -> None:
@@ -383,38 +394,45 @@ def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
 
     def round_two_started() -> bool:
         cluster.check_alive()
-        return any(e.get("round") == 2 for e in read_journal(journal).of("round_started"))
+        return any(e.round == 2 for e in read_journal(journal).round_starts)
 
     wait_until(round_two_started, timeout=300, what="round 2 to start")
     cluster.kill_node("doomed")  # SIGKILL, trainer and SuperNode, in the middle of round 2
     view = cluster.wait_for_run(journal, timeout=400)
 
     assert view.failure is None
-    first, second = view.of("round")
-    assert sorted(first["participants"]) == ["doomed", "site-a", "site-b", "site-c"]
-    assert sorted(second["participants"]) == ["site-a", "site-b", "site-c"]
-    assert second["secagg"]["dropouts"] == ["doomed"]
-    assert second["secagg"]["session"] == first["secagg"]["session"]
-    doomed = second["nodes"]["doomed"]
-    assert doomed["status"] == "dropped", doomed
-    assert "charge" not in doomed  # the coordinator charges only updates in the sum
+    first, second = view.rounds
+    assert first.secagg is not None
+    assert second.secagg is not None
+    assert sorted(first.participants) == ["doomed", "site-a", "site-b", "site-c"]
+    assert sorted(second.participants) == ["site-a", "site-b", "site-c"]
+    assert second.secagg.dropouts == ("doomed",)
+    assert second.secagg.session == first.secagg.session
+    doomed = second.nodes["doomed"]
+    assert doomed.status == "dropped", doomed
+    assert doomed.charge is None  # the coordinator charges only updates in the sum
     assert not _supernodes_of(cluster.root / "pki" / "nodes" / "doomed")  # died with its trainer
     # The sum holds exactly the survivors' FedAvg weights (sent masked, in the same vector):
-    # the coordinator learns their example total, never one node's size.
-    assert all(node["num_examples"] == 0 for node in first["nodes"].values())
-    totals = [r["secagg"]["examples"] for r in (first, second)]
+    # the coordinator learns their example total, never one node's size (or its timings).
+    for node in first.nodes.values():
+        assert (node.num_examples, node.train_seconds, node.node_seconds) == (None, None, None)
+    totals = [r.secagg.examples for r in (first, second) if r.secagg is not None]
+    assert totals[0] is not None
+    assert totals[1] is not None
     assert 0 < totals[1] < totals[0]
-    assert second["secagg"]["weight_sum"] == pytest.approx(
-        totals[1] / second["secagg"]["size_bound"], abs=1e-6
-    )
-    assert second["secagg"]["clipped_values"] == 0
+    assert second.secagg.size_bound is not None
+    assert second.secagg.weight_sum == pytest.approx(totals[1] / second.secagg.size_bound, abs=1e-6)
+    assert second.secagg.clipped_values == 0
     # A wrong unmasking would leave weights of the order of the ring (about 2^31 levels):
     # the loss would explode. Two DP rounds need not reach the full run's accuracy, so the
     # check is that the survivors' model is finite and better than where it started.
     survivors = ("site-a", "site-b", "site-c")
-    final = view.of("evaluation")[-1]
-    assert all(final["nodes"][n]["status"] == "ok" for n in survivors), final
-    assert final["aggregate"]["accuracy"] > 0.7, final  # noised counts; a broken model ~0.5
+    final = view.evaluation
+    assert final is not None
+    assert all(final.nodes[n].status == "ok" for n in survivors), final
+    assert final.aggregate is not None
+    assert final.aggregate.metrics is not None, final
+    assert final.aggregate.metrics.accuracy > 0.7, final  # noised counts; a broken model ~0.5
 
 
 def _supernodes_of(key: Path) -> list[int]:

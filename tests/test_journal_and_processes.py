@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.fl.journal import RunJournal, read_journal
+from coordinator.fl.journal import (
+    NodeRound,
+    RoundRecord,
+    RoundStarted,
+    RunEnded,
+    RunJournal,
+    read_journal,
+)
 from lepton_fl.processes import (
     QUIET_FLOWER_ENV,
     ManagedProcess,
@@ -22,20 +29,29 @@ from lepton_fl.processes import (
 
 def test_journal_skips_a_half_written_last_line(tmp_path: Path) -> None:
     journal = RunJournal(tmp_path / "run.jsonl")
-    journal.write("run_started", rounds=2)
-    journal.write("round", round=1, participants=["a"])
+    journal.append(RoundStarted(round=1, nodes=("a",)))
+    journal.append(
+        RoundRecord(
+            round=1,
+            seconds=1.0,
+            participants=("a",),
+            num_examples=10,
+            nodes={"a": NodeRound(status="ok")},
+        )
+    )
     with journal.path.open("a") as handle:
         handle.write('{"event": "round", "rou')  # a crash mid-write
 
     view = read_journal(journal.path)
 
-    assert [e["event"] for e in view.events] == ["run_started", "round"]
+    assert [type(e) for e in view.events] == [RoundStarted, RoundRecord]
+    assert [r.round for r in view.rounds] == [1]
     assert not view.finished
 
 
 def test_journal_failure_is_reported(tmp_path: Path) -> None:
     journal = RunJournal(tmp_path / "run.jsonl")
-    journal.write("run_failed", reason="too few participants")
+    journal.append(RunEnded(state="failed", reason="too few participants", kind="RunAbortedError"))
 
     view = read_journal(journal.path)
 

@@ -4,6 +4,7 @@ scikit-learn, and the wire contract that carries them (malformed matrices are re
 from __future__ import annotations
 
 import dataclasses
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch import nn
 from client_node.trainer.evaluation import evaluate
 from coordinator.fl.journal import RunJournal, read_journal
 from coordinator.fl.rounds import NodeOutcome, RoundOutcome
-from coordinator.fl.server_app import aggregate_record, eval_record, round_record
+from coordinator.fl.server_app import aggregate_record, round_record
 from lepton_fl import wire
 from lepton_fl.config import Member
 from lepton_fl.metrics import (
@@ -409,12 +410,13 @@ def test_coordinator_aggregate_record_is_weighted_and_names_who_is_left_out() ->
     record = aggregate_record(evaluations)
 
     assert record is not None
-    assert record["left_out"] == ["old"]
-    assert record["nodes"] == ["a", "b"]
-    assert record["num_examples"] == 10
-    assert record["accuracy"] == pytest.approx(0.7)
-    assert record["loss"] == pytest.approx(0.44)
-    assert record["confusion"] == [[3, 2], [1, 4]]
+    assert record.metrics is not None
+    assert record.left_out == ("old",)
+    assert record.metrics.nodes == ("a", "b")
+    assert record.metrics.num_examples == 10
+    assert record.metrics.accuracy == pytest.approx(0.7)
+    assert record.metrics.loss == pytest.approx(0.44)
+    assert record.metrics.confusion == ((3, 2), (1, 4))
     # DP releases: no loss, no AUC; a release noised to no examples is left out
     released = {
         name: dataclasses.replace(ev, loss=None, roc_auc=None)
@@ -424,15 +426,18 @@ def test_coordinator_aggregate_record_is_weighted_and_names_who_is_left_out() ->
     empty = wire.EvalMetrics(0, None, 0.0, None, 0.0, 0.0, 0.0, ((0, 0), (0, 0)))
     dp = aggregate_record({**released, "noised-away": empty})
     assert dp is not None
-    assert dp["loss"] is None
-    assert dp["roc_auc"] is None
-    assert dp["left_out"] == ["noised-away"]
-    assert dp["accuracy"] == pytest.approx(0.7)
+    assert dp.metrics is not None
+    assert dp.metrics.loss is None
+    assert dp.metrics.roc_auc is None
+    assert dp.left_out == ("noised-away",)
+    assert dp.metrics.accuracy == pytest.approx(0.7)
     assert aggregate_record({"old": evaluations["old"]}) is None
     three = _full(classification_metrics(TRI_Y, _peaked(TRI_PRED, 3), 3))
     mixed = aggregate_record({"a": evaluations["a"], "t": three})
     assert mixed is not None
-    assert "disagree on the number of classes" in str(mixed["error"])
+    assert mixed.metrics is None
+    assert "disagree on the number of classes" in str(mixed.error)
+    assert mixed.as_dict() == {"error": mixed.error, "left_out": []}
 
 
 def test_round_record_in_the_journal_carries_each_node_and_the_federation(tmp_path: Path) -> None:
@@ -450,16 +455,19 @@ def test_round_record_in_the_journal_carries_each_node_and_the_federation(tmp_pa
         round=1, weights=[], outcomes=[ok("a", 1, nodes["a"]), ok("b", 2, nodes["b"]), refused]
     )
     journal = RunJournal(tmp_path / "journal.jsonl")
-    journal.write("round", **round_record(outcome))
-    (entry,) = read_journal(journal.path).of("round")
+    journal.append(round_record(outcome))
+    (entry,) = read_journal(journal.path).rounds
+    line = json.loads(journal.path.read_text())
 
-    assert entry["participants"] == ["a", "b"]  # the refused node is not counted
-    assert entry["num_examples"] == 40
-    assert entry["nodes"]["a"]["charge"]["epsilon"] == 0.5
-    assert entry["nodes"]["c"]["code"] == "budget"
+    assert entry.participants == ("a", "b")  # the refused node is not counted
+    assert entry.num_examples == 40
+    charge = entry.nodes["a"].charge
+    assert charge is not None
+    assert charge.epsilon == 0.5
+    assert entry.nodes["c"].code == "budget"
     # no loss and no evaluation ride in a round (issue 10): only DP-covered figures
-    assert not any("loss" in key or "eval" in key for key in entry)
-    assert not any("loss" in key or "eval" in key for key in entry["nodes"]["a"])
+    assert not any("loss" in key or "eval" in key for key in line)
+    assert not any("loss" in key or "eval" in key for key in line["nodes"]["a"])
 
 
 # -- the demo's table ------------------------------------------------------------------------
@@ -468,10 +476,12 @@ def test_round_record_in_the_journal_carries_each_node_and_the_federation(tmp_pa
 def test_demo_table_shows_node_and_federation_metrics() -> None:
     from rich.console import Console
 
-    from lepton.demo import _print_table
+    from lepton.demo import _print_table, federated_figures
 
     nodes = _nodes()
     evaluations = {"a": _full(nodes["a"], 0.5), "b": _full(nodes["b"], 0.2)}
+    aggregate = aggregate_record(evaluations)
+    assert aggregate is not None
     summary = {
         "federation": "heart-disease",
         "rounds_completed": 2,
@@ -483,14 +493,14 @@ def test_demo_table_shows_node_and_federation_metrics() -> None:
                 "name": name,
                 "num_examples": 50,
                 "local_only": None,
-                "federated": eval_record(ev),
+                "federated": federated_figures(ev),
                 "epsilon": 0.5,
                 "epsilon_budget": 1.0,
                 "epsilon_coordinator_ledger": 0.5,
             }
             for name, ev in evaluations.items()
         ],
-        "federation_metrics": aggregate_record(evaluations),
+        "federation_metrics": aggregate.as_dict(),
         "wall_seconds": 1.0,
         "ledger_reconciliation": {"ok": True, "nodes": {"a": {}, "b": {}}},
         "release": None,

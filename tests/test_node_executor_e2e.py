@@ -178,4 +178,4 @@ def test_nodes_train_after_the_attack_and_a_restarted_node_reattaches(
     view = cluster.wait_for_run(journal, timeout=300)
 
     assert view.failure is None
-    assert sorted(view.of("round")[0]["participants"]) == NAMES
+    assert sorted(view.rounds[0].participants) == NAMES

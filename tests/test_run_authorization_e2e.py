@@ -61,8 +61,8 @@ def _charges(cluster: LocalCluster) -> int:
 
 
 def _refusals(view: JournalView) -> dict[str, str]:
-    (record,) = view.of("round")
-    return {name: str(node["code"]) for name, node in record["nodes"].items()}
+    (record,) = view.rounds
+    return {name: node.code for name, node in record.nodes.items()}
 
 
 def test_unsigned_signed_and_replayed_runs(cluster: LocalCluster) -> None:

@@ -2,7 +2,7 @@
 
 The run is really created through the admin API and submitted to a real SuperLink (nodes
 enrolled with keys registered there), as in tests/test_api_runs.py. No SuperNode processes
-run here: the ServerApp's rounds (`drive_run`, its real journal/ledger sink and SecAgg+
+run here: the ServerApp's rounds (`serve_run`, its real journal/ledger sink and SecAgg+
 protocol) run in this process and talk to real `NodeTrainer`s through the trainer's own
 request handler. Two of the four sites refuse by their node.toml policy, so the round
 cannot reach the federation's minimum of three, and `GET /runs/{id}` must say which nodes
@@ -11,7 +11,6 @@ refused and which node.toml field decided it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from client_node.settings import NodeSettings
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.secure import SecureAggregation
 from client_node.trainer.service import handle_request
-from coordinator.fl.journal import RunJournal
+from coordinator.fl.journal import read_journal
 from coordinator.fl.secure_rounds import Answer, SecAggFedAvg
-from coordinator.fl.server_app import RunAbortedError, drive_run
+from coordinator.fl.server_app import RunAbortedError, serve_run
 from coordinator.services.round_sink import LedgerJournal
 from coordinator.superlink import SuperLink
 from lepton_fl.config import RunSpec
@@ -51,7 +50,7 @@ class _RunInfo:
 
 
 class _SuperLinkView:
-    """What `drive_run` reads from Flower's Grid besides the transport: the run id and the
+    """What `serve_run` reads from Flower's Grid besides the transport: the run id and the
     node ids online (every site here is)."""
 
     def __init__(self, run_id: int, node_ids: set[int]) -> None:
@@ -89,17 +88,6 @@ def _trainer(
     ledgers.append(ledger)
     split = load_partition("breast_cancer", f"site-{index}-of-4")
     return NodeTrainer(settings=settings, split=split, ledger=ledger, device=torch.device("cpu"))
-
-
-def _serve(
-    grid: _SuperLinkView, spec: RunSpec, journal: RunJournal, protocol: SecAggFedAvg
-) -> None:
-    """The ServerApp's `main` around `drive_run`: a failure is journalled, then raised."""
-    try:
-        drive_run(grid, spec, journal, protocol=protocol)  # type: ignore[arg-type]
-    except Exception as err:
-        journal.write("run_failed", reason=str(err), kind=type(err).__name__)
-        raise
 
 
 def test_refusing_nodes_reasons_reach_the_admin_run_status(
@@ -141,7 +129,7 @@ def test_refusing_nodes_reasons_reach_the_admin_run_status(
         # the ServerApp's journal, recorded in the admin DB as the journal follower does
         journal = LedgerJournal(Path(spec.journal_path), db=api.db, run_id=run["id"])
         with pytest.raises(RunAbortedError) as caught:
-            _serve(grid, spec, journal, protocol)
+            serve_run(grid, spec, journal, protocol=protocol)  # type: ignore[arg-type]
 
         status = api.ok("GET", f"/runs/{run['id']}", tenant.headers)
         rounds = api.ok("GET", f"/runs/{run['id']}/rounds", api.admin)
@@ -157,7 +145,6 @@ def test_refusing_nodes_reasons_reach_the_admin_run_status(
     assert "[privacy].max_grad_norm" in refusals[by_name["site-2"]]
     assert "[privacy].min_noise_multiplier" in refusals[by_name["site-3"]]
     assert all(not ledger.entries() for ledger in ledgers)  # nobody trained
-    events = [
-        json.loads(line)["event"] for line in Path(spec.journal_path).read_text().splitlines()
-    ]
-    assert "run_failed" in events
+    ended = read_journal(Path(spec.journal_path)).ended
+    assert ended is not None
+    assert (ended.state, ended.reason, ended.kind) == ("failed", failure, "RunAbortedError")

@@ -4,8 +4,9 @@ The coordinator's launcher (`coordinator.fl.launcher`) starts it once per run, i
 with no secret of the coordinator's. It reads the `RunSpec` from the run config, sends train
 and evaluate messages only to the run's members (Flower node ids the coordinator got by
 registering each member's key), aggregates through a `RoundProtocol`, and records every round
-in the run journal, which the admin service reads (`coordinator.services.round_sink`): the
-ServerApp holds no database credentials. It imports no torch: nodes initialise the model from
+in the run journal as typed events (`coordinator.fl.journal`), which the admin service reads
+(`coordinator.services.round_sink`): the ServerApp holds no database credentials. The run's
+end has one writer, `serve_run`. It imports no torch: nodes initialise the model from
 the federation's seed, and aggregation is numpy.
 """
 
@@ -13,13 +14,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.fl.journal import RunJournal
+from coordinator.fl.journal import (
+    EvaluationAggregate,
+    EvaluationRecord,
+    NodeEvaluation,
+    NodeRound,
+    RoundRecord,
+    RoundStarted,
+    RunEnded,
+    RunJournal,
+    RunStarted,
+    SecAggRound,
+)
 from coordinator.fl.messaging import exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
 from coordinator.fl.secure_rounds import SecAggFedAvg, flower_transport
@@ -29,7 +42,6 @@ from lepton_fl.model_init import initial_weights
 from lepton_fl.privacy.evaluation import evaluation_epsilon_share
 from lepton_fl.wire import (
     EvalMetrics,
-    PrivacyCharge,
     RoundInstruction,
     WireError,
     evaluate_reply_from_records,
@@ -41,6 +53,13 @@ app = ServerApp()
 
 class RunAbortedError(RuntimeError):
     """The run cannot go on (too few participants, no usable update)."""
+
+
+@dataclass
+class RunProgress:
+    """How far a run got: the rounds whose aggregate became the global model."""
+
+    rounds_completed: int = 0
 
 
 @app.main()
@@ -55,12 +74,31 @@ def run_lepton(grid: Grid, context: Context) -> None:
     if not isinstance(raw, str) or not raw:
         raise RunAbortedError("The run config has no 'lepton-run' spec; submit runs via Lepton.")
     run = RunSpec.model_validate_json(raw)
-    journal = RunJournal(Path(run.journal_path))
+    serve_run(grid, run, RunJournal(Path(run.journal_path)))
+
+
+def serve_run(
+    grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundProtocol | None = None
+) -> None:
+    """Drive the run, then journal its end: the one writer of `RunEnded`, exactly once.
+
+    A failure (``drive_run`` raising, or no protocol for the run) is journalled with its
+    reason and kind, then raised. ``protocol``: `protocol_for` the run unless given."""
+    progress = RunProgress()
     try:
-        drive_run(grid, run, journal, protocol=protocol_for(grid, run))
+        chosen = protocol_for(grid, run) if protocol is None else protocol
+        drive_run(grid, run, journal, protocol=chosen, progress=progress)
     except Exception as err:
-        journal.write("run_failed", reason=str(err), kind=type(err).__name__)
+        journal.append(
+            RunEnded(
+                state="failed",
+                rounds_completed=progress.rounds_completed,
+                reason=str(err),
+                kind=type(err).__name__,
+            )
+        )
         raise
+    journal.append(RunEnded(state="finished", rounds_completed=progress.rounds_completed))
 
 
 def protocol_for(grid: Grid, run: RunSpec) -> RoundProtocol:
@@ -72,27 +110,38 @@ def protocol_for(grid: Grid, run: RunSpec) -> RoundProtocol:
     return PlainFedAvg()
 
 
-def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundProtocol) -> None:
+def drive_run(
+    grid: Grid,
+    run: RunSpec,
+    journal: RunJournal,
+    *,
+    protocol: RoundProtocol,
+    progress: RunProgress | None = None,
+) -> None:
     """All rounds of one run, then the final evaluation of the global model when the spec
-    schedules one (``privacy.evaluation_epsilon`` is not 0)."""
+    schedules one (``privacy.evaluation_epsilon`` is not 0). Journals the run's start, its
+    rounds and its evaluation, not its end (`serve_run` does); ``progress`` counts the
+    rounds completed as they are."""
+    progress = RunProgress() if progress is None else progress
     fed = run.federation
-    journal.write(
-        "run_started",
-        flower_run_id=grid.run.run_id,
-        federation=fed.name,
-        federation_digest=fed.digest(),
-        rounds=fed.rounds,
-        members=[m.model_dump() for m in run.members],
-        aggregation=protocol.name,
-        secure_aggregation=fed.secure_aggregation.model_dump(),
+    journal.append(
+        RunStarted(
+            flower_run_id=int(grid.run.run_id),
+            federation=fed.name,
+            federation_digest=fed.digest(),
+            rounds=fed.rounds,
+            members=tuple(run.members),
+            aggregation=protocol.name,
+            secure_aggregation=fed.secure_aggregation,
+        )
     )
     members = wait_for_members(grid, run)
     weights: list[np.ndarray] = list(initial_weights(fed))
     for rnd in range(1, fed.rounds + 1):
-        journal.write("round_started", round=rnd, nodes=[m.name for m in members])
+        journal.append(RoundStarted(round=rnd, nodes=tuple(m.name for m in members)))
         instruction = RoundInstruction(fed, rnd, weights, authorization=run.authorization)
         outcome = protocol.run_round(grid, members, instruction, timeout=run.round_timeout_s)
-        journal.write("round", **round_record(outcome))
+        journal.append(round_record(outcome))
         if len(outcome.participants) < fed.min_participants or outcome.weights is None:
             raise RunAbortedError(
                 f"Round {rnd} had {len(outcome.participants)} usable updates, fewer than the "
@@ -101,14 +150,16 @@ def drive_run(grid: Grid, run: RunSpec, journal: RunJournal, *, protocol: RoundP
             )
         weights = outcome.weights
         save_checkpoint(Path(run.journal_path).with_name("checkpoint.npz"), weights, rnd)
+        progress.rounds_completed = rnd
     if evaluation_epsilon_share(fed.privacy.target_epsilon, fed.privacy.evaluation_epsilon):
         # the one evaluation the spec schedules: each node releases noised counts, charged
         final = RoundInstruction(fed, fed.rounds, weights, authorization=run.authorization)
         evaluation, metrics = evaluate(grid, members, final, run)
-        journal.write(
-            "evaluation", round=fed.rounds, nodes=evaluation, aggregate=aggregate_record(metrics)
+        journal.append(
+            EvaluationRecord(
+                round=fed.rounds, nodes=evaluation, aggregate=aggregate_record(metrics)
+            )
         )
-    journal.write("run_finished", rounds_completed=fed.rounds)
 
 
 def wait_for_members(grid: Grid, run: RunSpec) -> list[Member]:
@@ -132,77 +183,49 @@ def wait_for_members(grid: Grid, run: RunSpec) -> list[Member]:
     return present
 
 
-def round_record(outcome: RoundOutcome) -> dict[str, object]:
-    """The journal entry of a round: participants, refusals, example counts and charges.
+def round_record(outcome: RoundOutcome) -> RoundRecord:
+    """The journal record of a round: participants, refusals, example counts and charges.
 
     No loss and no evaluation: nodes keep their training loss (it is not DP), and evaluate
-    only once, when the federation schedules it (`evaluate`)."""
-    nodes: dict[str, dict[str, object]] = {}
-    for o in outcome.outcomes:
-        nodes[o.member.name] = node_record(o)
+    only once, when the federation schedules it (`evaluate`). Under secure aggregation the
+    example total comes from the masked sum, and no node's own count or timings are
+    recorded: the nodes withhold them (they send 0)."""
+    secagg = SecAggRound.from_details(outcome.details) if outcome.details else None
+    nodes = {o.member.name: node_record(o, withheld=secagg is not None) for o in outcome.outcomes}
     participants = outcome.participants
     total = sum(o.reply.num_examples for o in participants if o.reply)
-    if "examples" in outcome.details:  # SecAgg+: the survivors' total, from the masked sum
-        total = int(outcome.details["examples"])
-    return {
-        "round": outcome.round,
-        "seconds": outcome.seconds,
-        "participants": [o.member.name for o in participants],
-        "num_examples": total,
-        "nodes": nodes,
-        **({"secagg": outcome.details} if outcome.details else {}),
-    }
+    if secagg is not None and secagg.examples is not None:
+        total = secagg.examples
+    return RoundRecord(
+        round=outcome.round,
+        seconds=outcome.seconds,
+        participants=tuple(o.member.name for o in participants),
+        num_examples=total,
+        nodes=nodes,
+        secagg=secagg,
+    )
 
 
-def node_record(o: NodeOutcome) -> dict[str, object]:
-    """One node's part of a round record."""
-    record: dict[str, object] = {"status": o.status, "code": o.code, "reason": o.reason}
+def node_record(o: NodeOutcome, *, withheld: bool = False) -> NodeRound:
+    """One node's part of a round record (``withheld``: a secure round, whose replies carry
+    no example count and no timings)."""
     reply = o.reply
     if reply is None or o.status != "ok":
-        return record
-    record.update(
+        return NodeRound(status=o.status, code=o.code, reason=o.reason)
+    if withheld:
+        return NodeRound(status=o.status, code=o.code, reason=o.reason, charge=reply.charge)
+    return NodeRound(
+        status=o.status,
+        code=o.code,
+        reason=o.reason,
         num_examples=reply.num_examples,
         train_seconds=reply.train_seconds,
         node_seconds=reply.node_seconds,
+        charge=reply.charge,
     )
-    if reply.charge is not None:
-        record["charge"] = charge_record(reply.charge)
-    return record
 
 
-def charge_record(c: PrivacyCharge) -> dict[str, object]:
-    """A node's privacy charge (a round's, or an evaluation release's) for the journal."""
-    return {
-        "noise_multiplier": c.noise_multiplier,
-        "sample_rate": c.sample_rate,
-        "steps": c.steps,
-        "delta": c.delta,
-        "accountant": c.accountant,
-        "epsilon": c.epsilon,
-        "epsilon_budget": c.epsilon_budget,
-    }
-
-
-def eval_record(ev: EvalMetrics) -> dict[str, object]:
-    """A node's evaluation figures for the journal: its DP release (noised counts and the
-    rates that follow; ``loss`` and ``roc_auc`` are ``None``, they stay at the node)."""
-    record: dict[str, object] = {
-        "num_examples": ev.num_examples,
-        "accuracy": ev.accuracy,
-        "roc_auc": ev.roc_auc,
-        "loss": ev.loss,
-    }
-    if ev.confusion is not None:
-        record.update(
-            precision=ev.precision,
-            recall=ev.recall,
-            f1=ev.f1,
-            confusion=[list(row) for row in ev.confusion],
-        )
-    return record
-
-
-def aggregate_record(evaluations: Mapping[str, EvalMetrics]) -> dict[str, object] | None:
+def aggregate_record(evaluations: Mapping[str, EvalMetrics]) -> EvaluationAggregate | None:
     """The federation's figures over the nodes that evaluated, weighted by their examples
     (`lepton_fl.metrics.aggregate_metrics`); ``None`` when no node sent full metrics.
 
@@ -212,7 +235,7 @@ def aggregate_record(evaluations: Mapping[str, EvalMetrics]) -> dict[str, object
     release has none)."""
     full = {name: ev.classification() for name, ev in evaluations.items()}
     usable = {name: m for name, m in full.items() if m is not None and m.num_examples > 0}
-    left_out = sorted(name for name in full if name not in usable)
+    left_out = tuple(sorted(name for name in full if name not in usable))
     if not usable:
         return None
     losses = {name: evaluations[name].loss for name in usable}
@@ -220,15 +243,15 @@ def aggregate_record(evaluations: Mapping[str, EvalMetrics]) -> dict[str, object
     try:
         combined = aggregate_metrics(usable, losses=known if len(known) == len(usable) else None)
     except ValueError as err:
-        return {"error": str(err), "left_out": left_out}
-    return {**combined.as_dict(), "left_out": left_out}
+        return EvaluationAggregate(error=str(err), left_out=left_out)
+    return EvaluationAggregate(metrics=combined, left_out=left_out)
 
 
 def evaluate(
     grid: Grid, members: Sequence[Member], instruction: RoundInstruction, run: RunSpec
-) -> tuple[dict[str, dict[str, object]], dict[str, EvalMetrics]]:
+) -> tuple[dict[str, NodeEvaluation], dict[str, EvalMetrics]]:
     """Ask every member to evaluate the final model on its own held-out split. Returns each
-    member's journal entry, and the figures of those that evaluated (for `aggregate_record`)."""
+    member's journal record, and the figures of those that evaluated (for `aggregate_record`)."""
     replies = exchange(
         grid,
         {m.node_id: instruction_to_records(instruction) for m in members},
@@ -236,30 +259,36 @@ def evaluate(
         group_id="final",
         timeout=run.round_timeout_s,
     )
-    results: dict[str, dict[str, object]] = {}
+    results: dict[str, NodeEvaluation] = {}
     metrics: dict[str, EvalMetrics] = {}
     for m in members:
         message = replies.get(m.node_id)
         if message is None:
-            results[m.name] = {"status": "dropped", "reason": "The node did not answer in time."}
+            results[m.name] = NodeEvaluation(
+                status="dropped", code="no_reply", reason="The node did not answer in time."
+            )
             continue
         if message.has_error():
-            results[m.name] = {"status": "error", "reason": message.error.reason}
+            results[m.name] = NodeEvaluation(
+                status="error", code="clientapp_error", reason=message.error.reason or ""
+            )
             continue
         try:
             reply = evaluate_reply_from_records(message.content)
         except WireError as err:
-            results[m.name] = {"status": "error", "reason": str(err)}
+            results[m.name] = NodeEvaluation(status="error", code=err.code, reason=str(err))
             continue
-        entry: dict[str, object] = {"status": reply.status, "reason": reply.reason}
-        if reply.evaluation is not None:
-            entry.update(eval_record(reply.evaluation))
-            if reply.status == "ok":
-                metrics[m.name] = reply.evaluation
-        entry.update(epsilon=reply.epsilon, epsilon_budget=reply.epsilon_budget)
-        if reply.charge is not None:
-            entry["charge"] = charge_record(reply.charge)
-        results[m.name] = entry
+        if reply.evaluation is not None and reply.status == "ok":
+            metrics[m.name] = reply.evaluation
+        results[m.name] = NodeEvaluation(
+            status=reply.status,
+            code=reply.code,
+            reason=reply.reason,
+            evaluation=reply.evaluation,
+            epsilon=reply.epsilon,
+            epsilon_budget=reply.epsilon_budget,
+            charge=reply.charge,
+        )
     return results, metrics
 
 

@@ -3,7 +3,8 @@
 Rows are exactly Opacus accountant history entries (noise multiplier, sample rate, steps)
 plus the delta and accountant they were charged under, so epsilon is always recomputed
 from the history with Opacus (`lepton_fl.privacy.epsilon_spent`), never summed. The
-ServerApp writes them (`record_round`), in the same transaction as the round and its audit
+admin service records them from the run journal's typed records (`record_round`, fed by
+`coordinator.services.round_sink`), in the same transaction as the round and its audit
 event. `reconcile` compares this ledger with a node's own. A scheduled evaluation's DP release is
 charged as a row of kind "evaluate" (`record_evaluation`).
 """
@@ -14,17 +15,18 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlmodel import Session, col, select
 
 from coordinator.db import Database
 from coordinator.db.tables import Federation, LedgerEntry, Node, Run, RunRound
+from coordinator.fl.journal import EvaluationRecord, RoundRecord
 from coordinator.services import audit
 from coordinator.services.common import Actor, check_tenant_visible, not_found, now_iso
 from coordinator.services.errors import NotFoundError
 from lepton_fl.config import AccountantName
 from lepton_fl.privacy import AccountantStep, epsilon_spent
+from lepton_fl.wire import PrivacyCharge
 
 
 def history_epsilon(entries: Sequence[LedgerEntry]) -> float:
@@ -48,43 +50,37 @@ def node_entries(session: Session, node_id: str) -> list[LedgerEntry]:
     )
 
 
-def record_round(db: Database, run_id: str, record: dict[str, Any]) -> bool:
-    """Record one round of a run (a journal `round` record) with its charges and audit
+def record_round(db: Database, run_id: str, record: RoundRecord) -> bool:
+    """Record one round of a run (a journal `RoundRecord`) with its charges and audit
     event, in one transaction. Returns False if the round was already recorded."""
     with db.write() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"No run with id {run_id!r} exists.", code="run_not_found")
-        rnd = int(record["round"])
+        rnd = record.round
         if session.get(RunRound, (run_id, rnd)) is not None:
             return False
         by_name = {m["name"]: m["node_id"] for m in json.loads(run.members)}
-        nodes: dict[str, dict[str, Any]] = record.get("nodes", {})
-        participants = [by_name[n] for n in record.get("participants", []) if n in by_name]
-        refusals = {
-            by_name.get(name, name): str(entry.get("reason"))
-            for name, entry in nodes.items()
-            if entry.get("status") != "ok"
-        }
+        participants = [by_name[n] for n in record.participants if n in by_name]
+        refusals = {by_name.get(name, name): why for name, why in record.refusals.items()}
         session.add(
             RunRound(
                 run_id=run_id,
                 round=rnd,
                 participants=json.dumps(participants),
                 refusals=json.dumps(refusals, sort_keys=True),
-                num_examples=int(record.get("num_examples") or 0),
-                train_loss=_finite(record.get("train_loss")),
-                seconds=_finite(record.get("seconds")),
+                num_examples=record.num_examples,
+                train_loss=None,  # the journal carries no loss: it stays at the nodes
+                seconds=_finite(record.seconds),
                 recorded_at=now_iso(),
             )
         )
         charges: dict[str, float] = {}
-        for name, entry in nodes.items():
-            charge = entry.get("charge")
-            if not charge or name not in by_name:
+        for name, node in record.nodes.items():
+            if node.charge is None or name not in by_name:
                 continue
-            session.add(_ledger_entry(run, by_name[name], rnd, charge, kind="train"))
-            charges[by_name[name]] = float(charge["epsilon"])
+            session.add(_ledger_entry(run, by_name[name], rnd, node.charge, kind="train"))
+            charges[by_name[name]] = node.charge.epsilon
         run.rounds_completed = max(run.rounds_completed, rnd)
         if run.state == "submitted":
             run.state = "running"
@@ -99,23 +95,22 @@ def record_round(db: Database, run_id: str, record: dict[str, Any]) -> bool:
     return True
 
 
-def record_evaluation(db: Database, run_id: str, record: dict[str, Any]) -> bool:
-    """Record the DP charges of a run's scheduled evaluation (a journal `evaluation` record),
+def record_evaluation(db: Database, run_id: str, record: EvaluationRecord) -> bool:
+    """Record the DP charges of a run's scheduled evaluation (a journal `EvaluationRecord`),
     with an audit event, in one transaction. Returns False if already recorded.
 
     A node charges its own ledger before its noised counts leave it; the coordinator records
     the same charge, so its epsilon for a node is never below the node's own."""
-    rnd = int(record["round"])
+    rnd = record.round
     with db.write() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"No run with id {run_id!r} exists.", code="run_not_found")
         by_name = {m["name"]: m["node_id"] for m in json.loads(run.members)}
         charges: dict[str, float] = {}
-        for name, entry in dict(record.get("nodes", {})).items():
-            charge = entry.get("charge")
+        for name, node in record.nodes.items():
             node_id = by_name.get(name)
-            if not charge or node_id is None:
+            if node.charge is None or node_id is None:
                 continue
             recorded = session.exec(
                 select(LedgerEntry).where(
@@ -127,8 +122,8 @@ def record_evaluation(db: Database, run_id: str, record: dict[str, Any]) -> bool
             ).first()
             if recorded is not None:
                 continue
-            session.add(_ledger_entry(run, node_id, rnd, charge, kind="evaluate"))
-            charges[node_id] = float(charge["epsilon"])
+            session.add(_ledger_entry(run, node_id, rnd, node.charge, kind="evaluate"))
+            charges[node_id] = node.charge.epsilon
         if not charges:
             return False
         audit.append_event(
@@ -142,19 +137,19 @@ def record_evaluation(db: Database, run_id: str, record: dict[str, Any]) -> bool
 
 
 def _ledger_entry(
-    run: Run, node_id: str, rnd: int, charge: dict[str, Any], *, kind: str
+    run: Run, node_id: str, rnd: int, charge: PrivacyCharge, *, kind: str
 ) -> LedgerEntry:
     return LedgerEntry(
         node_id=node_id,
         federation_id=run.federation_id,
         run_id=run.id,
         round=rnd,
-        noise_multiplier=float(charge["noise_multiplier"]),
-        sample_rate=float(charge["sample_rate"]),
-        steps=int(charge["steps"]),
-        delta=float(charge["delta"]),
-        accountant=str(charge["accountant"]),
-        epsilon_reported=float(charge["epsilon"]),
+        noise_multiplier=charge.noise_multiplier,
+        sample_rate=charge.sample_rate,
+        steps=charge.steps,
+        delta=charge.delta,
+        accountant=charge.accountant,
+        epsilon_reported=charge.epsilon,
         recorded_at=now_iso(),
         kind=kind,
     )

@@ -3,26 +3,36 @@
 The ServerApp holds no database credentials (it runs in a process with nothing of the
 coordinator's, see `coordinator.fl.launcher`): it only appends to its run's journal
 (`coordinator.fl.journal`). The admin service reads the journals of its active runs
-(`JournalFollower`, a thread of `lepton coordinator start`) and records each event through
-the services: `round` records the round, each node's charge and an audit event in one
-transaction; `run_started`, `run_finished` and `run_failed` move the run's state. Every
+(`JournalFollower`, a thread of `lepton coordinator start`) and records each typed event
+through the services (`apply_event`): a `RoundRecord` records the round, each node's charge
+and an audit event in one transaction, an `EvaluationRecord` the evaluation's DP charges;
+`RunStarted` and `RunEnded` move the run's state. Every
 record is idempotent (a round is recorded once, an ended run stays ended), so a coordinator
 restarted mid-run reads the journal again from its start and loses nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import assert_never
 
 from sqlmodel import col, select
 
 from coordinator.db import Database
 from coordinator.db.tables import Run
-from coordinator.fl.journal import RunJournal
+from coordinator.fl.journal import (
+    EvaluationRecord,
+    JournalError,
+    JournalEvent,
+    RoundRecord,
+    RoundStarted,
+    RunEnded,
+    RunJournal,
+    RunStarted,
+    read_events,
+)
 from coordinator.services import ledger, runs
 
 log = logging.getLogger(__name__)
@@ -30,21 +40,25 @@ log = logging.getLogger(__name__)
 FOLLOW_INTERVAL_S = 0.25
 
 
-def apply_event(db: Database, run_id: str, event: dict[str, Any], *, journal: Path) -> None:
+def apply_event(db: Database, run_id: str, event: JournalEvent, *, journal: Path) -> None:
     """Record one journal event of run `run_id` in the admin database (idempotent)."""
-    kind = event.get("event")
-    if kind == "run_started":
-        runs.mark_started(db, run_id, flower_run_id=int(event["flower_run_id"]))
-    elif kind == "round":
-        ledger.record_round(db, run_id, event)
-    elif kind == "evaluation":
-        ledger.record_evaluation(db, run_id, event)
-    elif kind == "run_finished":
-        runs.mark_ended(
-            db, run_id, state="finished", checkpoint=journal.with_name("checkpoint.npz")
-        )
-    elif kind == "run_failed":
-        runs.mark_ended(db, run_id, state="failed", failure=str(event.get("reason")))
+    match event:
+        case RunStarted():
+            runs.mark_started(db, run_id, flower_run_id=event.flower_run_id)
+        case RoundStarted():
+            pass  # progress for the journal's readers; the round is recorded when it ends
+        case RoundRecord():
+            ledger.record_round(db, run_id, event)
+        case EvaluationRecord():
+            ledger.record_evaluation(db, run_id, event)
+        case RunEnded(state="finished"):
+            runs.mark_ended(
+                db, run_id, state="finished", checkpoint=journal.with_name("checkpoint.npz")
+            )
+        case RunEnded():
+            runs.mark_ended(db, run_id, state="failed", failure=event.failure)
+        case _:
+            assert_never(event)
 
 
 class LedgerJournal(RunJournal):
@@ -55,28 +69,24 @@ class LedgerJournal(RunJournal):
         self.db = db
         self.run_id = run_id
 
-    def write(self, event: str, **fields: Any) -> None:
-        super().write(event, **fields)
-        apply_event(self.db, self.run_id, {"event": event, **fields}, journal=self.path)
+    def append(self, event: JournalEvent) -> None:
+        super().append(event)
+        apply_event(self.db, self.run_id, event, journal=self.path)
 
 
 def follow_journal(db: Database, run_id: str, path: Path, offset: int) -> int:
-    """Apply the complete lines of `path` after byte `offset`; return the new offset."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return offset
-    end = data.rfind(b"\n") + 1  # a line still being written waits for the next pass
-    for line in data[:end].splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            log.error("run %s: an unreadable journal line was skipped", run_id)
-            continue
+    """Apply the complete lines of `path` after byte `offset`; return the new offset.
+
+    A line that is not a journal event is logged and skipped: the rest of the run still
+    reaches the database."""
+
+    def skip(err: JournalError) -> None:
+        log.error("run %s: an unreadable journal line was skipped: %s", run_id, err)
+
+    events, end = read_events(path, offset, on_error=skip)
+    for event in events:
         apply_event(db, run_id, event, journal=path)
-    return offset + end
+    return end
 
 
 class JournalFollower:

@@ -262,7 +262,7 @@ def get_run(db: Database, actor: Actor, run_id: str) -> Run:
     run = db.fetch(Run, run_id) if looks_like_id(run_id) else None
     if run is None or not _visible(actor, run):
         raise not_found("run", run_id)
-    if run.state in ACTIVE_STATES and read_journal(Path(run.journal_path)).finished:
+    if run.state in ACTIVE_STATES and _journal_ended(Path(run.journal_path)):
         # The run ended before the journal follower's next pass: record the whole journal
         # now (rounds, evaluation charges, the end), in order; every record is idempotent.
         from coordinator.services.round_sink import follow_journal
@@ -274,6 +274,12 @@ def get_run(db: Database, actor: Actor, run_id: str) -> Run:
             assert refreshed is not None
             run = refreshed
     return run
+
+
+def _journal_ended(journal: Path) -> bool:
+    """Whether the run's journal says it ended (a line that is not an event is skipped
+    here: the follower, `round_sink.follow_journal`, logs it)."""
+    return read_journal(journal, on_error=lambda err: None).finished
 
 
 def list_runs(db: Database, actor: Actor, *, federation_id: str | None = None) -> list[Run]:
