@@ -247,8 +247,9 @@ class LocalCluster:
         return self.superlink.submit_run(run, work_dir=Path(run.journal_path).parent)
 
     def journal_path(self, name: str) -> Path:
-        """Where a run's journal goes."""
-        return self.root / "coordinator" / "runs" / f"{name}.jsonl"
+        """Where a run's journal goes: one directory per run, as the admin service does, so the
+        run's `checkpoint.npz` (written beside its journal) is its own."""
+        return self.root / "coordinator" / "runs" / name / "journal.jsonl"
 
     def wait_for_run(self, journal: Path, *, timeout: float) -> JournalView:
         """Wait until the run's journal says it ended; fail if a process dies first."""
