@@ -11,8 +11,10 @@ the same Runtime API protocol as flower-superexec + flwr-clientapp on loopback:
    a task and a token;
 2. with the token: ``PullTaskInput`` + ``PullMessages`` (Flower's own `pull_task_input`), task
    heartbeats in a thread, the FAB check (`client_node.fab_check`: nothing is ever installed,
-   imported or run from the bundle), the trainer's handler called in this process, the reply
-   pushed with Flower's `push_message`, and ``PushTaskOutput`` COMPLETED or FAILED.
+   imported or run from the bundle), the content unpacked (`lepton_fl.wire.packing`: one array
+   per message, and the wire-version check), the trainer's handler called in this process, the
+   reply packed and pushed with Flower's `push_message`, and ``PushTaskOutput`` COMPLETED or
+   FAILED.
 
 A failure while handling one task is answered (an error reply and a FAILED output) and the
 loop goes on. The loop polls every `PollSchedule.busy_s` while tasks keep coming and every
@@ -23,6 +25,7 @@ internals (Runtime API protobufs, `RuntimeHttpClient`, interceptors), hence
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -57,7 +60,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client_node.fab_check import FabChecker
-from lepton_fl.wire import Envelope, MessageKind
+from lepton_fl.wire import Envelope, MessageKind, WireError, pack, unpack
 
 log = logging.getLogger("lepton.executor")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Runtime call otherwise
@@ -210,8 +213,10 @@ class NodeExecutor:
 
     def run_task(self, token: str, task: Task) -> None:
         """Serve one claimed task end to end; never raises."""
+        claimed = time.time()
         client = self._client([RuntimeTokenHttpInterceptor(token)], retry=True)
         heartbeat = TaskHeartbeat(client, task_id=task.task_id)
+        stages: dict[str, float] = {}
         message: Message | None = None
         context: Context | None = None
         reply: Message | None = None
@@ -219,7 +224,9 @@ class NodeExecutor:
         try:
             heartbeat.start()
             message, context, _run, fab = pull_task_input(client)
+            stages["input"] = time.time()
             reply, sub_status, details = self._answer(message, context, fab.content)
+            stages["handled"] = time.time()
         except Exception as err:  # one bad task must not stop the node
             log.exception("task %d of run %d failed", task.task_id, task.run_id)
             details = f"The node's trainer failed: {type(err).__name__}: {err}"
@@ -229,6 +236,7 @@ class NodeExecutor:
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
+                    stages["pushed"] = time.time()
             except Exception:  # noqa: BLE001 - still report the task's end below
                 log.exception("task %d: the reply could not be pushed", task.task_id)
                 sub_status = SubStatus.FAILED
@@ -239,6 +247,8 @@ class NodeExecutor:
                 log.exception("task %d: its end could not be reported", task.task_id)
             heartbeat.stop()
             client.close()
+            if message is not None:
+                _log_stages(task, message, claimed, stages)
 
     def _answer(self, message: Message, context: Context, fab: bytes) -> tuple[Message, str, str]:
         """The reply, the task's sub-status and its details; refusals are answered, not raised."""
@@ -268,8 +278,35 @@ class NodeExecutor:
             message_id=message.metadata.message_id,
             node_id=context.node_id,
         )
-        content = self.handler(envelope, message.content)
-        return Message(content, reply_to=message), SubStatus.COMPLETED, ""
+        try:
+            records = unpack(message.content)
+        except WireError as err:  # another wire version, or not a Lepton message
+            log.error("run %d: %s", message.metadata.run_id, err)
+            return (
+                _error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(err)),
+                SubStatus.FAILED,
+                str(err),
+            )
+        content = self.handler(envelope, records)
+        return Message(pack(content), reply_to=message), SubStatus.COMPLETED, ""
+
+
+STAGES_PREFIX = "task stages "
+"""The node log line that times one task (wall clock, seconds): when the ServerApp created the
+message, when the executor claimed it, had its input, had the reply and had pushed it.
+`bench/round_overhead.py` reads it; the timings stay in the node's own log."""
+
+
+def _log_stages(task: Task, message: Message, claimed: float, stages: dict[str, float]) -> None:
+    fields = {
+        "task": task.task_id,
+        "run": message.metadata.run_id,
+        "type": message.metadata.message_type,
+        "created": message.metadata.created_at,
+        "claimed": claimed,
+        **stages,
+    }
+    log.info("%s%s", STAGES_PREFIX, json.dumps(fields))
 
 
 def _error_reply(message: Message, code: int, reason: str) -> Message:

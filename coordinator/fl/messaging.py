@@ -1,19 +1,38 @@
 """Sending messages to a set of nodes and collecting their replies.
 
 Flower's `Grid.send_and_receive` sleeps 3 s between pulls; a round here is a handful of
-seconds, so we push once and pull at a short interval instead.
+seconds, so we push once and pull at a short interval instead. Contents travel packed (one
+array per message, `lepton_fl.wire.packing`); callers send and receive plain RecordDicts, and
+a reply that is an error or cannot be unpacked comes back as a `NodeFailure`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from lepton_fl.wire import WireError, pack, unpack
+
 PULL_INTERVAL_S = 0.1
 LIVENESS_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """A reply that carries no Lepton content: Flower's error (``clientapp_error``: the node's
+    executor failed or refused the task) or a content that does not unpack (the `WireError`'s
+    code, e.g. ``wire_version_mismatch``)."""
+
+    code: str
+    reason: str
+
+
+Reply = RecordDict | NodeFailure
+"""A node's answer: its unpacked content, or why there is none."""
 
 
 def exchange(
@@ -23,7 +42,7 @@ def exchange(
     message_type: str,
     group_id: str,
     timeout: float,
-) -> dict[int, Message]:
+) -> dict[int, Reply]:
     """Send one message per node id and wait up to `timeout` for the replies.
 
     Returns the replies that arrived, keyed by node id; a node missing from the result
@@ -33,20 +52,23 @@ def exchange(
     node_ids = list(contents)
     messages = [
         Message(
-            contents[node_id], dst_node_id=node_id, message_type=message_type, group_id=group_id
+            pack(contents[node_id]),
+            dst_node_id=node_id,
+            message_type=message_type,
+            group_id=group_id,
         )
         for node_id in node_ids
     ]
     message_ids = list(grid.push_messages(messages))
     pending = {mid: node_id for mid, node_id in zip(message_ids, node_ids, strict=True) if mid}
-    replies: dict[int, Message] = {}
+    replies: dict[int, Reply] = {}
     deadline = time.monotonic() + timeout
     next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(pending)):
             node_id = pending.pop(reply.metadata.reply_to_message_id, None)
             if node_id is not None:
-                replies[node_id] = reply
+                replies[node_id] = read_reply(reply)
         if pending and time.monotonic() >= next_liveness:
             online = online_node_ids(grid)
             pending = {mid: n for mid, n in pending.items() if n in online}
@@ -54,6 +76,16 @@ def exchange(
         if pending:
             time.sleep(PULL_INTERVAL_S)
     return replies
+
+
+def read_reply(reply: Message) -> Reply:
+    """A pulled reply as its unpacked content, or the `NodeFailure` it amounts to."""
+    if reply.has_error():
+        return NodeFailure("clientapp_error", reply.error.reason or "")
+    try:
+        return unpack(reply.content)
+    except WireError as err:
+        return NodeFailure(err.code, str(err))
 
 
 def online_node_ids(grid: Grid) -> set[int]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.fl.messaging import exchange
+from coordinator.fl.messaging import NodeFailure, Reply, exchange
 from lepton_fl.config import Member
 from lepton_fl.wire import (
     RoundInstruction,
@@ -92,13 +92,13 @@ def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> lis
     return averaged
 
 
-def classify_reply(member: Member, message: Message | None) -> NodeOutcome:
+def classify_reply(member: Member, reply: Reply | None) -> NodeOutcome:
     """Turn a node's reply (or its absence) into an outcome; never raises on bad input."""
-    if message is None:
+    if reply is None:
         return NodeOutcome(member, "dropped", "no_reply", "The node did not answer in time.")
-    if message.has_error():
-        return NodeOutcome(member, "error", "clientapp_error", message.error.reason or "")
-    return classify_records(member, message.content)
+    if isinstance(reply, NodeFailure):
+        return NodeOutcome(member, "error", reply.code, reply.reason)
+    return classify_records(member, reply)
 
 
 def classify_records(member: Member, records: RecordDict) -> NodeOutcome:

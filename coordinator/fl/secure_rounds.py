@@ -34,7 +34,7 @@ import numpy as np
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.fl.messaging import exchange
+from coordinator.fl.messaging import NodeFailure, exchange
 from coordinator.fl.rounds import NodeOutcome, RoundOutcome
 from lepton_fl.config import FederationSpec, Member
 from lepton_fl.secagg import (
@@ -83,11 +83,11 @@ def flower_transport(grid: Grid) -> Transport:
             grid, contents, message_type=message_type, group_id=group_id, timeout=timeout
         )
         answers: dict[int, Answer] = {}
-        for node_id, message in replies.items():
-            if message.has_error():
-                answers[node_id] = f"The node's ClientApp failed: {message.error.reason}"
+        for node_id, reply in replies.items():
+            if isinstance(reply, NodeFailure):
+                answers[node_id] = f"The node's executor failed ({reply.code}): {reply.reason}"
             else:
-                answers[node_id] = message.content
+                answers[node_id] = reply
         return answers
 
     return send

@@ -33,7 +33,7 @@ from coordinator.fl.journal import (
     RunStarted,
     SecAggRound,
 )
-from coordinator.fl.messaging import exchange, online_node_ids
+from coordinator.fl.messaging import NodeFailure, exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, PlainFedAvg, RoundOutcome, RoundProtocol
 from coordinator.fl.secure_rounds import SecAggFedAvg, flower_transport
 from lepton_fl.config import Member, RunSpec
@@ -262,19 +262,17 @@ def evaluate(
     results: dict[str, NodeEvaluation] = {}
     metrics: dict[str, EvalMetrics] = {}
     for m in members:
-        message = replies.get(m.node_id)
-        if message is None:
+        answer = replies.get(m.node_id)
+        if answer is None:
             results[m.name] = NodeEvaluation(
                 status="dropped", code="no_reply", reason="The node did not answer in time."
             )
             continue
-        if message.has_error():
-            results[m.name] = NodeEvaluation(
-                status="error", code="clientapp_error", reason=message.error.reason or ""
-            )
+        if isinstance(answer, NodeFailure):
+            results[m.name] = NodeEvaluation(status="error", code=answer.code, reason=answer.reason)
             continue
         try:
-            reply = evaluate_reply_from_records(message.content)
+            reply = evaluate_reply_from_records(answer)
         except WireError as err:
             results[m.name] = NodeEvaluation(status="error", code=err.code, reason=str(err))
             continue

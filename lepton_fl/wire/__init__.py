@@ -1,16 +1,17 @@
 """The one place that converts Lepton's typed messages to and from Flower records.
 
-Everything else passes typed dataclasses. The same encoding travels twice: between the
-ServerApp and a node's relay (as Flower `RecordDict`s inside Flower messages) and between
-the relay and the node's trainer daemon (as serialised `RecordDict` protobuf bytes over a
-local gRPC socket), so the relay never needs to understand the content it forwards.
+Everything else passes typed dataclasses. Between the ServerApp and a node's executor the
+records travel packed into one array (`lepton_fl.wire.packing`: fewer objects for Flower to
+move); the trainer's local socket service carries the same records as protobuf bytes.
 
 - `lepton_fl.wire.rounds`: train/evaluate instructions and replies, the relay envelope
   (re-exported here);
 - `lepton_fl.wire.secagg`: SecAgg+ session messages (import it explicitly);
-- `lepton_fl.wire.records`: bytes and the shared decoding checks.
+- `lepton_fl.wire.records`: bytes and the shared decoding checks;
+- `lepton_fl.wire.packing`: one array per message, and the wire-version check on arrival.
 """
 
+from lepton_fl.wire.packing import WireVersionError, pack, unpack
 from lepton_fl.wire.records import WIRE_VERSION, WireError, records_from_bytes, records_to_bytes
 from lepton_fl.wire.rounds import (
     Envelope,
@@ -42,14 +43,17 @@ __all__ = [
     "RoundInstruction",
     "TrainReply",
     "WireError",
+    "WireVersionError",
     "envelope_from_request",
     "envelope_request",
     "evaluate_reply_from_records",
     "evaluate_reply_to_records",
     "instruction_from_records",
     "instruction_to_records",
+    "pack",
     "records_from_bytes",
     "records_to_bytes",
     "train_reply_from_records",
     "train_reply_to_records",
+    "unpack",
 ]
