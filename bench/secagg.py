@@ -14,13 +14,12 @@ Four measurements in one run, side by side:
     session setup), the median of rounds 2..R (steady state), the mean of all rounds (setup
     amortised over the run), and, for the plain run only, the median over rounds 2..R of
     the slowest node's ``node_seconds`` (the trainer's whole handling of the train request)
-    and ``train_seconds`` (the DP-SGD loop), so the reader sees training against transport
-    (every wave costs one ``flwr-clientapp`` process per node and message). Under SecAgg+
-    the nodes withhold their timings (they grow with the dataset size, which the masked sum
-    hides), so the journal records none for the secure run and its node, train and rest
-    columns show '-' (``None`` in the JSON), never zeros: the plain run's figures on the
-    same cluster and data stand for the training share of a round. Ratios are secure /
-    plain and use round seconds only. The order of the two runs alternates
+    and ``train_seconds`` (the DP-SGD loop), so the reader sees training against transport.
+    Under SecAgg+ the nodes withhold their timings (they grow with the dataset size, which
+    the masked sum hides), so the journal records none for the secure run and its node,
+    train and rest columns show '-' (``None`` in the JSON), never zeros: the plain run's
+    figures on the same cluster and data stand for the training share of a round. Ratios
+    are secure / plain and use round seconds only. The order of the two runs alternates
     (plain first at 3 nodes, secure first at 10; ``--pairs`` > 1 repeats in ABBA order) to
     spread the noise of a shared machine. The run that goes first on a cluster also pays the
     trainers' first use of the model (the DP engine is built once per trainer) in its round 1:
@@ -41,6 +40,13 @@ Four measurements in one run, side by side:
     SecAgg+ (``pseudo_rand_gen`` once per mask, 1 self mask + n - 1 pair masks, and
     ``quantize``) on a vector of the same length. Mask generation and quantisation only: no
     key agreement, Shamir sharing or encryption, and not a Flower SecAgg+ run.
+
+(e) Flower's default path beside ours: the plain run again, on a cluster of stock SuperNodes
+    (``bench/stock_flower.py``: one spawned ``flwr-clientapp`` per message, which builds the
+    node's trainer before answering) with the first node count. Only the plain run: a secure
+    run cannot take that path, because a SecAgg+ session's state (keys, shares, the round's
+    seeds) lives in the node's long-lived trainer across the session's waves, and a process
+    per message has none. ``--no-stock`` skips it.
 
 Prints a table, then one JSON object on the last line.
     .venv/bin/python bench/secagg.py [--rounds 3] [--nodes 3 10] [--pairs 1] [--quick]
@@ -64,6 +70,7 @@ from typing import Any
 
 import numpy as np
 import secagg_crypto  # bench/ is sys.path[0] when this script runs
+from stock_flower import StockCluster
 
 from coordinator.fl.journal import RoundRecord, SecAggRound, read_journal
 from lepton.cluster import LocalCluster, NodePlan
@@ -221,9 +228,17 @@ def summarise(rows: list[dict[str, Any]], *, complete: bool) -> dict[str, Any]:
 
 
 def measure_cluster(
-    n: int, hidden: tuple[int, ...], rounds: int, *, secure_first: bool, pairs: int
+    n: int,
+    hidden: tuple[int, ...],
+    rounds: int,
+    *,
+    secure_first: bool,
+    pairs: int,
+    cluster_class: type[LocalCluster] = LocalCluster,
+    kinds: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
-    """Start one n-node cluster, submit the plain and secure runs to it, read the journals."""
+    """Start one n-node cluster, submit the plain and secure runs to it (``kinds``: which,
+    in order; default `run_order`), read the journals."""
     plans = [  # the plain runs need nodes that accept plain rounds
         NodePlan(
             f"site-{i}",
@@ -239,11 +254,11 @@ def measure_cluster(
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="lepton-bench-secagg-") as tmp,
-        LocalCluster(Path(tmp), plans) as cluster,
+        cluster_class(Path(tmp), plans) as cluster,
     ):
         cluster.start(node_ready_timeout=300.0)
         cluster_start_s = time.perf_counter() - started
-        for index, secure in enumerate(run_order(secure_first, pairs), start=1):
+        for index, secure in enumerate(kinds or run_order(secure_first, pairs), start=1):
             kind = "secure" if secure else "plain"
             journal = cluster.journal_path(f"{kind}-{index}")
             fed = federation(hidden, rounds, secure=secure)
@@ -569,6 +584,30 @@ def print_report(
     )
 
 
+def stock_comparison(
+    stock: dict[str, Any] | None, clusters: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """(e): the stock plain run's steady round against ours, plain and secure, same n; printed."""
+    if stock is None:
+        return None
+    ours = next((c for c in clusters if c["nodes"] == stock["nodes"]), None)
+    stock_s = stock["summary"].get("plain", {}).get("steady_median_s")
+    out: dict[str, Any] = {"nodes": stock["nodes"], "stock_plain": stock, "stock_steady_s": stock_s}
+    print(f"(e) Flower's default path (a flwr-clientapp per message), {stock['nodes']} nodes")
+    if ours is None or not stock_s:
+        print(f"    stock plain steady median: {fmt(stock_s)} s; no run of ours to compare")
+        return out
+    for kind in ("plain", "secure"):
+        mine = ours["summary"].get(kind, {}).get("steady_median_s")
+        ratio = round(stock_s / mine, 2) if mine else None
+        out[f"stock_plain_over_ours_{kind}"] = ratio
+        print(
+            f"    stock plain {stock_s:.2f} s / ours {kind} {fmt(mine)} s = "
+            f"{fmt(ratio)}x (steady medians)"
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -581,6 +620,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 3 nodes, 2 rounds, hidden (64,)"
     )
+    parser.add_argument("--no-stock", action="store_true", help="skip (e), Flower's default path")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.quick:
@@ -616,7 +656,20 @@ def main() -> None:
             )
         except InterruptedBenchError as err:  # while the cluster started or stopped
             clusters.append({"nodes": n, "order": [], "runs": [], "summary": {}, "error": str(err)})
+    stock: dict[str, Any] | None = None
+    if not (_interrupted or args.no_stock):
+        print("(e) Flower's default path, plain run ...", flush=True)
+        stock = measure_cluster(
+            args.nodes[0],
+            hidden,
+            rounds,
+            secure_first=False,
+            pairs=1,
+            cluster_class=StockCluster,
+            kinds=[False],
+        )
     print_report(params, d, rounds, clusters, crypto, sizes, ref)
+    default_path = stock_comparison(stock, clusters)
     total = time.perf_counter() - started
     print(f"bench wall time {total:.0f} s")
     result: dict[str, Any] = {
@@ -631,6 +684,7 @@ def main() -> None:
         "node_crypto": crypto,
         "upload": sizes,
         "flower_reference": ref,
+        "flower_default_path": default_path,
         "goals": {
             "round_ratio": ROUND_GOAL,
             "node_crypto_ms": NODE_GOAL_MS,

@@ -57,9 +57,11 @@ from flwr.supercore.interceptors import (
 from flwr.supercore.protobuf.client import ProtobufClientInterceptor
 from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client_node.fab_check import FabChecker
+from lepton_fl.flower_pins import shorten_object_pull_backoff
 from lepton_fl.wire import Envelope, MessageKind, WireError, pack, unpack
 
 log = logging.getLogger("lepton.executor")
@@ -147,6 +149,9 @@ class NodeExecutor:
 
     def start(self) -> NodeExecutor:
         """Start claiming tasks in a background thread."""
+        # A task is claimable before the SuperNode holds all of its objects; Flower's 1 s
+        # first retry would then be most of a round.
+        shorten_object_pull_backoff(run_clientapp)
         self._thread.start()
         return self
 

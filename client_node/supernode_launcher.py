@@ -8,9 +8,10 @@ of a round's wall time. No flag, environment variable or argument sets them, so 
 launcher replaces the `time` module *that one module* sees with `AdaptiveWaits` and then
 runs Flower's own `flower_supernode()` entry point, unchanged:
 
-* an empty pull waits ``idle_s``, which starts at ``IDLE_MIN_S`` after any activity and
-  grows by half each empty pull up to ``IDLE_MAX_S`` (an idle node polls the SuperLink about
-  once a second, not 20 times);
+* an empty pull waits ``IDLE_MIN_S`` for ``BUSY_WINDOW_S`` after any activity (a round's next
+  message usually follows within a few seconds, and a wait that has grown meanwhile would
+  delay it), then ``idle_s``, which grows by half each empty pull up to ``IDLE_MAX_S`` (an
+  idle node polls the SuperLink about once a second, not 20 times);
 * a wait for a reply or an object sleeps ``ACTIVE_S`` instead of 0.5 s, and counts as
   activity.
 
@@ -40,30 +41,41 @@ ACTIVE_SLEEP_S = 0.5  # flwr 1.42: `time.sleep(0.5)` while waiting for a reply o
 IDLE_MIN_S = 0.05
 IDLE_MAX_S = 1.0
 ACTIVE_S = 0.02
+BUSY_WINDOW_S = 10.0
 
 
 class AdaptiveWaits(ModuleType):
     """A stand-in for `time` in one Flower module: the same module, other sleeps."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, busy_window_s: float = BUSY_WINDOW_S) -> None:
         super().__init__("time")
         self.__dict__.update(
             {k: v for k, v in vars(time).items() if not k.startswith("__") and k != "sleep"}
         )
         self.idle_s = IDLE_MIN_S
+        self.busy_window_s = busy_window_s
+        self._last_active = float("-inf")
         self._lock = threading.Lock()
 
     def sleep(self, seconds: float) -> None:  # noqa: D102 - time.sleep's contract
+        time.sleep(self.delay_for(seconds))
+
+    def delay_for(self, seconds: float) -> float:
+        """What a Flower ``sleep(seconds)`` becomes now (and the state it leaves behind)."""
         with self._lock:
             if seconds == IDLE_SLEEP_S:
-                delay = self.idle_s
-                self.idle_s = min(self.idle_s * 1.5, IDLE_MAX_S)
+                if time.monotonic() - self._last_active < self.busy_window_s:
+                    delay = IDLE_MIN_S
+                else:
+                    delay = self.idle_s
+                    self.idle_s = min(self.idle_s * 1.5, IDLE_MAX_S)
             elif seconds == ACTIVE_SLEEP_S:
                 delay = ACTIVE_S
                 self.idle_s = IDLE_MIN_S
+                self._last_active = time.monotonic()
             else:
                 delay = seconds
-        time.sleep(delay)
+        return delay
 
 
 def install() -> AdaptiveWaits:

@@ -340,6 +340,19 @@ class LocalCluster:
         }
 
     def _start_node(self, plan: NodePlan, member: Member | None) -> RunningNode:
+        state_dir, config = self._write_node_config(plan)
+        process = self._track(
+            ManagedProcess(
+                name=f"lepton node ({plan.name})",
+                argv=lepton_command("node", "start", "--config", str(config)),
+                log_path=self.root / "logs" / f"node-{plan.name}.log",
+                env=flower_env(state_dir / "flwr"),
+            )
+        )
+        return RunningNode(plan, state_dir, config, process, member)
+
+    def _write_node_config(self, plan: NodePlan) -> tuple[Path, Path]:
+        """The node's state directory and its node.toml (written there)."""
         assert self.superlink is not None
         assert self.pki is not None
         state_dir = self.root / "nodes" / plan.name
@@ -356,12 +369,4 @@ class LocalCluster:
                 coordinator_key=pinned,
             )
         )
-        process = self._track(
-            ManagedProcess(
-                name=f"lepton node ({plan.name})",
-                argv=lepton_command("node", "start", "--config", str(config)),
-                log_path=self.root / "logs" / f"node-{plan.name}.log",
-                env=flower_env(state_dir / "flwr"),
-            )
-        )
-        return RunningNode(plan, state_dir, config, process, member)
+        return state_dir, config

@@ -1,8 +1,9 @@
 """What we rely on inside Flower, in one place, pinned to the Flower series we read it from.
 
 Three of our processes use Flower internals that no public API offers: the node's executor
-(the SuperNode's Runtime API protocol), the SuperNode launcher (its fixed waits) and the
-coordinator's ServerApp process (the Runtime API and the object-pull backoff). Each calls
+(the SuperNode's Runtime API protocol and the object-pull backoff of its task input), the
+SuperNode launcher (its fixed waits and object-pull backoff) and the coordinator's ServerApp
+process (the Runtime API and the object-pull backoff). Each calls
 `check_flower_version` first, so any other Flower fails loudly with the reason instead of
 misbehaving; `tests/test_supernode_launcher.py` pins the behaviours themselves.
 """
@@ -40,13 +41,26 @@ def check_flower_version(version: str | None = None, *, who: str = "This node") 
         )
 
 
+PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
+"""Flower 1.42's object-pull helpers (`flwr.supercore.inflatable.inflatable_utils`), each
+with the ``initial_backoff`` and ``backoff_cap`` arguments; modules import them by name."""
+
+
 def shorten_object_pull_backoff(module: ModuleType) -> None:
-    """Give `module`'s `pull_objects` (Flower's, imported by name) a short backoff."""
-    original = module.pull_objects
-    base = getattr(original, "func", original)  # idempotent: never wrap twice
-    shortened = functools.partial(
-        base,
-        initial_backoff=OBJECT_PULL_INITIAL_BACKOFF_S,
-        backoff_cap=OBJECT_PULL_BACKOFF_CAP_S,
-    )
-    module.pull_objects = shortened  # type: ignore[attr-defined]
+    """Give the object-pull helpers `module` imported by name (`PULL_FUNCTIONS`) a short
+    backoff; idempotent. Raises `FlowerVersionError` if `module` imports none of them."""
+    found = [name for name in PULL_FUNCTIONS if hasattr(module, name)]
+    if not found:
+        raise FlowerVersionError(
+            f"{module.__name__} imports none of {', '.join(PULL_FUNCTIONS)}: the object pulls "
+            f"of flwr {flwr.__version__} are not those of {SUPPORTED_FLOWER}.x that we shorten."
+        )
+    for name in found:
+        original = getattr(module, name)
+        base = getattr(original, "func", original)  # never wrap twice
+        shortened = functools.partial(
+            base,
+            initial_backoff=OBJECT_PULL_INITIAL_BACKOFF_S,
+            backoff_cap=OBJECT_PULL_BACKOFF_CAP_S,
+        )
+        setattr(module, name, shortened)

@@ -1,16 +1,20 @@
-"""The SuperNode launcher's shortened waits, pinned to the Flower version they were read from."""
+"""The shortened waits of the SuperNode launcher and the executor, pinned to the Flower version
+they were read from."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import time
+from types import ModuleType
 
 import pytest
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.superlink.grid import http_grid
 from flwr.supernode import start_client_internal
+from flwr.supernode.runtime import run_clientapp
 
+from client_node.executor import NodeExecutor
 from client_node.supernode_launcher import (
     IDLE_MAX_S,
     IDLE_MIN_S,
@@ -19,6 +23,7 @@ from client_node.supernode_launcher import (
     check_flower_version,
     install,
 )
+from lepton_fl.flower_pins import shorten_object_pull_backoff
 
 
 def test_the_waits_we_replace_are_still_flowers_literals() -> None:
@@ -64,7 +69,7 @@ def test_flowers_object_pull_backoff_is_what_we_shorten() -> None:
 
 
 def test_empty_pulls_back_off_to_a_second_and_activity_resets() -> None:
-    waits = AdaptiveWaits()
+    waits = AdaptiveWaits(busy_window_s=0.3)
     delays = []
     for _ in range(12):
         before = waits.idle_s
@@ -80,3 +85,30 @@ def test_empty_pulls_back_off_to_a_second_and_activity_resets() -> None:
     waits.sleep(0.5)  # waiting for a reply: a run is active
 
     assert waits.idle_s == IDLE_MIN_S
+    # While the run is active, empty pulls stay short: the next round's message is not kept
+    # waiting behind a wait that grew while the slowest node trained.
+    assert [waits.delay_for(3) for _ in range(20)] == [IDLE_MIN_S] * 20
+    time.sleep(0.3)  # the busy window has passed: back off again
+    assert waits.delay_for(3) < waits.delay_for(3) < waits.delay_for(3)
+
+
+def test_the_executor_shortens_the_backoff_of_its_task_input_pulls() -> None:
+    # A task is claimable before the SuperNode holds its objects: with Flower's 1 s first
+    # retry, pulling the task input took 1.2 s of a 2 s round (bench/round_overhead.py).
+    original = run_clientapp.pull_and_inflate_object_from_tree
+    assert "pull_and_inflate_object_from_tree" in vars(run_clientapp)  # used by pull_task_input
+    executor = NodeExecutor(lambda e, r: r, "127.0.0.1:1", auth_secret=None)
+    try:
+        executor.start()
+        pull = run_clientapp.pull_and_inflate_object_from_tree
+        assert isinstance(pull, functools.partial)
+        assert pull.func is inflatable_utils.pull_and_inflate_object_from_tree
+        assert pull.keywords == {"initial_backoff": 0.05, "backoff_cap": 1.0}
+    finally:
+        executor.stop()
+        run_clientapp.pull_and_inflate_object_from_tree = original  # type: ignore[attr-defined]
+
+
+def test_a_module_without_flowers_pull_helpers_is_refused_loudly() -> None:
+    with pytest.raises(FlowerVersionError, match="imports none of"):
+        shorten_object_pull_backoff(ModuleType("elsewhere"))
