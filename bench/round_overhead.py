@@ -2,27 +2,34 @@
 
 overhead = round wall time (ServerApp: push train messages -> all replies in, aggregated)
            - the slowest node's DP-SGD training time in that round,
-median over rounds 2.. (round 1 carries first-use costs). Two clusters run one after the
+median over rounds 2.. (round 1 carries first-use costs). Three clusters run one after the
 other in the same invocation, on the same federation and data:
 
 * ours: `lepton node start` (the trainer's executor claims the SuperNode's tasks, packed
   messages, adaptive waits);
+* ours-memory: the same with the SuperLink's state in memory instead of its SQLite file
+  (`bench/memory_state`: what the file costs per round; the product keeps the file, which
+  holds the node registrations a restarted coordinator needs);
 * stock: Flower's default path (`bench/stock_flower.py`): `flower-supernode --isolation
   subprocess` with Flower's own waits, one spawned `flwr-clientapp` per message that installs
   the bundle and builds the node's trainer before answering.
 
 For each it prints the rounds, the median overhead and the median stages of the last reply
 of each round (both sides' clocks on this host), then the ratio stock / ours, and one JSON
-object on the last line.
-    .venv/bin/python bench/round_overhead.py [--rounds 6] [--only ours|stock]
+object on the last line. After our run it samples an idle node's CPU (``--idle-s``), and
+at the end it runs our path again with 4, 10 and 20 breast-cancer sites (``--curve``) for
+the overhead against the node count.
+    .venv/bin/python bench/round_overhead.py [--rounds 6] [--only PATH] [--curve 4 10 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +54,11 @@ from lepton_fl.config import (
 from lepton_fl.datasets import HEART_DISEASE_SITES
 
 GOAL_S = 1.0
-PATHS = ("ours", "stock")
+CURVE_GOAL_S = 3.0  # 20 nodes on one SuperLink
+IDLE_GOAL = 0.02  # of one core, per idle node
+PATHS = ("ours", "ours-memory", "stock")
+MEMORY_STATE = Path(__file__).resolve().parent / "memory_state"
+QUIET_AFTER_S = 15.0  # past the SuperNode's and the executor's 10 s busy windows
 
 
 def federation(rounds: int) -> FederationSpec:
@@ -64,22 +75,50 @@ def federation(rounds: int) -> FederationSpec:
     )
 
 
-def run_path(path: str, rounds: int) -> dict[str, Any]:
-    """One cluster on ``path`` ("ours" or "stock"), one run; its rounds and stages."""
-    plans = [
+def hospital_plans() -> list[NodePlan]:
+    """The 4 heart-disease hospitals."""
+    return [
         NodePlan(site, "heart_disease", site, 50.0, ("bench",), require_secure_aggregation=False)
         for site in HEART_DISEASE_SITES
     ]
+
+
+def site_plans(n: int) -> list[NodePlan]:
+    """``n`` breast-cancer sites (``site-i-of-n``), for the node-count curve."""
+    return [
+        NodePlan(
+            f"site-{i}",
+            "breast_cancer",
+            f"site-{i}-of-{n}",
+            50.0,
+            ("bench",),
+            require_secure_aggregation=False,
+        )
+        for i in range(n)
+    ]
+
+
+def run_path(
+    path: str,
+    rounds: int,
+    *,
+    plans: list[NodePlan] | None = None,
+    task: str = "heart_disease",
+    idle_s: float = 0.0,
+) -> dict[str, Any]:
+    """One cluster on ``path`` ("ours" or "stock"), one run; its rounds and stages, and (with
+    ``idle_s``) the nodes' CPU share while idle after the run."""
+    plans = plans or hospital_plans()
     kind = StockCluster if path == "stock" else LocalCluster
+    env = {"PYTHONPATH": str(MEMORY_STATE)} if path == "ours-memory" else None
     with (
         tempfile.TemporaryDirectory(prefix=f"lepton-bench-{path}-") as tmp,
-        kind(Path(tmp), plans) as cluster,
+        kind(Path(tmp), plans, coordinator_env=env) as cluster,
     ):
         cluster.start()
         journal = cluster.journal_path("bench")
-        run = RunSpec(
-            federation=federation(rounds), members=cluster.members(), journal_path=str(journal)
-        )
+        fed = federation(rounds).model_copy(update={"task": task, "min_participants": len(plans)})
+        run = RunSpec(federation=fed, members=cluster.members(), journal_path=str(journal))
         cluster.submit(run)
         view = cluster.wait_for_run(journal, timeout=300 + 60 * rounds)
         if view.failure:
@@ -88,6 +127,7 @@ def run_path(path: str, rounds: int) -> dict[str, Any]:
             stages = breakdown(view.rounds, stock_stage_rows(cluster), STOCK_STAGES)
         else:
             stages = breakdown(view.rounds, our_stage_rows(cluster), OUR_STAGES)
+        idle = idle_share(cluster, idle_s) if idle_s > 0 else None
     rows = [round_row(r) for r in view.rounds]
     steady = rows[1:] if len(rows) > 1 else rows
     return {
@@ -95,7 +135,49 @@ def run_path(path: str, rounds: int) -> dict[str, Any]:
         "median_round_wall_s": round(statistics.median(r["wall_s"] for r in steady), 3),
         "median_overhead_s": round(statistics.median(r["overhead_s"] for r in steady), 3),
         "stages_s": stages,
+        "nodes": len(plans),
+        "idle_core_share_per_node": idle,
     }
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process below it (the node's SuperNode is its trainer's child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _cpu_seconds(pids: set[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def idle_share(cluster: LocalCluster, seconds: float) -> float:
+    """Mean CPU share of one core per node (trainer, executor and SuperNode) over
+    ``seconds``, measured `QUIET_AFTER_S` after the run, when no task is coming."""
+    time.sleep(QUIET_AFTER_S)
+    pids = set().union(*(_descendants(n.process.pid) for n in cluster.nodes.values()))
+    before, started = _cpu_seconds(pids), time.monotonic()
+    time.sleep(seconds)
+    used = _cpu_seconds(pids) - before
+    return round(used / (time.monotonic() - started) / len(cluster.nodes), 4)
 
 
 def round_row(record: RoundRecord) -> dict[str, float]:
@@ -132,13 +214,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--only", choices=PATHS, help="run one path only (no ratio)")
+    parser.add_argument(
+        "--curve",
+        type=int,
+        nargs="*",
+        default=[4, 10, 20],
+        help="node counts for our path's overhead curve (breast-cancer sites); none: skip",
+    )
+    parser.add_argument("--curve-path", choices=PATHS[:2], default="ours", help="the curve's path")
+    parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU sample (0: skip)")
     args = parser.parse_args()
-    results = {path: run_path(path, args.rounds) for path in PATHS if args.only in (None, path)}
+    results = {
+        path: run_path(path, args.rounds, idle_s=args.idle_s if path == "ours" else 0.0)
+        for path in PATHS
+        if args.only in (None, path)
+    }
     for path, result in results.items():
         print_path(path, result)
     summary: dict[str, Any] = {"bench": "round_overhead", "nodes": 4, "goal_overhead_s": GOAL_S}
     summary.update(results)
-    if len(results) == len(PATHS):
+    if "ours" in results and "ours-memory" in results:
+        summary["sqlite_state_cost_s"] = round(
+            results["ours"]["median_round_wall_s"] - results["ours-memory"]["median_round_wall_s"],
+            3,
+        )
+        print(
+            f"the SuperLink's SQLite state costs {summary['sqlite_state_cost_s']:.2f} s per round "
+            f"(ours {results['ours']['median_overhead_s']:.2f} s overhead, with Flower's "
+            f"in-memory state {results['ours-memory']['median_overhead_s']:.2f} s)"
+        )
+    if "ours" in results and "stock" in results:
         ours, stock = results["ours"], results["stock"]
         for key in ("median_round_wall_s", "median_overhead_s"):
             summary[f"stock_over_ours_{key.removeprefix('median_')}"] = round(
@@ -149,6 +254,28 @@ def main() -> None:
             f"{summary['stock_over_ours_overhead_s']}x; ours {ours['median_overhead_s']:.2f} s "
             f"against the goal of <= {GOAL_S} s"
         )
+    if "ours" in results and results["ours"]["idle_core_share_per_node"] is not None:
+        share = results["ours"]["idle_core_share_per_node"]
+        print(
+            f"idle node (trainer, executor, SuperNode), {QUIET_AFTER_S:.0f} s after the run: "
+            f"{100 * share:.2f}% of a core (goal < {100 * IDLE_GOAL:.0f}%)"
+        )
+    curve = {
+        n: run_path(args.curve_path, args.rounds, plans=site_plans(n), task="breast_cancer")
+        for n in args.curve or []
+    }
+    if curve:
+        print(f"{args.curve_path}, breast-cancer sites: nodes, median round wall, median overhead")
+        for n, result in curve.items():
+            print(
+                f"  {n:>3} {result['median_round_wall_s']:>8.2f} s "
+                f"{result['median_overhead_s']:>8.2f} s"
+            )
+        print(f"  goal at 20 nodes: overhead <= {CURVE_GOAL_S} s")
+        summary["curve"] = {
+            str(n): {k: r[k] for k in ("median_round_wall_s", "median_overhead_s", "stages_s")}
+            for n, r in curve.items()
+        }
     print(json.dumps(summary))
 
 

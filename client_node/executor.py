@@ -95,7 +95,7 @@ MessageHandler = Callable[[Envelope, RecordDict], RecordDict]
 class PollSchedule:
     """How often to ask the SuperNode for a task: fast while a run is active, slow when idle."""
 
-    busy_s: float = 0.05
+    busy_s: float = 0.1
     idle_s: float = 1.0
     busy_window_s: float = 10.0  # a round's next wave usually follows within a few seconds
 

@@ -38,7 +38,7 @@ from lepton_fl.flower_pins import (
 
 IDLE_SLEEP_S = 3  # flwr 1.42: `time.sleep(3)` after an empty pull
 ACTIVE_SLEEP_S = 0.5  # flwr 1.42: `time.sleep(0.5)` while waiting for a reply or an object
-IDLE_MIN_S = 0.05
+IDLE_MIN_S = 0.1
 IDLE_MAX_S = 1.0
 ACTIVE_S = 0.02
 BUSY_WINDOW_S = 10.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,16 @@ def node_toml(
 class LocalCluster:
     """Start, drive and stop a coordinator plus nodes under one root directory."""
 
-    def __init__(self, root: Path, plans: list[NodePlan]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        plans: list[NodePlan],
+        *,
+        coordinator_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.plans = plans
+        self.coordinator_env = dict(coordinator_env or {})  # added to the coordinator's
         self.pki: PKIPaths | None = None
         self.superlink: SuperLink | None = None
         self.nodes: dict[str, RunningNode] = {}
@@ -305,7 +313,7 @@ class LocalCluster:
                     str(self.api_port),
                 ),
                 log_path=self.root / "logs" / "coordinator.log",
-                env=flower_env(settings.flwr_home),
+                env=flower_env(settings.flwr_home, self.coordinator_env),
             )
         )
         wait_until(
