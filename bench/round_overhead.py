@@ -8,7 +8,7 @@ other in the same invocation, on the same federation and data:
 * ours: `lepton node start` (the trainer's executor claims the SuperNode's tasks, packed
   messages, adaptive waits);
 * ours-memory: the same with the SuperLink's state in memory instead of its SQLite file
-  (`bench/memory_state`: what the file costs per round; the product keeps the file, which
+  (`bench/hooks/sitecustomize.py`: what the file costs per round; the product keeps the file, which
   holds the node registrations a restarted coordinator needs);
 * stock: Flower's default path (`bench/stock_flower.py`): `flower-supernode --isolation
   subprocess` with Flower's own waits, one spawned `flwr-clientapp` per message that installs
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from stock_flower import (
+    HOOKS,
     OUR_STAGES,
     STOCK_STAGES,
     StockCluster,
@@ -57,7 +58,7 @@ GOAL_S = 1.0
 CURVE_GOAL_S = 3.0  # 20 nodes on one SuperLink
 IDLE_GOAL = 0.02  # of one core, per idle node
 PATHS = ("ours", "ours-memory", "stock")
-MEMORY_STATE = Path(__file__).resolve().parent / "memory_state"
+
 QUIET_AFTER_S = 15.0  # past the SuperNode's and the executor's 10 s busy windows
 
 
@@ -110,7 +111,8 @@ def run_path(
     ``idle_s``) the nodes' CPU share while idle after the run."""
     plans = plans or hospital_plans()
     kind = StockCluster if path == "stock" else LocalCluster
-    env = {"PYTHONPATH": str(MEMORY_STATE)} if path == "ours-memory" else None
+    memory = {"PYTHONPATH": str(HOOKS), "LEPTON_BENCH_HOOK": "memory_state"}
+    env = memory if path == "ours-memory" else None
     with (
         tempfile.TemporaryDirectory(prefix=f"lepton-bench-{path}-") as tmp,
         kind(Path(tmp), plans, coordinator_env=env) as cluster,

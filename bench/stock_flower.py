@@ -2,12 +2,12 @@
 node is a stock `flower-supernode` (``--isolation subprocess``, Flower's own waits) whose
 `flower-superexec` spawns one `flwr-clientapp` process per message, which installs the run's
 bundle and runs its ClientApp: the node's trainer, built anew each time
-(`bench/stock_clientapp/`; the coordinator and our nodes accept no bundle with code, so the
-stock nodes find that module under the name our bundle gives, through a `sitecustomize` on
-their PYTHONPATH).
+(`bench/hooks/stock_clientapp.py`; the coordinator and our nodes accept no bundle with
+code, so the stock nodes find that module under the name our bundle gives, through
+`bench/hooks/sitecustomize.py` on their PYTHONPATH).
 
 Per-stage times come from both sides' own clocks on this one host: `stock-stages.jsonl`
-(written by `bench/stock_clientapp/stock_clientapp.py`) for the stock path, the executor's
+(written by `bench/hooks/stock_clientapp.py`) for the stock path, the executor's
 ``task stages`` log lines (`client_node.executor.STAGES_PREFIX`) for ours.
 """
 
@@ -25,7 +25,7 @@ from lepton.cluster import LocalCluster, NodePlan, RunningNode
 from lepton_fl.config import Member
 from lepton_fl.processes import ManagedProcess, executable, flower_env
 
-STOCK_CLIENTAPP = Path(__file__).resolve().parent / "stock_clientapp"
+HOOKS = Path(__file__).resolve().parent / "hooks"
 STAGES_FILE = "stock-stages.jsonl"
 
 OUR_STAGES = (
@@ -72,7 +72,10 @@ class StockCluster(LocalCluster):
                 name=f"stock flower-supernode ({plan.name})",
                 argv=argv,
                 log_path=self.root / "logs" / f"node-{plan.name}.log",
-                env=flower_env(state_dir / "flwr", {"PYTHONPATH": str(STOCK_CLIENTAPP)}),
+                env=flower_env(
+                    state_dir / "flwr",
+                    {"PYTHONPATH": str(HOOKS), "LEPTON_BENCH_HOOK": "stock_clientapp"},
+                ),
                 cwd=state_dir,
             )
         )

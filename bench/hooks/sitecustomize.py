@@ -1,0 +1,92 @@
+"""Bench-only import hooks for the processes of `bench/round_overhead.py`'s clusters (this
+directory is on their PYTHONPATH there); ``LEPTON_BENCH_HOOK`` picks one:
+
+``stock_clientapp`` (the stock nodes): the ClientApp our bundle names, ``client_node.relay``,
+    resolves to `stock_clientapp` beside this file. The coordinator accepts no bundle that
+    ships code, and a Lepton node never loads one, so the stock path cannot get its ClientApp
+    from the bundle. Every process of a stock node (`flower-supernode`, `flower-superexec`,
+    each `flwr-clientapp`) finds the bench's module under the relay's name instead; what
+    Flower does per message is unchanged: spawn `flwr-clientapp`, pull the task, install the
+    bundle, import the ClientApp module, call it.
+``memory_state`` (the coordinator): `coordinator.superlink.SuperLink.command` starts
+    `flower-superlink` with Flower's in-memory state (``--database :flwr-in-memory:``)
+    instead of its SQLite file, to measure what the file costs per round. The product keeps
+    the file: it holds the node registrations a restarted coordinator needs.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HOOK_ENV = "LEPTON_BENCH_HOOK"
+IN_MEMORY = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME (1.42)
+_STOCK_CLIENTAPP = Path(__file__).with_name("stock_clientapp.py")
+
+
+class _StockRelayFinder(importlib.abc.MetaPathFinder):
+    """``client_node.relay`` is `stock_clientapp`."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "client_node.relay":
+            return None
+        return importlib.util.spec_from_file_location(fullname, _STOCK_CLIENTAPP)
+
+
+def _in_memory_state(module: ModuleType) -> None:
+    original = module.SuperLink.command
+
+    def command(self: Any) -> list[str]:
+        argv: list[str] = original(self)
+        argv[argv.index("--database") + 1] = IN_MEMORY
+        return argv
+
+    module.SuperLink.command = command
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.inner.exec_module(module)
+        _in_memory_state(module)
+
+
+class _MemoryStateFinder(importlib.abc.MetaPathFinder):
+    """``coordinator.superlink``, loaded as usual, then patched."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "coordinator.superlink":
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+_HOOKS: dict[str, importlib.abc.MetaPathFinder] = {
+    "stock_clientapp": _StockRelayFinder(),
+    "memory_state": _MemoryStateFinder(),
+}
+_chosen = os.environ.get(HOOK_ENV)
+if _chosen in _HOOKS:
+    sys.meta_path.insert(0, _HOOKS[_chosen])
