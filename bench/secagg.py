@@ -306,7 +306,10 @@ def compare(runs: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     summary = {kind: summarise(rows, complete=complete[kind]) for kind, rows in pooled.items()}
     out: dict[str, Any] = {"summary": summary, "steady_ratio": None, "mean_ratio": None}
     plain_s, secure_s = summary.get("plain"), summary.get("secure")
-    if plain_s is None or secure_s is None or not (plain_s["complete"] and secure_s["complete"]):
+    if plain_s is None or secure_s is None:
+        out["ratio_note"] = "no ratio: only one kind of run on this cluster"
+        return out
+    if not (plain_s["complete"] and secure_s["complete"]):
         out["ratio_note"] = "no ratio: a run did not complete all its rounds"
         return out
     if plain_s["steady_median_s"] and secure_s["steady_median_s"]:
