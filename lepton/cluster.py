@@ -177,6 +177,27 @@ class LocalCluster:
             process=coordinator,
         )
 
+    def restart_coordinator(self, *, timeout: float = 60.0) -> None:
+        """Stop the coordinator (SIGTERM, by its PID) and start it again with the same command
+        line, ports and data directory, as an operator would; the nodes keep running."""
+        assert self.superlink is not None
+        old = next((p for p in self._processes if p.name == "lepton coordinator"), None)
+        if old is None:
+            raise ProcessError("The coordinator is not started: call start_coordinator first.")
+        old.stop()
+        self._processes.remove(old)
+        again = self._track(
+            ManagedProcess(name=old.name, argv=old.argv, log_path=old.log_path, env=old.env)
+        )
+        settings = self.superlink.settings
+        wait_until(
+            lambda: port_accepts(settings.host, settings.port),
+            timeout=timeout,
+            what="the restarted coordinator's SuperLink",
+            process=again,
+        )
+        self.superlink.write_connection_config()
+
     def stop(self) -> None:
         """Stop nodes first, then the coordinator, each by the PID we started."""
         for process in reversed(self._processes):

@@ -450,6 +450,28 @@ def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
     assert _global_accuracy(journal, PARTS) > 0.7
 
 
+def test_running_nodes_survive_a_coordinator_restart(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    # The SuperLink's state file keeps the node registrations: after a restart on the same
+    # ports the running nodes reconnect by themselves, under the same node ids (with Flower's
+    # in-memory state they do not: bench/coordinator_restart.py, docs/architecture.md).
+    cluster.restart_coordinator()
+    journal = cluster.journal_path("after-restart")
+    small = PrivacySpec(target_epsilon=0.5, delta=1e-5, max_grad_norm=1.0)
+    cluster.submit(
+        RunSpec(
+            federation=_spec(rounds=1).model_copy(update={"privacy": small}),
+            members=cluster.members(["site-a", "site-b", "site-c"]),
+            journal_path=str(journal),
+        )
+    )
+    view = cluster.wait_for_run(journal, timeout=300)
+
+    assert view.failure is None
+    assert sorted(view.rounds[0].participants) == ["site-a", "site-b", "site-c"]
+
+
 PARTS = ("site-0-of-3", "site-1-of-3", "site-2-of-3")
 
 
