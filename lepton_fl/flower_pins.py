@@ -46,9 +46,11 @@ PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
 with the ``initial_backoff`` and ``backoff_cap`` arguments; modules import them by name."""
 
 
-def shorten_object_pull_backoff(module: ModuleType) -> None:
+def shorten_object_pull_backoff(module: ModuleType, *, max_time_s: float | None = None) -> None:
     """Give the object-pull helpers `module` imported by name (`PULL_FUNCTIONS`) a short
-    backoff; idempotent. Raises `FlowerVersionError` if `module` imports none of them."""
+    backoff, and with ``max_time_s`` a bound on how long one pull waits for objects that are
+    not there yet (Flower's default is 2 hours); idempotent. Raises `FlowerVersionError` if
+    `module` imports none of them."""
     found = [name for name in PULL_FUNCTIONS if hasattr(module, name)]
     if not found:
         raise FlowerVersionError(
@@ -58,9 +60,11 @@ def shorten_object_pull_backoff(module: ModuleType) -> None:
     for name in found:
         original = getattr(module, name)
         base = getattr(original, "func", original)  # never wrap twice
+        bounded = {} if max_time_s is None else {"max_time": max_time_s}
         shortened = functools.partial(
             base,
             initial_backoff=OBJECT_PULL_INITIAL_BACKOFF_S,
             backoff_cap=OBJECT_PULL_BACKOFF_CAP_S,
+            **bounded,
         )
         setattr(module, name, shortened)

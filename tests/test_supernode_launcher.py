@@ -112,3 +112,16 @@ def test_the_executor_shortens_the_backoff_of_its_task_input_pulls() -> None:
 def test_a_module_without_flowers_pull_helpers_is_refused_loudly() -> None:
     with pytest.raises(FlowerVersionError, match="imports none of"):
         shorten_object_pull_backoff(ModuleType("elsewhere"))
+
+
+def test_the_serverapp_bounds_how_long_a_pull_waits_for_missing_objects() -> None:
+    # A reply whose node died mid-upload must not hold back the wave's other replies for
+    # Flower's 2 hours (coordinator/fl/serverapp_process.py, REPLY_UPLOAD_WAIT_S).
+    module = ModuleType("grid_like")
+    module.pull_objects = inflatable_utils.pull_objects  # type: ignore[attr-defined]
+
+    shorten_object_pull_backoff(module, max_time_s=30.0)
+
+    pull = module.pull_objects
+    assert pull.keywords == {"initial_backoff": 0.05, "backoff_cap": 1.0, "max_time": 30.0}
+    assert inspect.signature(inflatable_utils.pull_objects).parameters["max_time"].default == 7200

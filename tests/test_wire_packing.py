@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app.error import Error
 from flwr.cli.build import build_fab_from_disk
-from flwr.common.constant import SubStatus
+from flwr.common.constant import ErrorCode, SubStatus
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -187,3 +188,18 @@ def test_the_coordinator_reads_an_old_nodes_reply_as_a_named_failure() -> None:
     assert isinstance(failure, NodeFailure)
     assert failure.code == "wire_version_mismatch"
     assert "upgrade the older side" in failure.reason
+
+
+def test_a_reply_whose_objects_never_arrived_counts_as_no_reply() -> None:
+    # A node that dies between pushing its reply and its objects: Flower answers
+    # MESSAGE_UNAVAILABLE once the ServerApp's bounded pull gives up; the node dropped.
+    request = Message(wire.pack(_instruction()), dst_node_id=7, message_type="train")
+    unavailable = Message(
+        Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="objects unavailable"), reply_to=request
+    )
+    failed = Message(
+        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=request
+    )
+
+    assert read_reply(unavailable) is None
+    assert read_reply(failed) == NodeFailure("clientapp_error", "boom")

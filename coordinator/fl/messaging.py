@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from lepton_fl.wire import WireError, pack, unpack
@@ -67,8 +68,9 @@ def exchange(
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(pending)):
             node_id = pending.pop(reply.metadata.reply_to_message_id, None)
-            if node_id is not None:
-                replies[node_id] = read_reply(reply)
+            answer = read_reply(reply)
+            if node_id is not None and answer is not None:
+                replies[node_id] = answer
         if pending and time.monotonic() >= next_liveness:
             online = online_node_ids(grid)
             pending = {mid: n for mid, n in pending.items() if n in online}
@@ -78,9 +80,13 @@ def exchange(
     return replies
 
 
-def read_reply(reply: Message) -> Reply:
-    """A pulled reply as its unpacked content, or the `NodeFailure` it amounts to."""
+def read_reply(reply: Message) -> Reply | None:
+    """A pulled reply as its unpacked content, or the `NodeFailure` it amounts to; ``None``
+    when its content never arrived whole (the node died while uploading it: Flower answers
+    MESSAGE_UNAVAILABLE), which counts as no reply at all."""
     if reply.has_error():
+        if reply.error.code == ErrorCode.MESSAGE_UNAVAILABLE:
+            return None
         return NodeFailure("clientapp_error", reply.error.reason or "")
     try:
         return unpack(reply.content)

@@ -31,12 +31,20 @@ from lepton_fl.flower_pins import check_flower_version, shorten_object_pull_back
 
 log = logging.getLogger("lepton.serverapp")
 
+REPLY_UPLOAD_WAIT_S = 30.0
+"""How long the ServerApp waits for a reply's objects once the reply is listed. A node pushes
+its reply message first and its objects after; a node that dies in between leaves a reply
+whose objects never come, and Flower pulls the replies one after the other, so without a
+bound (Flower's is 2 hours) that one reply held back every other reply of the wave for
+minutes, until the SuperLink expired the upload. After the bound the reply counts as
+never arrived (`coordinator.fl.messaging.read_reply`)."""
+
 
 def main() -> int:
     """Run the task named by the environment; the exit code says whether it completed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     check_flower_version(who="The coordinator's ServerApp process")
-    shorten_object_pull_backoff(http_grid)
+    shorten_object_pull_backoff(http_grid, max_time_s=REPLY_UPLOAD_WAIT_S)
     token = os.environ.pop(TOKEN_ENV)
     grid = HttpGrid(
         runtime_api_address=os.environ[RUNTIME_ENV],
