@@ -62,14 +62,14 @@ PATHS = ("ours", "ours-memory", "stock")
 QUIET_AFTER_S = 15.0  # past the SuperNode's and the executor's 10 s busy windows
 
 
-def federation(rounds: int) -> FederationSpec:
-    """4 hospitals, plain FedAvg: one train wave per round (bench/secagg.py compares the
+def federation(rounds: int, *, task: str, nodes: int) -> FederationSpec:
+    """Plain FedAvg over every node: one train wave per round (bench/secagg.py compares the
     secure round, two waves plus a setup, with this one)."""
     return FederationSpec(
         name="bench",
-        task="heart_disease",
+        task=task,
         rounds=rounds,
-        min_participants=4,
+        min_participants=nodes,
         privacy=PrivacySpec(target_epsilon=3.0),
         training=TrainingSpec(local_epochs=2, batch_size=16, learning_rate=0.1),
         secure_aggregation=SecureAggregationSpec(enabled=False),
@@ -119,7 +119,7 @@ def run_path(
     ):
         cluster.start()
         journal = cluster.journal_path("bench")
-        fed = federation(rounds).model_copy(update={"task": task, "min_participants": len(plans)})
+        fed = federation(rounds, task=task, nodes=len(plans))
         run = RunSpec(federation=fed, members=cluster.members(), journal_path=str(journal))
         cluster.submit(run)
         view = cluster.wait_for_run(journal, timeout=300 + 60 * rounds)

@@ -55,7 +55,7 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     stop = stop or threading.Event()
     check_flower_version()
     settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    split, data_error = _load_data(settings)
+    split, data_error = load_site_data(settings)
     try:
         device = resolve_device(settings.node.device)
     except ValueError as err:
@@ -144,7 +144,7 @@ starts anyway and refuses every request with ``data_invalid``.
 """
 
 
-def _load_data(settings: NodeSettings) -> tuple[LocalSplit, str | None]:
+def load_site_data(settings: NodeSettings) -> tuple[LocalSplit, str | None]:
     """The node's checked data, or an empty stand-in and the connector's message."""
     try:
         return load_node_data(settings), None

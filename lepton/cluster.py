@@ -112,7 +112,7 @@ class LocalCluster:
     ) -> None:
         self.root = root
         self.plans = plans
-        self.coordinator_env = dict(coordinator_env or {})  # added to the coordinator's
+        self.coordinator_env = dict(coordinator_env or {})  # added to the coordinator's env
         self.pki: PKIPaths | None = None
         self.superlink: SuperLink | None = None
         self.nodes: dict[str, RunningNode] = {}

@@ -35,7 +35,7 @@ from client_node.connectors import (
     load_node_data,
 )
 from client_node.ledger import Ledger
-from client_node.runner import _load_data
+from client_node.runner import load_site_data
 from client_node.settings import DataSection, NodeConfigError, NodeSettings, load_node_settings
 from client_node.trainer.core import NodeTrainer, RequestRefusedError
 from client_node.trainer.secure import SecureAggregation
@@ -1196,7 +1196,7 @@ def broken_node(tmp_path: Path) -> Iterator[NodeTrainer]:
     rows[4][HEADER.index("age")] = "abc123"
     _write_csv(tmp_path / "data" / "cleveland.csv", HEADER, rows)
     settings = load_node_settings(config)
-    split, error = _load_data(settings)
+    split, error = load_site_data(settings)
     assert error is not None
     assert len(split.train) == 0
     ledger = Ledger(settings.ledger_path)
@@ -1238,7 +1238,7 @@ def test_runner_loads_valid_csv_for_the_trainer(tmp_path: Path) -> None:
     rows = _heart_rows()
     _write_csv(tmp_path / "data" / "cleveland.csv", HEADER, rows)
 
-    split, error = _load_data(settings)
+    split, error = load_site_data(settings)
 
     assert error is None
     x, y = _expected_heart(rows)
@@ -1250,7 +1250,7 @@ def test_runner_loads_valid_csv_for_the_trainer(tmp_path: Path) -> None:
 def _csv_trainer(tmp_path: Path, data: str, csv_name: str) -> NodeTrainer:
     config = _node_toml(tmp_path, data.replace("data/cleveland.csv", f"data/{csv_name}"))
     settings = load_node_settings(config)
-    split, error = _load_data(settings)
+    split, error = load_site_data(settings)
     assert error is None
     return NodeTrainer(
         settings=settings,
@@ -1381,11 +1381,11 @@ def test_runner_stops_on_node_toml_mistakes_but_not_on_bad_data(tmp_path: Path) 
     settings = load_node_settings(config)  # valid TOML; the mismatch is with the task
 
     with pytest.raises(NodeConfigError, match="'cp' as 'float'") as caught:
-        _load_data(settings)
+        load_site_data(settings)
     assert caught.value.code == "schema_mismatch"
 
     settings = load_node_settings(_node_toml(tmp_path, CSV_DATA))  # the file is not there
-    split, error = _load_data(settings)
+    split, error = load_site_data(settings)
     assert error is not None
     assert "missing_file" in error
     assert "cleveland.csv" not in error  # the path stays in the node's log

@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 
 from client_node.executor import MESSAGE_KINDS  # noqa: E402
 from client_node.ledger import Ledger  # noqa: E402
-from client_node.runner import _load_data  # noqa: E402
+from client_node.runner import load_site_data  # noqa: E402
 from client_node.settings import load_node_settings  # noqa: E402
 from client_node.trainer.core import NodeTrainer  # noqa: E402
 from client_node.trainer.secure import SecureAggregation  # noqa: E402
@@ -50,7 +50,7 @@ def _serve(msg: Message, context: Context) -> Message:
     entered = time.time()
     settings = load_node_settings(Path(str(context.node_config["lepton-config"])))
     torch.set_num_threads(settings.node.torch_threads)
-    split, data_error = _load_data(settings)
+    split, data_error = load_site_data(settings)
     with Ledger(settings.ledger_path) as ledger:
         trainer = NodeTrainer(
             settings=settings,

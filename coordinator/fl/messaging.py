@@ -68,8 +68,10 @@ def exchange(
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(pending)):
             node_id = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node_id is None:
+                continue
             answer = read_reply(reply)
-            if node_id is not None and answer is not None:
+            if answer is not None:  # None: its content never arrived whole, as if no reply
                 replies[node_id] = answer
         if pending and time.monotonic() >= next_liveness:
             online = online_node_ids(grid)
