@@ -5,6 +5,16 @@ node.toml declares the label column (``target``) and every feature column with i
 column name onto the task's feature name. The rows are checked cell by cell against that
 declaration and then encoded with the task's agreed :class:`TabularSchema` (fixed ranges and
 categories from the federation, never fitted on the data). Other columns are ignored.
+
+Numbers and the task's ranges: a numeric feature is scaled from its agreed range
+``[low, high]``, and a finite value outside it is clipped to the range (``low`` or ``high``);
+that is the encoding rule and the trainer keeps it. :func:`read_tabular` counts the clipped
+values per column so that ``lepton node check-data`` can tell the site. Whether a number is
+finite is decided in float64, as the encoder computes (the clipped, scaled value is float32):
+``1e308`` is a finite number far above any range and is clipped and counted like ``-500``; a cell
+that is infinite (``inf``, ``-Infinity``, or a number too large for float64 such as ``1e309``) is
+refused as a bad row (``not_finite``, with its row and column); an empty or NaN cell is a missing
+value (the task's fill value where the feature allows missing values, else ``missing_value``).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from client_node.connectors.common import (
     read_csv,
 )
 from client_node.connectors.errors import ConnectorError
+from client_node.connectors.report import ClippedColumn
 from client_node.settings import ColumnType, DataSection
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.registry import TaskInfo
@@ -38,7 +49,7 @@ from lepton_fl.datasets.tabular import (
     make_split,
 )
 
-__all__ = ["load_tabular"]
+__all__ = ["count_clipped", "load_tabular", "read_tabular"]
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -65,6 +76,12 @@ class _CellError(Exception):
 
 def load_tabular(data: DataSection, task: TaskInfo) -> LocalSplit:
     """Read, check and encode the node's CSV or Parquet file; split it (seeded, stratified)."""
+    return read_tabular(data, task)[0]
+
+
+def read_tabular(data: DataSection, task: TaskInfo) -> tuple[LocalSplit, tuple[ClippedColumn, ...]]:
+    """:func:`load_tabular`'s split, and the declared numeric columns whose values were clipped
+    to the task's range (only those with at least one clipped value)."""
     schema = task.schema
     if schema is None or task.modality != "tabular":
         raise ConnectorError(
@@ -116,7 +133,42 @@ def load_tabular(data: DataSection, task: TaskInfo) -> LocalSplit:
         seed=data.seed,
         test_fraction=data.test_fraction,
     )
-    return split.local()
+    return split.local(), count_clipped(declared, raw)
+
+
+def count_clipped(
+    declared: Mapping[str, tuple[ColumnType, Feature]], raw: Mapping[str, Sequence[Any]]
+) -> tuple[ClippedColumn, ...]:
+    """Per declared numeric column, how many of its checked cells (``raw``, by feature name, as
+    :func:`_cell` gives them) the task's encoding clips to ``[low, high]``.
+
+    A missing value (None, or 0 where the feature reads 0 as "not measured") is filled, not
+    clipped, and is not counted.
+    """
+    out: list[ClippedColumn] = []
+    for column, (_, feature) in declared.items():
+        if not isinstance(feature, NumericFeature):
+            continue
+        below = above = 0
+        for value in raw[feature.name]:
+            if value is None or (feature.zero_is_missing and value == 0):
+                continue
+            if value < feature.low:
+                below += 1
+            elif value > feature.high:
+                above += 1
+        if below or above:
+            out.append(
+                ClippedColumn(
+                    column=column,
+                    feature=feature.name,
+                    low=feature.low,
+                    high=feature.high,
+                    below=below,
+                    above=above,
+                )
+            )
+    return tuple(out)
 
 
 def _kind(table: _Table) -> str:
