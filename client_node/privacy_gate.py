@@ -19,18 +19,24 @@ relevant part of a reply:
   the Gaussian release of the confusion counts (``lepton_fl.privacy.evaluation``) and the
   metrics derived from them; the exact loss and ROC-AUC stay in the node's log. The charge
   is recorded in the ledger before the reply leaves, and the reported epsilon includes it.
+* **Ledger failures** refuse the request, never crash it: a charge (or run binding) that
+  cannot be written (a full disk, a read-only file or directory, a lock held elsewhere) is
+  ``ledger_unwritable``, a ledger changed under the trainer ``ledger_tampered``, one that
+  cannot be read ``ledger_unreadable``. Nothing is sent: the update of a round whose charge
+  was not recorded stays on the node. The cause goes to the node's log in one line.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from client_node.ledger import Ledger, LedgerEntry
+from client_node.ledger import Ledger, LedgerEntry, LedgerError
 from client_node.policy import PlannedSpend, PolicyRefusedError, RequestKind, SitePolicy
 from client_node.settings import NodeSettings
 from lepton_fl.config import AccountantName, FederationSpec
@@ -60,6 +66,14 @@ GATE_REFUSAL_CODES = (
     "evaluation_not_scheduled",
     "evaluation_repeated",
     "unknown_accountant",
+    "ledger_unwritable",
+    "ledger_tampered",
+    "ledger_unreadable",
+)
+
+#: Ledger error codes of a ledger that cannot be written now: refused as ``ledger_unwritable``.
+UNWRITABLE_LEDGER_CODES = frozenset(
+    {"write_failed", "unwritable", "locked_by_other_writer", "read_only"}
 )
 
 
@@ -143,7 +157,9 @@ class PrivacyGate:
             raise RequestRefusedError(
                 "bad_round", f"Round {round} is outside the run's 1..{fed.rounds}."
             )
-        if self.ledger.entry_for(self.dataset_id, run_id, round) is not None:
+        with self._ledger("read the ledger"):
+            trained = self.ledger.entry_for(self.dataset_id, run_id, round)
+        if trained is not None:
             raise RequestRefusedError(
                 "already_trained",
                 f"This node already trained round {round} of run {run_id} and recorded its "
@@ -154,7 +170,8 @@ class PrivacyGate:
         planned = AccountantStep(sigma, sample_rate, steps_per_round)
         later = () if plan.evaluation is None else (plan.evaluation,)
         spend = PlannedSpend(planned, fed.rounds - round + 1, then=later)
-        entries = self.ledger.entries(self.dataset_id)
+        with self._ledger("read the ledger"):
+            entries = self.ledger.entries(self.dataset_id)
         self._check_spend(fed, spend, entries)
         return RoundAdmission(
             run_id=run_id,
@@ -197,7 +214,10 @@ class PrivacyGate:
                 f"{fed.name!r} does not schedule it ({why}). A node evaluates only what the "
                 "signed federation spec schedules, once, and releases only noised counts.",
             )
-        if self.ledger.entry_for(self.dataset_id, run_id, round, kind="evaluate") is not None:
+        with self._ledger("read the ledger"):
+            evaluated = self.ledger.entry_for(self.dataset_id, run_id, round, kind="evaluate")
+            entries = self.ledger.entries(self.dataset_id)
+        if evaluated is not None:
             raise RequestRefusedError(
                 "evaluation_repeated",
                 f"This node already released its evaluation of round {round} of run {run_id} "
@@ -205,9 +225,7 @@ class PrivacyGate:
             )
         plan = self._plan(run_id, fed, sample_rate=sample_rate, steps_per_round=steps_per_round)
         assert plan.evaluation is not None  # share > 0 and one evaluation scheduled
-        self._check_spend(
-            fed, PlannedSpend(plan.evaluation, 1), self.ledger.entries(self.dataset_id)
-        )
+        self._check_spend(fed, PlannedSpend(plan.evaluation, 1), entries)
         return EvaluationAdmission(
             run_id=run_id,
             round=round,
@@ -215,6 +233,14 @@ class PrivacyGate:
             step=plan.evaluation,
             accountant=_accountant(privacy.accountant),
         )
+
+    def bind_run(self, admin_run_id: str, flower_run_id: str, authorization_sha256: str) -> str:
+        """Bind the admin run id in the ledger (:meth:`Ledger.bind_run`): the Flower run id
+        bound first. A ledger that cannot record it refuses the request."""
+        with self._ledger(
+            f"record the binding of run {admin_run_id} to Flower run {flower_run_id}"
+        ):
+            return self.ledger.bind_run(admin_run_id, flower_run_id, authorization_sha256)
 
     # -- replies --------------------------------------------------------------------------
 
@@ -290,10 +316,12 @@ class PrivacyGate:
             admission.step.noise_multiplier,
             epsilon,
         )
+        with self._ledger("read the ledger"):
+            total = self.epsilon(delta=fed.privacy.delta, accountant=fed.privacy.accountant)
         return EvaluateReply(
             status="ok",
             evaluation=_released_metrics(released),
-            epsilon=self.epsilon(delta=fed.privacy.delta, accountant=fed.privacy.accountant),
+            epsilon=total,
             epsilon_budget=self.settings.privacy.epsilon_budget,
             charge=self._charge(admission.step, fed, admission.accountant, epsilon),
         )
@@ -378,21 +406,73 @@ class PrivacyGate:
         num_examples: int,
         kind: str,
     ) -> float:
-        history = self.ledger.history(self.dataset_id)
-        epsilon = epsilon_spent([*history, step], delta=fed.privacy.delta, accountant=accountant)
-        self.ledger.record(
-            dataset_id=self.dataset_id,
-            run_id=run_id,
-            round=round,
-            step=step,
-            accountant=accountant,
-            delta=fed.privacy.delta,
-            epsilon_after=epsilon,
-            num_examples=num_examples,
-            federation=fed.name,
-            kind=kind,
-        )
+        """Charge the ledger, committed before anything leaves; refused if it cannot be."""
+        what = "round" if kind == "train" else "evaluation of round"
+        doing = f"record the charge of {what} {round} of run {run_id}"
+        with self._ledger(doing):
+            history = self.ledger.history(self.dataset_id)
+            epsilon = epsilon_spent(
+                [*history, step], delta=fed.privacy.delta, accountant=accountant
+            )
+            self.ledger.record(
+                dataset_id=self.dataset_id,
+                run_id=run_id,
+                round=round,
+                step=step,
+                accountant=accountant,
+                delta=fed.privacy.delta,
+                epsilon_after=epsilon,
+                num_examples=num_examples,
+                federation=fed.name,
+                kind=kind,
+            )
         return epsilon
+
+    @contextmanager
+    def _ledger(self, doing: str) -> Iterator[None]:
+        """Turn a ledger failure into a refusal with a stable code and log its cause once.
+
+        ``duplicate_round`` is ``already_trained``; ``invalid_entry`` (a bug in the values
+        recorded) is raised as it is.
+        """
+        try:
+            yield
+        except LedgerError as err:
+            if err.code == "invalid_entry":
+                raise
+            raise self._ledger_refusal(err, doing) from None
+
+    def _ledger_refusal(self, err: LedgerError, doing: str) -> RequestRefusedError:
+        node = self.settings.node.name
+        cause = str(err.__cause__) if isinstance(err.__cause__, Exception) else err.code
+        if err.code in UNWRITABLE_LEDGER_CODES:
+            code = "ledger_unwritable"
+            reason = (
+                f"Node {node!r} cannot {doing} in its privacy ledger ({cause}), so it refuses "
+                "and sends nothing: a charge is recorded before anything leaves the node. The "
+                "node's log says what to fix (disk space, permissions, a lock)."
+            )
+        elif err.code == "duplicate_round":  # admission checked it: only a racing writer
+            code = "already_trained"
+            reason = (
+                f"Node {node!r} already recorded this privacy charge; it will not spend "
+                "budget twice."
+            )
+        elif err.code == "tampered":
+            code = "ledger_tampered"
+            reason = (
+                f"Node {node!r} refuses: its privacy ledger no longer matches its hash chain, "
+                "so it takes part in nothing until the site restores the ledger from a "
+                "backup. The node's log names the row."
+            )
+        else:
+            code = "ledger_unreadable"
+            reason = (
+                f"Node {node!r} cannot {doing} ({cause}), so it refuses; the node's log says "
+                "what to fix."
+            )
+        LOG.error("refused (%s): cannot %s: %s", code, doing, err)
+        return RequestRefusedError(code, reason)
 
     def _charge(
         self, step: AccountantStep, fed: FederationSpec, accountant: str, epsilon: float

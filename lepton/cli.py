@@ -179,25 +179,55 @@ def node_start(
     raise typer.Exit(run_node(settings))
 
 
+EXIT_DATA_WARNINGS = 3
+"""`lepton node check-data --strict`: the data can be used, but it has warnings."""
+
+
 @node_app.command("check-data")
 def node_check_data(
     config: Annotated[Path, typer.Option(help="The node's node.toml.")],
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with code 3 when the data has warnings (a class of the task absent, "
+            "values clipped to the task's range); without it they are printed and the exit "
+            "code is 0.",
+        ),
+    ] = False,
 ) -> None:
     """Check the node's data against its task, as the trainer will; print a summary or the error.
 
-    Nothing leaves the machine. Exit code 1 when the data cannot be used.
+    Warnings (the node still trains on such data): a class of the task has no example, so the
+    federation's model cannot learn it from this site; a numeric column has values outside the
+    task's range, which are clipped to it (counted per column). Nothing leaves the machine.
+
+    Exit codes: 0 the data can be used (with or without warnings); 1 the data cannot be used
+    (the error names the file, row and column); 2 node.toml cannot be loaded; 3 with
+    --strict, the data can be used but has warnings.
     """
     from client_node.settings import load_node_settings
 
     settings = load_node_settings(config)
-    from client_node.connectors import ConnectorError, describe_split, load_node_data
+    from client_node.connectors import ConnectorError, check_node_data, describe_split
 
     try:
-        split = load_node_data(settings)
+        report = check_node_data(settings)
     except ConnectorError as err:
         typer.echo(f"data invalid [{err.code}]: {err}", err=True)
         raise typer.Exit(1) from err
-    typer.echo(f"data ok: {describe_split(split)}")
+    typer.echo(f"data ok: {describe_split(report.split)}")
+    warnings = report.warnings()
+    for warning in warnings:
+        typer.echo(f"warning: {warning}")
+    if not warnings:
+        typer.echo("no warnings.")
+        return
+    counted = f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
+    if strict:
+        typer.echo(f"{counted}: exit code {EXIT_DATA_WARNINGS} (--strict).", err=True)
+        raise typer.Exit(EXIT_DATA_WARNINGS)
+    typer.echo(f"{counted}; the node can train on this data (--strict makes warnings fail).")
 
 
 @node_app.command("predict")
@@ -299,9 +329,23 @@ def node_ledger(
     config: Annotated[Path, typer.Option(help="The node's node.toml.")],
     delta: Annotated[float | None, typer.Option(help="Report at this delta.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Only verify the ledger's hash chains: print the rows checked and the head.",
+        ),
+    ] = False,
 ) -> None:
     """Show the node's privacy ledger: every recorded charge (DP-SGD rounds and evaluation
-    releases), the epsilon its dataset has spent, and epsilon per federation and dataset."""
+    releases), the epsilon its dataset has spent, and epsilon per federation and dataset.
+
+    Opening the ledger verifies its hash chains: a row changed, deleted or reordered outside
+    Lepton FL ends in `error [tampered]`, naming the row, and exit code 2. --verify prints the
+    rows checked and the chain head; exit code 1 when the ledger predates hash chains (schema
+    below 5: the node's trainer chains it when it next starts) and nothing could be verified.
+    """
+    import dataclasses
     import json as json_lib
 
     from client_node.ledger import Ledger
@@ -312,8 +356,30 @@ def node_ledger(
     settings = load_node_settings(config)
     report_delta = delta if delta is not None else settings.privacy.max_delta
     accountant = settings.privacy.accountant
-    with Ledger(settings.ledger_path, read_only=True) as ledger:
-        every = ledger.entries()
+    with Ledger(settings.ledger_path, read_only=True) as ledger:  # verifies, or refuses
+        if verify:
+            chain = ledger.verify()
+        else:
+            every = ledger.entries()
+    if verify:
+        path = settings.ledger_path
+        if as_json:
+            typer.echo(json_lib.dumps({"path": str(path), **dataclasses.asdict(chain)}))
+        elif chain.chained:
+            typer.echo(
+                f"ledger {path} verified: {chain.rows} charges and {chain.bindings} run "
+                f"bindings match their hash chains.\nhead {chain.head}\n"
+                f"run bindings head {chain.bindings_head}"
+            )
+        if not chain.chained:
+            typer.echo(
+                f"ledger {path} has schema version {chain.schema_version}, older than hash "
+                f"chains (5): its {chain.rows} charges could not be verified. Start the node's "
+                "trainer (`lepton node start`) once to chain them, then verify again.",
+                err=True,
+            )
+            raise typer.Exit(1)
+        return
     entries = [e for e in every if e.dataset_id == settings.dataset_id]
     epsilon = epsilon_spent([e.step for e in entries], delta=report_delta, accountant=accountant)
     by_federation = epsilon_by_federation(every, delta=report_delta, accountant=accountant)

@@ -1,5 +1,6 @@
-"""Ledger schema migrations: 1 -> 2 (charges learn their federation) and 2 -> 3 (run
-bindings); an older file loses nothing."""
+"""Ledger schema migrations: 1 -> 2 (charges learn their federation), 2 -> 3 (run
+bindings), 3 -> 4 (charge kinds), each on to 5 (hash chains, also tests/test_ledger_chain.py);
+an older file loses nothing."""
 
 from __future__ import annotations
 
@@ -98,9 +99,10 @@ def test_writer_migrates_a_version_1_ledger_and_loses_nothing(path: Path) -> Non
             federation="heart-fed",
         )
 
-    assert _version(path) == SCHEMA_VERSION == 4
+    assert _version(path) == SCHEMA_VERSION == 5
     with Ledger(path, read_only=True) as reader:
         after = reader.entries("heart:a")
+        assert (reader.verify().rows, reader.verify().bindings) == (4, 0)  # chained, in order
     assert [_fields(e) for e in after[:2]] == V1_ROWS[:2]
     assert [e.federation for e in after] == [None, None, "heart-fed"]
     composed = epsilon_spent([e.step for e in after], delta=1e-5, accountant="rdp")
@@ -183,7 +185,7 @@ def test_writer_migrates_a_version_2_ledger_and_binds_runs(path: Path) -> None:
         assert [_fields(e) for e in ledger.entries()] == V1_ROWS
         assert ledger.bind_run("admin-1", "41", "a" * 64) == "41"
         assert ledger.bind_run("admin-1", "42", "a" * 64) == "41"  # the first run stays
-    assert _version(path) == SCHEMA_VERSION == 4
+    assert _version(path) == SCHEMA_VERSION == 5
     with Ledger(path) as restarted:
         assert restarted.bind_run("admin-1", "42", "a" * 64) == "41"
         assert restarted.bind_run("admin-2", "42", "b" * 64) == "42"
@@ -258,7 +260,7 @@ def test_writer_migrates_a_version_3_ledger_keeping_every_charge_as_training(pat
         assert err.value.code == "duplicate_round"
         assert ledger.entry_for("heart:a", "7", 2, kind="evaluate") is not None
         assert [e.kind for e in ledger.entries("heart:a")] == ["train", "train", "evaluate"]
-    assert _version(path) == SCHEMA_VERSION == 4
+    assert _version(path) == SCHEMA_VERSION == 5
     raw = sqlite3.connect(path)
     try:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):

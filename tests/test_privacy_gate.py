@@ -8,6 +8,7 @@ round must fit the site's budget under the site's own accountant too.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from signing_support import pin_key, signed
+from test_ledger_chain import fill_until_full
 from trainer_support import TrainerFactory
 
 from client_node.settings import NodeSettings
@@ -280,3 +282,72 @@ public_key = "{tmp_path / "coordinator.pem"}"
     text = CliRunner().invoke(app, ["node", "ledger", "--config", str(config)]).output
     assert "evaluation release" in text
     assert "federation clinic-fed: epsilon" in text
+
+
+# -- a ledger that cannot be written: a named refusal, nothing sent -----------------------------
+
+
+def test_round_whose_charge_cannot_be_recorded_is_refused_and_sends_nothing(
+    make_trainer: MakeTrainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger fills up (SQLite's own SQLITE_FULL, from a page limit on the trainer's
+    connection) between admission and the charge: the trained update stays on the node."""
+    trainer = make_trainer()
+    assert trainer.train(_envelope(), signed(FED, 1)).status == "ok"
+    fill_until_full(trainer.ledger)
+    before = trainer.ledger.entries()
+
+    with caplog.at_level(logging.INFO):
+        reply = trainer.train(_envelope(), signed(FED, 2))
+
+    assert (reply.status, reply.code) == ("refused", "ledger_unwritable")
+    assert "database or disk is full" in reply.reason
+    assert (reply.weights, reply.charge) == ([], None)
+    assert set(train_reply_to_records(reply)) == {"status"}  # no update, no charge
+    assert trainer.ledger.entries() == before
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelname for r in problems] == ["ERROR"]  # one line, with the cause
+    assert "database or disk is full" in problems[0].getMessage()
+    assert problems[0].exc_info is None
+    assert "cannot rollback" not in caplog.text
+    # room again: the same round trains and is charged, on an intact chain
+    conn = trainer.ledger._conn
+    assert conn is not None
+    conn.execute("PRAGMA max_page_count = 1000000")
+    assert trainer.train(_envelope(), signed(FED, 2)).status == "ok"
+    assert trainer.ledger.verify().rows == len(before) + 1
+
+
+def test_requests_are_refused_while_the_ledger_is_read_only(make_trainer: MakeTrainer) -> None:
+    """SQLite refuses every write ("attempt to write a readonly database"): the run's
+    binding cannot be recorded, so the node refuses before it trains or evaluates."""
+    trainer = make_trainer()
+    conn = trainer.ledger._conn
+    assert conn is not None
+    conn.execute("PRAGMA query_only = ON")
+
+    train = trainer.train(_envelope(), signed(FED, 1))
+    evaluation = trainer.evaluate(_envelope(), signed(FED, 3))
+
+    for reply in (train, evaluation):
+        assert (reply.status, reply.code) == ("refused", "ledger_unwritable")
+        assert "attempt to write a readonly database" in reply.reason
+    assert evaluation.evaluation is None
+    assert trainer.ledger.entries() == []
+
+
+def test_round_is_refused_when_the_ledger_changed_under_the_trainer(
+    make_trainer: MakeTrainer,
+) -> None:
+    trainer = make_trainer()
+    assert trainer.train(_envelope(), signed(FED, 1)).status == "ok"
+    raw = sqlite3.connect(trainer.ledger.path)  # an attacker deletes the last charge
+    raw.execute("DROP TRIGGER ledger_entries_no_delete")
+    raw.execute("DELETE FROM ledger_entries")
+    raw.commit()
+    raw.close()
+
+    reply = trainer.train(_envelope(), signed(FED, 2))
+
+    assert (reply.status, reply.code) == ("refused", "ledger_tampered")
+    assert (reply.weights, reply.charge) == ([], None)

@@ -137,11 +137,11 @@ class NodeTrainer:
                     steps_per_round=self._steps_per_round(engine, fed),
                 )
                 self._load(engine, instruction.weights or initial)
+                test = self.split.test
+                exact = evaluate(engine.model, test.inputs, test.labels, device=self.device)
+                return self.gate.evaluation_reply(admission, exact)  # charged before it leaves
             except RequestRefusedError as refusal:
                 return EvaluateReply(status="refused", code=refusal.code, reason=refusal.reason)
-            test = self.split.test
-            exact = evaluate(engine.model, test.inputs, test.labels, device=self.device)
-            return self.gate.evaluation_reply(admission, exact)
 
     def epsilon(self, *, delta: float, accountant: str) -> float:
         """Epsilon of this dataset's whole recorded history (training and evaluation)."""
@@ -187,7 +187,7 @@ class NodeTrainer:
             raise RequestRefusedError(err.code, err.message) from err
         assert instruction.authorization is not None  # verified above
         flower_run = str(envelope.run_id)
-        bound = self.ledger.bind_run(
+        bound = self.gate.bind_run(
             authorization.admin_run_id, flower_run, authorization_digest(instruction.authorization)
         )
         if bound != flower_run:
