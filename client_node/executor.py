@@ -65,6 +65,11 @@ from lepton_fl.flower_pins import shorten_object_pull_backoff
 from lepton_fl.wire import Envelope, MessageKind, WireError, pack, unpack
 
 log = logging.getLogger("lepton.executor")
+
+TASK_INPUT_WAIT_S = 60.0
+"""How long a claimed task waits for its input's objects on the SuperNode (they come from the
+SuperLink; a few MB take seconds). Past that, the task fails and the executor claims the next:
+seen when a coordinator was killed between sending a message and its objects."""
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Runtime call otherwise
 
 """The Flower minor version whose Runtime API this executor speaks."""
@@ -150,8 +155,10 @@ class NodeExecutor:
     def start(self) -> NodeExecutor:
         """Start claiming tasks in a background thread."""
         # A task is claimable before the SuperNode holds all of its objects; Flower's 1 s
-        # first retry would then be most of a round.
-        shorten_object_pull_backoff(run_clientapp)
+        # first retry would then be most of a round. The wait is bounded: a SuperNode that
+        # lost its objects (the coordinator died mid-pull and the run ended) never gets them,
+        # and with Flower's 2-hour bound this one thread would wait, serving no other run.
+        shorten_object_pull_backoff(run_clientapp, max_time_s=TASK_INPUT_WAIT_S)
         self._thread.start()
         return self
 

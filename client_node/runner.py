@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import torch
-from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from client_node.connectors import ConnectorError, empty_split, load_node_data
 from client_node.executor import NodeExecutor
@@ -36,7 +37,9 @@ from client_node.supernode import (
     runtime_address,
     start_supernode,
     superexec_secret_path,
+    supernode_log_path,
 )
+from client_node.supernode_launcher import STALE_SESSION_S
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
 from client_node.trainer.secure import SecureAggregation
@@ -97,10 +100,16 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         ledger.close()
 
 
-REACTIVATION_GRACE_S = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL + 15.0
-"""How long a restarted node retries joining. The SuperLink counts a node online until it has
-missed two heartbeats (60 s in flwr 1.42); a node that was killed, so never said goodbye, is
-refused activation (exit 305) until then, exactly as an unregistered key is."""
+REACTIVATION_GRACE_S = STALE_SESSION_S + 10.0
+"""How long a node retries a refused activation (flower-supernode exit 305) before it gives
+up: 30 s. A node killed without saying goodbye still counts as online at the SuperLink for up
+to `STALE_SESSION_S` (20 s with our SuperNode's heartbeat interval) after its last heartbeat,
+and the SuperLink refuses to activate its key again until then, with the very answer it gives
+an unregistered key (a node cannot tell the two apart)."""
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 3.0
+"""The backoff between activation attempts while refused: 1, 2, 3, 3, ... s (each attempt
+starts a flower-supernode process, about a second of CPU)."""
 
 
 def _supervise_supernode(
@@ -108,32 +117,91 @@ def _supervise_supernode(
 ) -> None:
     """Run the SuperNode until `stop`; raise if it or the executor dies for good.
 
-    A node whose state directory shows an earlier start retries a refused activation for
-    `REACTIVATION_GRACE_S` (its previous session may still count as online); a fresh node
-    fails at once, so an unregistered key is reported without delay.
+    A refused activation is retried with a bounded backoff for `REACTIVATION_GRACE_S`,
+    announced by one log line that says what the node waits for. Fresh nodes retry too (no
+    earlier start in the state directory): a node re-installed, or a container restarted
+    without its state volume, with the key of a node that was just killed hits the same stale
+    session. After the grace the error names both causes plainly.
     """
     started = time.monotonic()
+    refusals, rejoined = 0, False
+    log_path = supernode_log_path(settings)
+    offset = _size(log_path)  # this attempt's lines start here (every start appends)
     supernode = start_supernode(settings)
     try:
         while not stop.wait(0.5):
             code = supernode.poll()
             if code is not None:
-                tail = supernode.log_tail(40)
-                waiting = time.monotonic() - started < REACTIVATION_GRACE_S
-                if restarted and waiting and flower_exit_code(code, tail) == REFUSED_EXIT:
-                    log.warning(
-                        "node %s: the SuperLink refused to activate it, probably because its "
-                        "previous session still counts as online; retrying",
-                        settings.node.name,
-                    )
-                    stop.wait(5.0)
+                tail = _lines_since(log_path, offset)
+                elapsed = time.monotonic() - started
+                refused = flower_exit_code(code, tail) == REFUSED_EXIT
+                if refused and elapsed < REACTIVATION_GRACE_S:
+                    if refusals == 0:
+                        log.warning(_refusal_line(settings, elapsed, restarted=restarted))
+                    refusals += 1
+                    delay = min(RETRY_FIRST_S * 2 ** (refusals - 1), RETRY_MAX_S)
+                    log.debug("node %s: activation refused %d times", settings.node.name, refusals)
+                    supernode.stop()
+                    if stop.wait(delay):
+                        return
+                    offset = _size(log_path)
                     supernode = start_supernode(settings, check_port=False)
                     continue
-                raise ProcessError(_supernode_exit_message(settings, code, tail))
+                waited = elapsed if refused and refusals else None
+                raise ProcessError(_supernode_exit_message(settings, code, tail, waited_s=waited))
+            if refusals and not rejoined and ACTIVATED_MARK in _lines_since(log_path, offset):
+                rejoined = True
+                log.info(
+                    "node %s: the SuperLink activated it after %.0f s (%d refused attempts)",
+                    settings.node.name,
+                    time.monotonic() - started,
+                    refusals,
+                )
             if not executor.alive():
                 raise ProcessError(f"node {settings.node.name}: the task executor stopped.")
     finally:
         supernode.stop()
+
+
+ACTIVATED_MARK = "SuperNode ID:"  # flwr 1.42 logs it once the SuperLink activated the node
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _lines_since(path: Path, offset: int, lines: int = 40) -> str:
+    """The last `lines` lines written to `path` after byte `offset`."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _refusal_line(settings: NodeSettings, elapsed: float, *, restarted: bool) -> str:
+    """The one log line a refused activation gets: what the node waits for, and how long."""
+    expires = max(0, math.ceil(STALE_SESSION_S - elapsed))
+    retry = max(0, math.ceil(REACTIVATION_GRACE_S - elapsed))
+    name, key = settings.node.name, settings.auth.private_key
+    if restarted:
+        return (
+            f"node {name}: the SuperLink refused to activate it (flower-supernode exit "
+            f"{REFUSED_EXIT}): it still holds this node's previous session, which ended "
+            f"without a goodbye (killed or crashed), until that expires within {expires} s. "
+            f"Retrying for up to {retry} s."
+        )
+    return (
+        f"node {name}: the SuperLink refused to activate it (flower-supernode exit "
+        f"{REFUSED_EXIT}): either a session with its key {key} is still online there (a node "
+        f"with this key killed moments ago; it expires within {expires} s), or the key is not "
+        f"registered. Retrying for up to {retry} s."
+    )
 
 
 CONFIG_ERRORS = frozenset({"unknown_task", "unknown_partition", "bad_argument", "schema_mismatch"})
@@ -179,15 +247,21 @@ def flower_exit_code(returncode: int, log_tail: str) -> int:
     return int(found[-1]) if found else returncode
 
 
-def _supernode_exit_message(settings: NodeSettings, code: int, tail: str) -> str:
+def _supernode_exit_message(
+    settings: NodeSettings, code: int, tail: str, *, waited_s: float | None = None
+) -> str:
     code = flower_exit_code(code, tail)
     if code == REFUSED_EXIT:
+        waited = f" for {waited_s:.0f} s" if waited_s is not None else ""
         return (
-            f"The SuperLink at {settings.superlink.address} refused node {settings.node.name!r}: "
-            f"its key {settings.auth.private_key} is not registered (flower-supernode exit "
-            f"{code}). Ask the coordinator to register the matching .pub key, then restart. "
-            "(A node restarted right after a crash is refused the same way for about a "
-            "minute, while its previous session still counts as online.)"
+            f"The SuperLink at {settings.superlink.address} refused to activate node "
+            f"{settings.node.name!r}{waited} (flower-supernode exit {code}). Flower gives the "
+            "same answer for two causes: (1) its key "
+            f"{settings.auth.private_key} is not registered: ask the coordinator to register "
+            "the matching .pub key, then restart the node; (2) a session with this key is "
+            "still online at the SuperLink: another node is running with the same key (stop "
+            "it: each node needs its own key), or a previous session has not expired yet "
+            "(restart the node in a minute)."
         )
     return (
         f"flower-supernode for node {settings.node.name!r} exited with code {code}. "

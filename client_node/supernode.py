@@ -21,6 +21,7 @@ from lepton_fl.processes import ManagedProcess, flower_env, require_free_port
 
 RUNTIME_HOST = "127.0.0.1"
 SECRET_FILE = "superexec.secret"  # noqa: S105 - a file name, not a secret
+PID_FILE = "supernode.pid"
 
 
 def runtime_address(settings: NodeSettings) -> str:
@@ -31,6 +32,11 @@ def runtime_address(settings: NodeSettings) -> str:
 def superexec_secret_path(settings: NodeSettings) -> Path:
     """The SuperExec secret file in the node's state directory."""
     return settings.node.state_dir / SECRET_FILE
+
+
+def supernode_log_path(settings: NodeSettings) -> Path:
+    """The SuperNode's log (every start appends to it)."""
+    return settings.node.state_dir / "logs" / "supernode.log"
 
 
 def new_superexec_secret(settings: NodeSettings) -> bytes:
@@ -76,19 +82,24 @@ def start_supernode(settings: NodeSettings, *, check_port: bool = True) -> Manag
     """Start flower-supernode as a child process logging to the node's state directory.
 
     It dies with the trainer: a SuperNode whose trainer is gone (crashed, killed, out of
-    memory) must leave the federation, not keep answering for a node that cannot train.
+    memory) must leave the federation, not keep answering for a node that cannot train. Should
+    one survive its trainer anyway, the next start stops it first (its pid file,
+    ``state_dir/supernode.pid``: see `lepton_fl.processes.stop_orphan`).
     Call `new_superexec_secret` first. `check_port=False` when restarting it: the port its
     predecessor used lingers in TIME_WAIT, which our strict check (no SO_REUSEADDR) refuses
     but uvicorn binds through.
     """
-    if check_port:
-        port = settings.flower.clientappio_port
-        require_free_port(RUNTIME_HOST, port, what="SuperNode runtime API")
-    return ManagedProcess(
+    process = ManagedProcess(
         name=f"flower-supernode ({settings.node.name})",
         argv=supernode_command(settings),
-        log_path=settings.node.state_dir / "logs" / "supernode.log",
+        log_path=supernode_log_path(settings),
         env=flower_env(settings.flwr_home),
         cwd=settings.node.state_dir,
         die_with_parent=True,
-    ).start()
+        pid_file=settings.node.state_dir / PID_FILE,
+    )
+    process.stop_orphan()  # before the port check: an orphan would hold the port
+    if check_port:
+        port = settings.flower.clientappio_port
+        require_free_port(RUNTIME_HOST, port, what="SuperNode runtime API")
+    return process.start()

@@ -14,6 +14,8 @@ loopback only, and this front is the one port the outside world reaches:
 
 nginx is a well-kept TLS server from the distribution (Debian's ``nginx-light``); we write
 its configuration from our settings, start it as a child process and stop it by its PID.
+Its pid file (``front.pid``) lets the next start stop a front that outlived a crashed
+coordinator (`lepton_fl.processes.stop_orphan`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lepton_fl.processes import ManagedProcess, ProcessError
 
 FLEET_PREFIX = "/v1/fleet/"
 NGINX_SEARCH_PATH = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+PID_FILE = "front.pid"  # ours (nginx writes its own nginx.pid beside it)
 MAX_BODY = "1024m"  # a MiniLM top layer is 7.7 MB per message; Flower caps FABs and objects
 
 
@@ -132,4 +135,5 @@ def front_process(settings: FrontSettings) -> ManagedProcess:
         log_path=settings.log_dir / "front.log",
         cwd=settings.directory,
         die_with_parent=True,
+        pid_file=settings.directory / PID_FILE,
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,8 +26,10 @@ from lepton_fl.processes import (
     ProcessError,
     flower_env,
     port_is_free,
+    read_pid_file,
     require_free_port,
     wait_until,
+    write_pid_file,
 )
 
 
@@ -138,3 +144,135 @@ def test_a_port_held_only_by_time_wait_connections_is_free_but_a_listener_is_not
     listener.close()
 
     assert port_is_free("127.0.0.1", port)  # a restarted server could bind it: so may we
+
+
+def _orphan_script(tmp_path: Path) -> tuple[Path, Path]:
+    """A script (run through its #! interpreter, as flower-superlink is) that starts a child
+    in its own process group and writes that child's pid, then waits."""
+    child_pid = tmp_path / "grandchild.pid"
+    script = tmp_path / "long-lived-service"
+    script.write_text(f"#!/bin/sh\nsleep 3000 &\necho $! > {child_pid}\nwait\n")
+    script.chmod(0o755)
+    return script, child_pid
+
+
+def test_a_start_stops_the_orphan_an_earlier_start_left_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A parent that dies without stopping its child (here: it exits at once, and the child
+    # was started without the parent-death signal) leaves an orphan, reparented away from it.
+    script, grandchild_pid = _orphan_script(tmp_path)
+    pid_file = tmp_path / "service.pid"
+    starter = (
+        "import os, pathlib\n"
+        "from lepton_fl.processes import ManagedProcess\n"
+        f"p = ManagedProcess(name='service', argv=[{str(script)!r}], "
+        f"log_path=pathlib.Path({str(tmp_path / 'service.log')!r}), "
+        f"pid_file=pathlib.Path({str(pid_file)!r})).start()\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, check=True
+    )
+    orphan = int(done.stdout)
+    wait_until(
+        lambda: grandchild_pid.exists() and grandchild_pid.read_text() != "",
+        timeout=30,
+        what="the orphan's child",
+    )
+    grandchild = int(grandchild_pid.read_text())
+    assert _alive(orphan)
+    assert _alive(grandchild)
+    record = read_pid_file(pid_file)
+    assert record is not None
+    assert record.pid == orphan
+    assert record.argv == (str(script),)
+
+    caplog.set_level(logging.WARNING, logger="lepton.processes")
+    again = ManagedProcess(
+        name="service", argv=[str(script)], log_path=tmp_path / "again.log", pid_file=pid_file
+    ).start()
+    try:
+        assert not _alive(orphan)
+        assert not _alive(grandchild)
+        [line] = [r.getMessage() for r in caplog.records]
+        assert f"stopping pid {orphan}" in line
+        assert "service" in line
+        new = read_pid_file(pid_file)
+        assert new is not None
+        assert new.pid == again.pid
+    finally:
+        again.stop(timeout=5)
+    assert not pid_file.exists()  # a clean stop leaves no pid file
+
+
+def test_a_start_stops_the_children_a_killed_leader_left_in_its_group(tmp_path: Path) -> None:
+    """nginx's case: the master we started dies (its parent-death signal) and its workers,
+    which it started, live on in its process group holding the port."""
+    script, grandchild_pid = _orphan_script(tmp_path)
+    pid_file = tmp_path / "service.pid"
+    first = ManagedProcess(
+        name="service", argv=[str(script)], log_path=tmp_path / "first.log", pid_file=pid_file
+    ).start()
+    wait_until(
+        lambda: grandchild_pid.exists() and grandchild_pid.read_text() != "",
+        timeout=30,
+        what="the leader's child",
+    )
+    worker = int(grandchild_pid.read_text())
+    os.kill(first.pid, signal.SIGKILL)  # the leader alone
+    wait_until(lambda: first.poll() is not None, timeout=10, what="the leader to die")
+    assert _alive(worker)
+
+    again = ManagedProcess(
+        name="service", argv=[str(script)], log_path=tmp_path / "again.log", pid_file=pid_file
+    ).start()
+    try:
+        assert not _alive(worker)
+    finally:
+        again.stop(timeout=5)
+
+
+def test_a_pid_file_naming_a_dead_or_unrelated_process_kills_nothing(tmp_path: Path) -> None:
+    pid_file = tmp_path / "service.pid"
+    argv = ["sleep", "3000"]
+    # A process with another command line under the recorded pid: not ours.
+    unrelated = subprocess.Popen(["sleep", "3001"], start_new_session=True)
+    dead = subprocess.Popen(["sleep", "3000"])
+    dead.kill()
+    dead.wait()
+    try:
+        for pid in (unrelated.pid, dead.pid):
+            write_pid_file(pid_file, pid, argv)
+            ours = ManagedProcess(
+                name="service", argv=argv, log_path=tmp_path / "s.log", pid_file=pid_file
+            ).start()
+            ours.stop(timeout=5)
+            assert unrelated.poll() is None  # still running, untouched
+            assert not pid_file.exists()
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_a_child_whose_starter_still_runs_is_no_orphan(tmp_path: Path) -> None:
+    # Two starts on one directory at once: the second must not kill the first one's child.
+    pid_file = tmp_path / "service.pid"
+    argv = ["sleep", "3000"]
+    first = ManagedProcess(
+        name="service", argv=argv, log_path=tmp_path / "1.log", pid_file=pid_file
+    ).start()
+    try:
+        second = ManagedProcess(
+            name="service", argv=argv, log_path=tmp_path / "2.log", pid_file=pid_file
+        )
+        with pytest.raises(ProcessError, match="still running") as caught:
+            second.start()
+        assert caught.value.code == "already_running"
+        assert first.running()
+        record = read_pid_file(pid_file)
+        assert record is not None
+        assert record.pid == first.pid
+    finally:
+        first.stop(timeout=5)

@@ -6,18 +6,39 @@ from __future__ import annotations
 import functools
 import inspect
 import time
+from pathlib import Path
 from types import ModuleType
 
 import pytest
+from flwr.common import constant
+from flwr.common.constant import NOOP_ACCOUNT_NAME, NOOP_FLWR_AID
+from flwr.proto.fleet_pb2 import ActivateNodeRequest
+from flwr.proto.heartbeat_pb2 import SendNodeHeartbeatRequest
+from flwr.proto.node_pb2 import Node
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.supercore import heartbeat
+from flwr.supercore.error import FlowerError
 from flwr.supercore.inflatable import inflatable_utils
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
 from flwr.superlink.grid import http_grid
-from flwr.supernode import start_client_internal
+from flwr.superlink.servicer.fleet import fleet_handlers
+from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.runtime import run_clientapp
 
-from client_node.executor import NodeExecutor
+from client_node.executor import TASK_INPUT_WAIT_S, NodeExecutor
+from client_node.runner import (
+    REACTIVATION_GRACE_S,
+    REFUSED_EXIT,
+    _refusal_line,
+    _supernode_exit_message,
+)
+from client_node.settings import load_node_settings
 from client_node.supernode_launcher import (
+    HEARTBEAT_INTERVAL_S,
     IDLE_MAX_S,
     IDLE_MIN_S,
+    STALE_SESSION_S,
     AdaptiveWaits,
     FlowerVersionError,
     check_flower_version,
@@ -43,6 +64,7 @@ def test_another_flower_version_is_refused_loudly() -> None:
 
 def test_install_replaces_time_and_the_pull_backoff_in_the_supernode_loop_only() -> None:
     original_time, original_pull = start_client_internal.time, start_client_internal.pull_objects
+    original_interval = fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL
     try:
         install()
         waits = install()  # a second install wraps nothing twice
@@ -55,9 +77,70 @@ def test_install_replaces_time_and_the_pull_backoff_in_the_supernode_loop_only()
         assert pull.func is inflatable_utils.pull_objects
         assert pull.keywords == {"initial_backoff": 0.05, "backoff_cap": 1.0}
         assert inflatable_utils.pull_objects is original_pull  # Flower's own is untouched
+        assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == HEARTBEAT_INTERVAL_S == 10
+        assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == HEARTBEAT_INTERVAL_S
+        assert constant.HEARTBEAT_DEFAULT_INTERVAL == 30  # Flower's own is untouched
     finally:
         start_client_internal.time = original_time  # type: ignore[attr-defined]
         start_client_internal.pull_objects = original_pull  # type: ignore[attr-defined]
+        fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = original_interval  # type: ignore[attr-defined]
+        heartbeat.HEARTBEAT_DEFAULT_INTERVAL = original_interval  # type: ignore[attr-defined]
+
+
+def test_the_heartbeat_interval_we_shorten_is_the_one_the_supernode_sends_and_waits() -> None:
+    # Flower 1.42 reads HEARTBEAT_DEFAULT_INTERVAL by name: in the Fleet connection for
+    # ActivateNode and every SendNodeHeartbeat, and in the sender's wait between heartbeats.
+    connection = inspect.getsource(fleet_http_connection)
+    sender = inspect.getsource(heartbeat.HeartbeatSender._run)
+
+    assert "from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL\n" in connection
+    assert connection.count("heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL") == 2
+    assert "HeartbeatSender(send_node_heartbeat)" in connection
+    assert "HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT" in sender
+    # A heartbeat every (10 - 5) * 0.7..0.9 = 3.5..4.5 s; a call may take up to 5 s.
+    assert constant.HEARTBEAT_CALL_TIMEOUT == 5
+    assert constant.HEARTBEAT_BASE_MULTIPLIER + max(constant.HEARTBEAT_RANDOM_RANGE) == 0.9
+    assert constant.HEARTBEAT_MIN_INTERVAL == HEARTBEAT_INTERVAL_S  # the shortest it accepts
+    assert constant.HEARTBEAT_PATIENCE == 2
+    assert STALE_SESSION_S == 20
+    assert REACTIVATION_GRACE_S > STALE_SESSION_S
+
+
+def test_the_superlink_honours_the_interval_the_node_asks_for() -> None:
+    # The SuperLink's own state and Fleet handlers (in-memory SQLite): a node activated with
+    # our interval counts as online for 2 x 10 s, a heartbeat extends that by 20 s, its key
+    # is refused a second activation meanwhile (exit 305 on the node), and a shorter interval
+    # than Flower's minimum is refused outright.
+    state = LinkStateFactory(":memory:", NoOpFederationManager(), ObjectStoreFactory()).state()
+    node_id = state.create_node(NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, b"node-key", 30)
+
+    def activate(interval: float) -> None:
+        request = ActivateNodeRequest(public_key=b"node-key", heartbeat_interval=interval)
+        fleet_handlers.activate_node(request, state)
+
+    def online_for() -> float:
+        (info,) = state.get_node_info(node_ids=[node_id])
+        assert info.status == "online"
+        assert info.heartbeat_interval == HEARTBEAT_INTERVAL_S
+        return info.online_until - time.time()
+
+    activate(HEARTBEAT_INTERVAL_S)
+    assert STALE_SESSION_S - 2 < online_for() <= STALE_SESSION_S
+    with pytest.raises(FlowerError, match="could not be activated"):
+        activate(HEARTBEAT_INTERVAL_S)  # the session still counts as online
+    beat = SendNodeHeartbeatRequest(
+        node=Node(node_id=node_id), heartbeat_interval=HEARTBEAT_INTERVAL_S
+    )
+    assert fleet_handlers.send_node_heartbeat(beat, state).success
+    assert STALE_SESSION_S - 2 < online_for() <= STALE_SESSION_S
+    with pytest.raises(FlowerError) as caught:
+        fleet_handlers.send_node_heartbeat(
+            SendNodeHeartbeatRequest(
+                node=Node(node_id=node_id), heartbeat_interval=HEARTBEAT_INTERVAL_S - 1
+            ),
+            state,
+        )
+    assert "out of bounds" in str(caught.value)
 
 
 def test_flowers_object_pull_backoff_is_what_we_shorten() -> None:
@@ -103,7 +186,13 @@ def test_the_executor_shortens_the_backoff_of_its_task_input_pulls() -> None:
         pull = run_clientapp.pull_and_inflate_object_from_tree
         assert isinstance(pull, functools.partial)
         assert pull.func is inflatable_utils.pull_and_inflate_object_from_tree
-        assert pull.keywords == {"initial_backoff": 0.05, "backoff_cap": 1.0}
+        # bounded: objects the SuperNode lost (the run ended mid-pull) never come, and the
+        # one executor thread must go on to the next run's tasks
+        assert pull.keywords == {
+            "initial_backoff": 0.05,
+            "backoff_cap": 1.0,
+            "max_time": TASK_INPUT_WAIT_S,
+        }
     finally:
         executor.stop()
         run_clientapp.pull_and_inflate_object_from_tree = original  # type: ignore[attr-defined]
@@ -125,3 +214,97 @@ def test_the_serverapp_bounds_how_long_a_pull_waits_for_missing_objects() -> Non
     pull = module.pull_objects
     assert pull.keywords == {"initial_backoff": 0.05, "backoff_cap": 1.0, "max_time": 30.0}
     assert inspect.signature(inflatable_utils.pull_objects).parameters["max_time"].default == 7200
+
+
+NODE_TOML = """
+[node]
+name = "clinic"
+state_dir = "state"
+
+[data]
+task = "breast_cancer"
+partition = "site-0-of-3"
+
+[privacy]
+epsilon_budget = 4.0
+federations = ["f"]
+
+[superlink]
+address = "127.0.0.1:9093"
+root_certificates = "ca.pem"
+
+[auth]
+private_key = "clinic"
+"""
+
+
+def test_a_refused_activation_never_claims_the_key_is_unregistered_while_it_may_be_stale(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "clinic").write_text("key")
+    (tmp_path / "node.toml").write_text(NODE_TOML)
+    settings = load_node_settings(tmp_path / "node.toml")
+
+    restarted = _refusal_line(settings, 5.0, restarted=True)
+    fresh = _refusal_line(settings, 5.0, restarted=False)
+    final = _supernode_exit_message(settings, 1, f"Exit Code: {REFUSED_EXIT}", waited_s=31.0)
+
+    assert "previous session" in restarted
+    assert "within 15 s" in restarted  # 20 s at most after its last heartbeat
+    assert "Retrying for up to 25 s" in restarted
+    assert "not registered" not in restarted
+    assert "either a session with its key" in fresh
+    assert "or the key is not registered" in fresh
+    assert "for 31 s" in final
+    assert "(1) its key" in final
+    assert "(2) a session with this key is still online" in final
+
+
+def test_a_stale_reply_no_longer_holds_back_the_reply_after_it() -> None:
+    """Flower's SuperNode pushes replies once per pulled message. A reply of a run that ended
+    (the coordinator died while the node answered) took that push and was refused; the reply
+    to the newly pulled message then waited for a pull that never came. With
+    `push_every_reply` both are pushed, with Flower's own push function and node state."""
+    from flwr.app import Message, RecordDict
+    from flwr.app.message.message import make_message
+    from flwr.app.metadata import Metadata
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from client_node.supernode_launcher import pending_replies, push_every_reply
+
+    stores = ObjectStoreFactory()
+    store = stores.store()
+    state = NodeStateFactory(stores).state()
+    replies = {}
+    for run_id in (7, 8):  # 7 ended at the SuperLink, 8 is the new run
+        metadata = Metadata(run_id, "", 0, 1, "", "1", time.time(), 60.0, "query")
+        incoming = make_message(metadata, RecordDict())
+        start_client_internal._insert_message(incoming, state, store)
+        state.get_messages_legacy(is_reply=False)  # the executor took the task
+        replies[run_id] = Message(RecordDict(), reply_to=incoming)
+    start_client_internal._insert_message(replies[7], state, store)
+    sent: list[int] = []
+
+    def send(message: Message, tree: object, runtime: float) -> tuple[set[str], str]:
+        if message.metadata.run_id == 7:  # meanwhile the executor answers run 8's message
+            start_client_internal._insert_message(replies[8], state, store)
+            raise start_client_internal.RunNotRunningException
+        sent.append(message.metadata.run_id)
+        return set(), "session"
+
+    module = ModuleType("supernode_loop")
+    module._push_messages = start_client_internal._push_messages  # type: ignore[attr-defined]
+    assert pending_replies(state) == 1
+
+    push_every_reply(module)
+    push_every_reply(module)  # idempotent: still one wrapper around Flower's function
+    module._push_messages(  # type: ignore[attr-defined]
+        state=state, object_store=store, send=send, push_object=lambda *a: None
+    )
+
+    assert sent == [8]
+    assert pending_replies(state) == 0
+    assert "_push_messages(\n                state=state," in inspect.getsource(
+        start_client_internal.start_client_internal
+    )
