@@ -13,6 +13,9 @@ import uvicorn
 
 from coordinator.db import Database
 from coordinator.fl.launcher import ServerAppLauncher
+from coordinator.services.errors import ServiceError
+from coordinator.services.gateway import RunLauncher
+from coordinator.services.reconcile import RunReconciler, reconcile_runs
 from coordinator.services.round_sink import JournalFollower
 from coordinator.superlink import SuperLink, SuperLinkSettings
 from lepton_fl.processes import ProcessError, require_free_port
@@ -59,12 +62,18 @@ def run_coordinator(
     )
     api_thread = None
     follower = None
+    reconciler = None
     try:
+        if prepared is not None:
+            _settle_runs_at_start(prepared[1], prepared[2])
         launcher.start()
         if prepared is not None and api is not None:
-            api_server, db = prepared
+            api_server, db, run_launcher = prepared
             follower = JournalFollower(db)
             follower.start()
+            if run_launcher is not None:
+                reconciler = RunReconciler(db, run_launcher)
+                reconciler.start()
             api_thread = threading.Thread(target=api_server.run, name="admin-api", daemon=True)
             api_thread.start()
             print(f"Admin API on http://{api.host}:{api.port}/api/v1 (docs at /docs)", flush=True)
@@ -92,12 +101,30 @@ def run_coordinator(
         if api_thread is not None:
             api_thread.join(timeout=10)
         launcher.stop()
+        if reconciler is not None:
+            reconciler.stop()
         if follower is not None:
             follower.stop()
         superlink.stop()
 
 
-def _prepare_api(settings: SuperLinkSettings, api: ApiOptions) -> tuple[uvicorn.Server, Database]:
+def _settle_runs_at_start(db: Database, launcher: RunLauncher | None) -> None:
+    """End the runs the previous coordinator process left active (`reconcile_runs`), before
+    this one claims any ServerApp task or serves any request."""
+    if launcher is None:
+        return
+    try:
+        settled = reconcile_runs(db, launcher, at_start=True)
+    except ServiceError as err:
+        print(f"Could not reconcile runs with the SuperLink: {err.message}", flush=True)
+        return
+    for run in settled:
+        print(f"Run {run.run_id} ended: {run.reason}", flush=True)
+
+
+def _prepare_api(
+    settings: SuperLinkSettings, api: ApiOptions
+) -> tuple[uvicorn.Server, Database, RunLauncher | None]:
     """Upgrade the database and build the server before anything is started."""
     from coordinator.api import AdminSettings, create_app
 
@@ -108,4 +135,5 @@ def _prepare_api(settings: SuperLinkSettings, api: ApiOptions) -> tuple[uvicorn.
         )
     )
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning")
-    return uvicorn.Server(config), app.state.context.db
+    context = app.state.context
+    return uvicorn.Server(config), context.db, context.launcher

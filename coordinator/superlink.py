@@ -173,20 +173,26 @@ class SuperLink:
         """Start flower-superlink on loopback, then the public Fleet front; wait for both."""
         s = self.settings
         s.check_files()
-        require_free_port(s.host, s.port, what="Fleet front")
-        require_free_port(LOOPBACK, s.superlink_port, what="SuperLink (loopback)")
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        create_pki(s.loopback_pki, node_names=[], hosts=(LOOPBACK, "localhost"), overwrite=True)
         front = front_process(self.front_settings())  # fails early when nginx is missing
-        self.write_connection_config()
-        self.process = ManagedProcess(
+        superlink = ManagedProcess(
             name="flower-superlink",
             argv=self.command(),
             log_path=s.data_dir / "logs" / "superlink.log",
             env=flower_env(s.flwr_home),
             cwd=s.data_dir,
             die_with_parent=True,
-        ).start()
+            pid_file=s.data_dir / "flower-superlink.pid",
+        )
+        # A front or SuperLink that outlived a crashed coordinator holds the ports: stop it
+        # (only if its pid file shows it is ours) before checking them.
+        front.stop_orphan()
+        superlink.stop_orphan()
+        require_free_port(s.host, s.port, what="Fleet front")
+        require_free_port(LOOPBACK, s.superlink_port, what="SuperLink (loopback)")
+        create_pki(s.loopback_pki, node_names=[], hosts=(LOOPBACK, "localhost"), overwrite=True)
+        self.write_connection_config()
+        self.process = superlink.start()
         wait_until(
             lambda: port_accepts(LOOPBACK, s.superlink_port),
             timeout=timeout,
@@ -274,6 +280,16 @@ class SuperLink:
         """Ask the SuperLink to stop a run (`flwr stop`)."""
         self.flwr("stop", str(run_id), CONNECTION)
 
+    def run_statuses(self) -> dict[int, FlowerRunStatus]:
+        """Every run the SuperLink knows, by Flower run id (`flwr ls`)."""
+        payload = self.flwr("ls", CONNECTION)
+        found: dict[int, FlowerRunStatus] = {}
+        for row in payload.get("runs", []):
+            status = FlowerRunStatus.from_ls_row(row)
+            if status is not None:
+                found[status.run_id] = status
+        return found
+
     def submit_run(self, run: RunSpec, *, work_dir: Path) -> int:
         """Submit the Lepton Flower app for `run`; return Flower's run id."""
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +299,41 @@ class SuperLink:
             "run", str(fab_directory()), CONNECTION, "--run-config", str(config_path)
         )
         return int(payload["run-id"])
+
+
+@dataclass(frozen=True)
+class FlowerRunStatus:
+    """One run as the SuperLink reports it: Flower's status (``pending``, ``starting``,
+    ``running``, ``finished``), and for a finished run its sub-status (``completed``,
+    ``failed``, ``stopped``) and the SuperLink's details (why it failed)."""
+
+    run_id: int
+    status: str
+    sub_status: str = ""
+    details: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the SuperLink has ended the run (it will send its nodes nothing more)."""
+        return self.status == "finished"
+
+    def describe(self) -> str:
+        """``finished:failed (No heartbeat received from the task.)`` and the like."""
+        text = f"{self.status}:{self.sub_status}" if self.sub_status else self.status
+        return f"{text} ({self.details})" if self.details else text
+
+    @classmethod
+    def from_ls_row(cls, row: object) -> FlowerRunStatus | None:
+        """A row of `flwr ls --format json` (``None`` when it is not one)."""
+        if not isinstance(row, dict):
+            return None
+        try:
+            run_id = int(str(row["run-id"]))
+        except (KeyError, ValueError):
+            return None
+        status, _, sub_status = str(row.get("status", "")).partition(":")
+        details = row.get("status-details")
+        return cls(run_id, status, sub_status, details if isinstance(details, str) else "")
 
 
 def _last_json_object(text: str) -> dict[str, Any] | None:
@@ -297,4 +348,11 @@ def _last_json_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-__all__ = ["CONNECTION", "ProcessError", "SuperLink", "SuperLinkError", "SuperLinkSettings"]
+__all__ = [
+    "CONNECTION",
+    "FlowerRunStatus",
+    "ProcessError",
+    "SuperLink",
+    "SuperLinkError",
+    "SuperLinkSettings",
+]

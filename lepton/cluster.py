@@ -8,7 +8,9 @@ the real CLI and stopped by PID.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import subprocess
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -177,14 +179,22 @@ class LocalCluster:
             process=coordinator,
         )
 
-    def restart_coordinator(self, *, timeout: float = 60.0) -> None:
+    def restart_coordinator(self, *, timeout: float = 60.0, crash: bool = False) -> None:
         """Stop the coordinator (SIGTERM, by its PID) and start it again with the same command
-        line, ports and data directory, as an operator would; the nodes keep running."""
+        line, ports and data directory, as an operator would; the nodes keep running.
+
+        ``crash``: SIGKILL the `lepton coordinator start` process alone instead, as the OOM
+        killer would, and start again as soon as it is gone: its children (SuperLink, front,
+        ServerApps) must end by themselves, or the restart finds its ports taken."""
         assert self.superlink is not None
         old = next((p for p in self._processes if p.name == "lepton coordinator"), None)
         if old is None:
             raise ProcessError("The coordinator is not started: call start_coordinator first.")
-        old.stop()
+        if crash:
+            os.kill(old.pid, signal.SIGKILL)
+            wait_until(lambda: old.poll() is not None, timeout=30, what="the killed coordinator")
+        else:
+            old.stop()
         self._processes.remove(old)
         again = self._track(
             ManagedProcess(name=old.name, argv=old.argv, log_path=old.log_path, env=old.env)
@@ -226,6 +236,17 @@ class LocalCluster:
         process = self.nodes[name].process
         self._processes.remove(process)
         process.kill()
+
+    def restart_node(self, name: str) -> RunningNode:
+        """Kill a node as `kill_node` does, then start it again at once with the same command
+        line, node.toml and state directory, as a service manager would after a crash."""
+        node = self.nodes[name]
+        old = node.process
+        self.kill_node(name)
+        node.process = self._track(
+            ManagedProcess(name=old.name, argv=old.argv, log_path=old.log_path, env=old.env)
+        )
+        return node
 
     @property
     def api_url(self) -> str:

@@ -105,6 +105,9 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
             "sample_rate": e.sample_rate,
             "steps": e.steps,
             "kind": e.kind,
+            "delta": e.delta,
+            "accountant": e.accountant,
+            "epsilon_after": e.epsilon_after,
         }
         for e in entries
     ]

@@ -28,6 +28,7 @@ from lepton_fl.crypto.release import verify_release
 pytestmark = pytest.mark.slow
 
 FED = "e2e-admin"
+CRASH_FED = "e2e-crash"  # 4 rounds: long enough to be killed mid-run
 SITES = {"site-a": ("hospitals", 0), "site-b": ("hospitals", 1), "site-c": ("clinic", 2)}
 
 
@@ -57,7 +58,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """`lepton coordinator start` (SuperLink + admin API) with nothing registered: the API
     enrolls the nodes."""
     plans = [
-        NodePlan(name, "breast_cancer", f"site-{partition}-of-3", 10.0, (FED,))
+        NodePlan(name, "breast_cancer", f"site-{partition}-of-3", 10.0, (FED, CRASH_FED))
         for name, (_, partition) in SITES.items()
     ]
     with LocalCluster(tmp_path_factory.mktemp("admin-e2e"), plans) as cluster:
@@ -159,7 +160,7 @@ def test_ledger_matches_every_nodes_own_ledger(
         ]
         assert report["epsilon_spent"] == pytest.approx(report["epsilon_reported"], rel=1e-6)
         assert 0 < report["epsilon_spent"] <= 2.0 + 1e-9
-        assert verdict == {"ok": True, "mismatches": []}
+        assert verdict == {"ok": True, "mismatches": [], "repaired": []}
 
 
 def test_signed_release_verifies_offline(
@@ -201,6 +202,87 @@ def test_audit_chain_verifies_then_names_a_tampered_row(
     assert verdict["ok"] is False
     assert verdict["first_broken_seq"] == target
     assert f"Row {target}" in verdict["reason"]
+
+
+def _wait_for_run(d: Deployment, run_id: str, *, until: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    run = d.call("GET", f"/runs/{run_id}", d.admin)
+    while not until(run) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = d.call("GET", f"/runs/{run_id}", d.admin)
+    return run  # type: ignore[no-any-return]
+
+
+def _own_rows(d: Deployment, name: str, flower_run_id: str) -> list[tuple[int, str]]:
+    with Ledger(d.cluster.nodes[name].ledger_path, read_only=True) as own:
+        return [(e.round, e.kind) for e in own.entries() if e.run_id == flower_run_id]
+
+
+def test_a_coordinator_killed_mid_run_restarts_and_the_run_ends(
+    deployment: Deployment, finished: dict[str, Any]
+) -> None:
+    """SIGKILL `lepton coordinator start` alone mid-round (as the OOM killer would) and start
+    it again at once on the same data dir: it starts on the first try, the interrupted run
+    ends with the reason, the federation runs again, and the ledgers agree."""
+    d = deployment
+    federation = d.call(
+        "POST",
+        "/federations",
+        d.admin,
+        json={
+            "name": CRASH_FED,
+            "task": "breast_cancer",
+            "rounds": 4,
+            "min_participants": 3,
+            "privacy": {"target_epsilon": 2.0, "delta": 1e-5, "max_grad_norm": 1.0},
+            "training": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.3},
+            "secure_aggregation": {"enabled": True},
+            "members": [n["id"] for n in finished["nodes"].values()],
+        },
+    )["id"]
+    run = d.call("POST", f"/federations/{federation}/runs", d.admin)
+    run = _wait_for_run(d, run["id"], until=lambda r: r["rounds_completed"] >= 1, timeout=180)
+    assert run["state"] == "running", run
+
+    d.cluster.restart_coordinator(crash=True)
+    d.cluster.wait_for_api(timeout=60)
+    ended = _wait_for_run(d, run["id"], until=lambda r: r["state"] != "running", timeout=60)
+    charged = {name: _own_rows(d, name, ended["flower_run_id"]) for name in finished["nodes"]}
+    again = d.call("POST", f"/federations/{federation}/runs", d.admin)
+    again = _wait_for_run(
+        d, again["id"], until=lambda r: r["state"] not in ("submitted", "running"), timeout=240
+    )
+
+    assert ended["state"] == "failed", ended
+    assert "Interrupted by a coordinator restart" in ended["failure"], ended
+    assert again["state"] == "finished", again
+    for name, node in finished["nodes"].items():
+        # nothing of the interrupted run was charged again after the restart
+        assert _own_rows(d, name, ended["flower_run_id"]) == charged[name]
+        with Ledger(d.cluster.nodes[name].ledger_path, read_only=True) as own:
+            rows = [
+                {
+                    "flower_run_id": e.run_id,
+                    "round": e.round,
+                    "noise_multiplier": e.noise_multiplier,
+                    "sample_rate": e.sample_rate,
+                    "steps": e.steps,
+                    "kind": e.kind,
+                    "delta": e.delta,
+                    "accountant": e.accountant,
+                    "epsilon_after": e.epsilon_after,
+                }
+                for e in own.entries()
+            ]
+        path = f"/ledger/nodes/{node['id']}/reconcile"
+        # a round in flight at the kill may have charged a node whose reply never came:
+        # repair records it (not aggregated); after that the ledgers agree exactly
+        d.call("POST", path, d.admin, json={"entries": rows, "repair": True})
+        assert d.call("POST", path, d.admin, json={"entries": rows}) == {
+            "ok": True,
+            "mismatches": [],
+            "repaired": [],
+        }
 
 
 def test_revoked_node_is_unregistered(deployment: Deployment, finished: dict[str, Any]) -> None:

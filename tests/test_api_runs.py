@@ -92,7 +92,12 @@ def test_two_federations_run_at_once_but_one_federation_runs_once(world: World) 
     assert stopped["state"] == "stopped"
     api.ok("POST", f"/runs/{run_1['id']}/stop", api.admin)
     stop_again = api.call("POST", f"/runs/{run_1['id']}/stop", api.admin)
-    assert stop_again.status_code == 409
+    assert stop_again.status_code == 200  # stopping is idempotent: the final state, unchanged
+    assert stop_again.json()["state"] == "stopped"
+    assert (
+        stop_again.json()["finished_at"]
+        == api.ok("GET", f"/runs/{run_1['id']}", api.admin)["finished_at"]
+    )
 
 
 def test_finished_run_reports_rounds_and_participants(world: World) -> None:

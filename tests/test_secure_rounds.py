@@ -23,6 +23,7 @@ from client_node.trainer.secure import SecureAggregation
 from client_node.trainer.service import handle_request
 from coordinator.fl.rounds import RoundOutcome
 from coordinator.fl.secure_rounds import Answer, SecAggFedAvg
+from coordinator.fl.server_app import round_record
 from lepton_fl.config import FederationSpec, Member, PrivacySpec, TrainingSpec
 from lepton_fl.datasets import load_partition
 from lepton_fl.model_init import initial_weights
@@ -247,3 +248,34 @@ def test_a_request_replayed_into_another_run_is_refused(federation: Federation) 
     assert status["status"] == "refused"  # type: ignore[index]
     assert status["code"] == "secagg_binding_mismatch"  # type: ignore[index]
     assert [e.round for e in site.trainer.ledger.entries()] == [1]
+
+
+def test_a_round_failing_after_masked_inputs_keeps_every_nodes_charge(
+    federation: Federation,
+) -> None:
+    """Every node trained, charged its ledger and sent its masked input; then two go silent
+    before unmasking, so the sum cannot be opened and the round fails. The coordinator must
+    still record each charge (not aggregated): its ledger is never below a node's own."""
+    protocol = _protocol(federation)
+    federation.silent_from[1007] = "1.unmask"
+    federation.silent_from[1014] = "1.unmask"
+
+    outcome = _run_round(federation, protocol, 1, initial_weights(FED))
+    record = round_record(outcome)
+
+    assert outcome.weights is None
+    assert record.participants == ()
+    for site in federation.sites.values():
+        own = site.trainer.ledger.entries()
+        assert [(e.round, e.kind) for e in own] == [(1, "train")]  # the input left: charged
+        node = record.nodes[site.member.name]
+        assert node.status != "ok"
+        assert node.charge is not None, node
+        charge = node.charge
+        assert (charge.noise_multiplier, charge.sample_rate, charge.steps) == (
+            own[0].noise_multiplier,
+            own[0].sample_rate,
+            own[0].steps,
+        )
+        assert charge.epsilon == pytest.approx(own[0].epsilon_after)
+        assert "not aggregated" in node.reason

@@ -250,6 +250,14 @@ class LedgerEntryOut(BaseModel):
     epsilon_reported: float
     recorded_at: str
     kind: str
+    aggregated: bool = Field(
+        description="False: the node charged it (its update left the node) but it entered "
+        "no aggregate, e.g. a secure round that failed after the masked inputs were sent."
+    )
+    source: str = Field(
+        description="Where the coordinator learnt the charge: 'journal' (the run) or "
+        "'node_ledger' (a reconcile repair from the node's own ledger)."
+    )
 
 
 class FederationSpendOut(BaseModel):
@@ -265,7 +273,9 @@ class NodeLedgerOut(BaseModel):
     tenant_id: str
     epsilon_budget: float
     epsilon_spent: float = Field(description="Recomputed with Opacus from the whole history.")
-    epsilon_remaining: float
+    epsilon_remaining: float = Field(
+        description="The budget less the larger of epsilon_spent and epsilon_reported."
+    )
     epsilon_reported: float | None = Field(description="The node's own latest figure.")
     federations: list[FederationSpendOut]
     history: list[LedgerEntryOut]
@@ -307,11 +317,19 @@ class NodeLedgerRowIn(BaseModel):
     sample_rate: Annotated[float, Field(gt=0, le=1)]
     steps: Annotated[int, Field(ge=0, le=10**9)]
     kind: Literal["train", "evaluate"] = "train"
+    delta: Annotated[float, Field(gt=0, lt=1)] | None = None
+    accountant: Literal["rdp", "prv"] | None = None
+    epsilon_after: Annotated[float, Field(ge=0, le=1e6)] | None = None
 
 
 class ReconcileIn(BaseModel):
     model_config = _STRICT
     entries: list[NodeLedgerRowIn] = Field(max_length=100_000)
+    repair: bool = Field(
+        default=False,
+        description="Record the node's charges the coordinator lacks (rows with delta, "
+        "accountant and epsilon_after) as charged, not aggregated. Not for auditors.",
+    )
 
 
 class MismatchOut(BaseModel):
@@ -324,6 +342,7 @@ class MismatchOut(BaseModel):
 class ReconcileOut(BaseModel):
     ok: bool
     mismatches: list[MismatchOut]
+    repaired: list[MismatchOut] = Field(default_factory=list)
 
 
 class ReleaseIn(BaseModel):

@@ -144,6 +144,10 @@ class LedgerEntry(SQLModel, table=True):
     epsilon_reported: float  # the node's own epsilon of its whole history after this round
     recorded_at: str = Field(max_length=32)
     kind: str = Field(default="train", max_length=8)
+    # False: the node charged it (its update left the node) but the round produced no
+    # aggregate with it, e.g. a secure round that failed after the masked inputs were sent
+    aggregated: bool = Field(default=True)
+    source: str = Field(default="journal", max_length=16)  # or "node_ledger" (a repair)
 
 
 class Release(SQLModel, table=True):

@@ -12,8 +12,9 @@ line tag                event               written
 ``round_started``       `RoundStarted`      as each round begins
 ``round``               `RoundRecord`       as each round ends: participants, charges
 ``evaluation``          `EvaluationRecord`  after the last round, when one is scheduled
-``run_finished``,       `RunEnded`          once, last (`server_app.serve_run` alone)
-``run_failed``
+``run_finished``,       `RunEnded`          once, last (`server_app.serve_run`; or the
+``run_failed``                              coordinator's reconciler, for a run the
+                                            SuperLink ended without one)
 ======================  ==================  ==============================================
 
 A line is a JSON object: the tag under ``"event"``, the Unix time under ``"time"``, then
@@ -392,9 +393,10 @@ class JournalView:
 
     @property
     def ended(self) -> RunEnded | None:
-        """The run's end, once written."""
+        """The run's end, once written (the first: an ended run stays ended, as in the
+        admin database)."""
         found = self._of(RunEnded)
-        return found[-1] if found else None
+        return found[0] if found else None
 
     @property
     def finished(self) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.fl.messaging import NodeFailure, exchange
+from coordinator.fl.messaging import NodeFailure, exchange, online_node_ids
 from coordinator.fl.rounds import NodeOutcome, RoundOutcome
 from lepton_fl.config import FederationSpec, Member
 from lepton_fl.secagg import (
@@ -133,30 +133,40 @@ class SecAggFedAvg:
         *,
         timeout: float,
     ) -> RoundOutcome:
-        """One round: a session setup first if needed, then train + masked input, unmask."""
-        del grid  # the transport carries the messages
+        """One round: a session setup first if needed, then train + masked input, unmask.
+
+        A node whose masked input reached the coordinator has charged its ledger for the
+        round (it does so before the input leaves it): its outcome keeps its reply, and so
+        its charge, even when the round then fails or leaves it out of the sum, so that the
+        coordinator's ledger is never below the node's own."""
         started = time.monotonic()
         outcomes: dict[int, NodeOutcome] = {}
+        if grid is not None:
+            outcomes.update(_offline(grid, members))
         details: dict[str, Any] = {}
         by_id = {m.node_id: m for m in members}
+        charged: dict[int, TrainReply] = {}  # nodes whose masked input (and charge) came
+        in_round: set[int] = set()  # nodes asked for a masked input this round
         try:
-            session = self._ready_session(members, instruction, outcomes, timeout)
+            reachable = [m for m in members if m.node_id not in outcomes]
+            session = self._ready_session(reachable, instruction, outcomes, timeout)
             details["session"] = session.number
             details["session_round"] = instruction.round - session.first_round + 1
             if session.record:
                 details["setup"] = session.record
-            result, replies = self._aggregate(session, by_id, instruction, outcomes, timeout)
+            result = self._aggregate(
+                session, by_id, instruction, outcomes, timeout, charged, in_round
+            )
         except SecAggError as err:
             self._session = None  # the session is over; the next round re-keys
             details["failure"] = {"code": err.code.value, "reason": err.message}
             for m in members:
-                outcomes.setdefault(
-                    m.node_id, NodeOutcome(m, "error", f"secagg_{err.code.value}", err.message)
-                )
-            failed = [outcomes[m.node_id] for m in members]
+                outcomes.setdefault(m.node_id, _failed(m, err, in_round=m.node_id in in_round))
+            failed = [_keep_charge(outcomes[m.node_id], charged) for m in members]
             return RoundOutcome(
                 instruction.round, None, failed, time.monotonic() - started, details
             )
+        replies = charged
         scale = self._scale(session, result.active)
         size_bound = self._size_bound(session, result.active)
         weights, weight_sum = apply_sum(instruction.weights, result.values, scale=scale)
@@ -165,7 +175,9 @@ class SecAggFedAvg:
         for node_id in result.dropped:
             earlier = outcomes.get(node_id)
             if earlier is not None and (
-                earlier.status == "refused" or earlier.code.startswith("secagg_")
+                earlier.status == "refused"
+                or earlier.code.startswith("secagg_")
+                or earlier.code == "node_offline"
             ):
                 continue  # the reason it gave, or why its message was rejected, says more
             why = f" ({earlier.reason})" if earlier is not None and earlier.reason else ""
@@ -200,8 +212,11 @@ class SecAggFedAvg:
         if session.server.done:
             self._session = None
         ordered = [
-            outcomes.get(m.node_id)
-            or NodeOutcome(m, "dropped", "not_in_session", "The node was not in the session.")
+            _keep_charge(
+                outcomes.get(m.node_id)
+                or NodeOutcome(m, "dropped", "not_in_session", "The node was not in the session."),
+                charged,
+            )
             for m in members
         ]
         return RoundOutcome(
@@ -287,14 +302,18 @@ class SecAggFedAvg:
         instruction: RoundInstruction,
         outcomes: dict[int, NodeOutcome],
         timeout: float,
-    ) -> tuple[AggregateResult, dict[int, TrainReply]]:
+        summaries: dict[int, TrainReply],
+        in_round: set[int],
+    ) -> AggregateResult:
+        """Wave A (train + masked input) and wave B (unmask); ``summaries`` gets the reply of
+        every node whose masked input came (as it comes), ``in_round`` the nodes asked."""
         server = session.server
         requests = server.masked_input_requests()
         active = tuple(requests)
+        in_round.update(active)
         base = instruction_to_records(instruction)
         scale = self._scale(session, active)
         put_round_weighting(base, size_bound=self._size_bound(session, active), update_scale=scale)
-        summaries: dict[int, TrainReply] = {}
 
         def trained(node_id: int, content: RecordDict, reply: Reply) -> None:
             if isinstance(reply, MaskedInputReply):
@@ -303,7 +322,7 @@ class SecAggFedAvg:
         wave = _Waves(self.transport, server, by_id, outcomes, timeout)
         wave.send(requests, "train", str(instruction.round), base, trained)
         wave.send(server.unmask_requests(), "query", f"{instruction.round}.unmask")
-        return server.finalize(), summaries
+        return server.finalize()
 
     @staticmethod
     def _size_bound(session: _Session, active: Sequence[int]) -> int:
@@ -344,6 +363,8 @@ class _Waves:
             member = self.by_id[node_id]
             answer = answers.get(node_id)
             if answer is None:
+                if node_id in self.outcomes and self.outcomes[node_id].code == "node_offline":
+                    continue  # known not to be running: that says more than "no reply"
                 self.outcomes[node_id] = NodeOutcome(
                     member, "dropped", "no_reply", f"No answer to {group_id} in time."
                 )
@@ -374,6 +395,48 @@ class _Waves:
                 self.outcomes[node_id] = NodeOutcome(
                     member, "error", f"secagg_{rejection.code.value}", rejection.message
                 )
+
+
+def _offline(grid: Grid, members: Sequence[Member]) -> dict[int, NodeOutcome]:
+    """Members the SuperLink does not see connected: they are absent, whatever else fails."""
+    online = online_node_ids(grid)
+    return {
+        m.node_id: NodeOutcome(
+            m,
+            "dropped",
+            "node_offline",
+            "The node is not connected to the coordinator (its SuperNode is not running or "
+            "cannot reach the SuperLink); it was sent nothing this round.",
+        )
+        for m in members
+        if m.node_id not in online
+    }
+
+
+def _failed(member: Member, err: SecAggError, *, in_round: bool) -> NodeOutcome:
+    """A member's outcome in a round the session could not complete."""
+    if in_round:
+        return NodeOutcome(member, "error", f"secagg_{err.code.value}", err.message)
+    return NodeOutcome(
+        member,
+        "dropped",
+        "not_in_session",
+        "The node was not in this round's secure-aggregation session (it dropped out of it "
+        f"earlier); the round failed without it: {err.message}",
+    )
+
+
+def _keep_charge(outcome: NodeOutcome, charged: Mapping[int, TrainReply]) -> NodeOutcome:
+    """``outcome`` with the node's reply (and so its charge) if its masked input came."""
+    reply = charged.get(outcome.member.node_id)
+    if reply is None or outcome.reply is not None:
+        return outcome
+    return replace(
+        outcome,
+        reply=reply,
+        reason=f"{outcome.reason} Its masked input left the node, which charged its ledger: "
+        "the coordinator records the charge as not aggregated.".lstrip(),
+    )
 
 
 def _refusal(member: Member, content: RecordDict) -> NodeOutcome:

@@ -208,10 +208,14 @@ def round_record(outcome: RoundOutcome) -> RoundRecord:
 
 def node_record(o: NodeOutcome, *, withheld: bool = False) -> NodeRound:
     """One node's part of a round record (``withheld``: a secure round, whose replies carry
-    no example count and no timings)."""
+    no example count and no timings). A node that was not aggregated keeps the charge its
+    reply carries: its update left it, so it charged its ledger (the coordinator records
+    the charge as not aggregated)."""
     reply = o.reply
-    if reply is None or o.status != "ok":
+    if reply is None:
         return NodeRound(status=o.status, code=o.code, reason=o.reason)
+    if o.status != "ok":
+        return NodeRound(status=o.status, code=o.code, reason=o.reason, charge=reply.charge)
     if withheld:
         return NodeRound(status=o.status, code=o.code, reason=o.reason, charge=reply.charge)
     return NodeRound(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coordinator.services.errors import UpstreamError
-from coordinator.superlink import SuperLink, SuperLinkError
+from coordinator.superlink import FlowerRunStatus, SuperLink, SuperLinkError
 from lepton_fl.config import RunSpec
 
 
@@ -28,7 +28,7 @@ class NodeRegistry(Protocol):
 
 
 class RunLauncher(Protocol):
-    """Submits and stops runs."""
+    """Submits and stops runs, and says what the SuperLink knows of them."""
 
     def submit(self, run: RunSpec, *, work_dir: Path) -> int:
         """Submit a run; return Flower's run id."""
@@ -36,6 +36,10 @@ class RunLauncher(Protocol):
 
     def stop(self, flower_run_id: int) -> None:
         """Stop a run."""
+        ...
+
+    def statuses(self) -> dict[int, FlowerRunStatus]:
+        """Every run the SuperLink knows, by Flower run id."""
         ...
 
 
@@ -72,6 +76,12 @@ class SuperLinkGateway:
             self.superlink.stop_run(flower_run_id)
         except SuperLinkError as err:
             raise _upstream("stop the run", err) from err
+
+    def statuses(self) -> dict[int, FlowerRunStatus]:
+        try:
+            return self.superlink.run_statuses()
+        except SuperLinkError as err:
+            raise _upstream("list its runs", err) from err
 
 
 def _upstream(what: str, err: SuperLinkError) -> UpstreamError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlmodel import Session, col, select
 
@@ -22,7 +22,13 @@ from coordinator.db import Database
 from coordinator.db.tables import Federation, LedgerEntry, Node, Run, RunRound
 from coordinator.fl.journal import EvaluationRecord, RoundRecord
 from coordinator.services import audit
-from coordinator.services.common import Actor, check_tenant_visible, not_found, now_iso
+from coordinator.services.common import (
+    Actor,
+    check_tenant_visible,
+    not_found,
+    now_iso,
+    require_writer,
+)
 from coordinator.services.errors import NotFoundError
 from lepton_fl.config import AccountantName
 from lepton_fl.privacy import AccountantStep, epsilon_spent
@@ -37,6 +43,14 @@ def history_epsilon(entries: Sequence[LedgerEntry]) -> float:
     steps = [AccountantStep(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
     accountant: AccountantName = "prv" if latest.accountant == "prv" else "rdp"
     return epsilon_spent(steps, delta=latest.delta, accountant=accountant)
+
+
+def accountable_epsilon(entries: Sequence[LedgerEntry]) -> float:
+    """The epsilon a node's budget is held to: the larger of the coordinator's own figure
+    (`history_epsilon`) and the highest the node itself reported (its whole history, which
+    may hold charges whose replies never reached the coordinator)."""
+    reported = max((e.epsilon_reported for e in entries), default=0.0)
+    return max(history_epsilon(entries), reported)
 
 
 def node_entries(session: Session, node_id: str) -> list[LedgerEntry]:
@@ -76,11 +90,20 @@ def record_round(db: Database, run_id: str, record: RoundRecord) -> bool:
             )
         )
         charges: dict[str, float] = {}
+        not_aggregated: list[str] = []
         for name, node in record.nodes.items():
-            if node.charge is None or name not in by_name:
+            node_id = by_name.get(name)
+            if node.charge is None or node_id is None:
                 continue
-            session.add(_ledger_entry(run, by_name[name], rnd, node.charge, kind="train"))
-            charges[by_name[name]] = node.charge.epsilon
+            if _recorded(session, run_id, node_id, rnd, "train"):
+                continue  # a reply to a replayed round: the first charge stands
+            aggregated = node.status == "ok"
+            session.add(
+                _ledger_entry(run, node_id, rnd, node.charge, kind="train", aggregated=aggregated)
+            )
+            charges[node_id] = node.charge.epsilon
+            if not aggregated:
+                not_aggregated.append(node_id)
         run.rounds_completed = max(run.rounds_completed, rnd)
         if run.state == "submitted":
             run.state = "running"
@@ -90,9 +113,27 @@ def record_round(db: Database, run_id: str, record: RoundRecord) -> bool:
             Actor(role="system", label="serverapp"),
             "run.round",
             f"run:{run_id}",
-            {"round": rnd, "participants": participants, "epsilon_reported": charges},
+            {
+                "round": rnd,
+                "participants": participants,
+                "epsilon_reported": charges,
+                **({"charged_not_aggregated": not_aggregated} if not_aggregated else {}),
+            },
         )
     return True
+
+
+def _recorded(session: Session, run_id: str, node_id: str, rnd: int, kind: str) -> bool:
+    """Whether the coordinator already holds this node's charge for (run, round, kind)."""
+    found = session.exec(
+        select(LedgerEntry.id).where(
+            LedgerEntry.run_id == run_id,
+            LedgerEntry.node_id == node_id,
+            LedgerEntry.round == rnd,
+            LedgerEntry.kind == kind,
+        )
+    ).first()
+    return found is not None
 
 
 def record_evaluation(db: Database, run_id: str, record: EvaluationRecord) -> bool:
@@ -112,15 +153,7 @@ def record_evaluation(db: Database, run_id: str, record: EvaluationRecord) -> bo
             node_id = by_name.get(name)
             if node.charge is None or node_id is None:
                 continue
-            recorded = session.exec(
-                select(LedgerEntry).where(
-                    LedgerEntry.run_id == run_id,
-                    LedgerEntry.node_id == node_id,
-                    LedgerEntry.round == rnd,
-                    LedgerEntry.kind == "evaluate",
-                )
-            ).first()
-            if recorded is not None:
+            if _recorded(session, run_id, node_id, rnd, "evaluate"):
                 continue
             session.add(_ledger_entry(run, node_id, rnd, node.charge, kind="evaluate"))
             charges[node_id] = node.charge.epsilon
@@ -137,7 +170,13 @@ def record_evaluation(db: Database, run_id: str, record: EvaluationRecord) -> bo
 
 
 def _ledger_entry(
-    run: Run, node_id: str, rnd: int, charge: PrivacyCharge, *, kind: str
+    run: Run,
+    node_id: str,
+    rnd: int,
+    charge: PrivacyCharge,
+    *,
+    kind: str,
+    aggregated: bool = True,
 ) -> LedgerEntry:
     return LedgerEntry(
         node_id=node_id,
@@ -152,6 +191,7 @@ def _ledger_entry(
         epsilon_reported=charge.epsilon,
         recorded_at=now_iso(),
         kind=kind,
+        aggregated=aggregated,
     )
 
 
@@ -198,6 +238,7 @@ def node_ledger(
         entries = node_entries(session, node_id)
         names = {f.id: f.name for f in session.exec(select(Federation)).all()}
     spent = history_epsilon(entries)
+    accountable = accountable_epsilon(entries)
     by_federation: dict[str, list[LedgerEntry]] = {}
     for e in entries:
         by_federation.setdefault(e.federation_id, []).append(e)
@@ -209,8 +250,8 @@ def node_ledger(
         tenant_id=node.tenant_id,
         epsilon_budget=node.epsilon_budget,
         epsilon_spent=spent,
-        epsilon_remaining=max(0.0, node.epsilon_budget - spent),
-        epsilon_reported=entries[-1].epsilon_reported if entries else None,
+        epsilon_remaining=max(0.0, node.epsilon_budget - accountable),
+        epsilon_reported=max(e.epsilon_reported for e in entries) if entries else None,
         federations=[
             FederationSpend(fid, names.get(fid, fid), history_epsilon(rows), len(rows))
             for fid, rows in by_federation.items()
@@ -236,7 +277,8 @@ def ledger_overview(db: Database, actor: Actor) -> list[NodeLedger]:
 
 @dataclass(frozen=True)
 class NodeLedgerRow:
-    """One row of a node's own ledger: the Flower run id, the round, its kind and charge."""
+    """One row of a node's own ledger: the Flower run id, the round, its kind and charge
+    (``delta``, ``accountant`` and ``epsilon_after`` are needed only to repair)."""
 
     flower_run_id: str
     round: int
@@ -244,6 +286,9 @@ class NodeLedgerRow:
     sample_rate: float
     steps: int
     kind: str = "train"
+    delta: float | None = None
+    accountant: str | None = None
+    epsilon_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -256,13 +301,122 @@ class Mismatch:
     kind: str = "train"
 
 
+@dataclass(frozen=True)
+class Reconciliation:
+    """What `reconcile` found, and what it repaired."""
+
+    mismatches: list[Mismatch]
+    repaired: list[Mismatch] = field(default_factory=list)
+
+
+MISSING_HERE = "in the node's ledger but not the coordinator's"
+
+
 def reconcile(
-    db: Database, actor: Actor, node_id: str, node_rows: Sequence[NodeLedgerRow]
-) -> list[Mismatch]:
+    db: Database,
+    actor: Actor,
+    node_id: str,
+    node_rows: Sequence[NodeLedgerRow],
+    *,
+    repair: bool = False,
+) -> Reconciliation:
     """Compare the coordinator's ledger of a node with the node's own ledger.
 
     Only runs this coordinator submitted are compared (a node may train elsewhere too).
+    With ``repair`` (a writer's call), a charge the node recorded that the coordinator lacks
+    (its reply never came: the node crashed or the coordinator restarted after the update
+    left the node) is recorded as charged, not aggregated, with an audit event: the
+    coordinator's ledger only grows, so it stays an upper bound of the node's. Differing
+    charges and charges only the coordinator holds cannot be repaired; they stay listed.
     """
+    if repair:
+        require_writer(actor, action="repair a ledger")
+    mismatches = compare_ledgers(db, actor, node_id, node_rows)
+    if not repair:
+        return Reconciliation(mismatches)
+    rows = {(r.flower_run_id, r.round, r.kind): r for r in node_rows}
+    fixable = [
+        (m, rows[(m.flower_run_id, m.round, m.kind)])
+        for m in mismatches
+        if m.problem == MISSING_HERE and _repairable(rows[(m.flower_run_id, m.round, m.kind)])
+    ]
+    repaired = _record_repairs(db, actor, node_id, fixable)
+    done = {(m.flower_run_id, m.round, m.kind) for m in repaired}
+    left = [m for m in mismatches if (m.flower_run_id, m.round, m.kind) not in done]
+    return Reconciliation(left, repaired)
+
+
+def _repairable(row: NodeLedgerRow) -> bool:
+    return (
+        row.delta is not None
+        and 0 < row.delta < 1
+        and row.accountant in ("rdp", "prv")
+        and row.epsilon_after is not None
+        and math.isfinite(row.epsilon_after)
+        and row.epsilon_after >= 0
+    )
+
+
+def _record_repairs(
+    db: Database, actor: Actor, node_id: str, fixable: Sequence[tuple[Mismatch, NodeLedgerRow]]
+) -> list[Mismatch]:
+    """Record the node's charges the coordinator lacks, in one transaction."""
+    if not fixable:
+        return []
+    repaired: list[Mismatch] = []
+    with db.write() as session:
+        by_flower = {
+            str(r.flower_run_id): r
+            for r in session.exec(
+                select(Run).where(col(Run.flower_run_id).in_({m.flower_run_id for m, _ in fixable}))
+            ).all()
+        }
+        for mismatch, row in fixable:
+            run = by_flower.get(row.flower_run_id)
+            if run is None or _recorded(session, run.id, node_id, row.round, row.kind):
+                continue
+            assert row.delta is not None
+            assert row.accountant is not None
+            assert row.epsilon_after is not None
+            session.add(
+                LedgerEntry(
+                    node_id=node_id,
+                    federation_id=run.federation_id,
+                    run_id=run.id,
+                    round=row.round,
+                    noise_multiplier=row.noise_multiplier,
+                    sample_rate=row.sample_rate,
+                    steps=row.steps,
+                    delta=row.delta,
+                    accountant=row.accountant,
+                    epsilon_reported=row.epsilon_after,
+                    recorded_at=now_iso(),
+                    kind=row.kind,
+                    aggregated=False,
+                    source="node_ledger",
+                )
+            )
+            repaired.append(replace(mismatch, problem="recorded from the node's ledger"))
+        if repaired:
+            audit.append_event(
+                session,
+                actor,
+                "ledger.repair",
+                f"node:{node_id}",
+                {
+                    "recorded": [
+                        {"flower_run_id": m.flower_run_id, "round": m.round, "kind": m.kind}
+                        for m in repaired
+                    ]
+                },
+            )
+    return repaired
+
+
+def compare_ledgers(
+    db: Database, actor: Actor, node_id: str, node_rows: Sequence[NodeLedgerRow]
+) -> list[Mismatch]:
+    """The differences between the coordinator's ledger of a node and the node's own."""
     report = node_ledger(db, actor, node_id)
     with db.read() as session:
         flower_ids = {
@@ -284,9 +438,7 @@ def reconcile(
         a, b = mine.get(key), theirs.get(key)
         run_round = (key[0], key[1])
         if a is None:
-            problems.append(
-                Mismatch(*run_round, "in the node's ledger but not the coordinator's", key[2])
-            )
+            problems.append(Mismatch(*run_round, MISSING_HERE, key[2]))
         elif b is None:
             problems.append(
                 Mismatch(*run_round, "in the coordinator's ledger but not the node's", key[2])

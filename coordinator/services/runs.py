@@ -3,7 +3,8 @@
 Starting a run checks, before anything is submitted, that the federation has enough
 enrolled, approved members and that none of them would exceed its budget: the federation's
 target epsilon (what the whole run, training and its scheduled evaluation, is calibrated to
-at each node) plus what the ledger says the node has spent must not exceed the node's budget
+at each node) plus what the node has spent (the larger of the coordinator's ledger and the
+node's own last report, `ledger.accountable_epsilon`) must not exceed the node's budget
 (`lepton_fl.privacy.budget.run_fits_budget`, the rule the nodes' calibration follows).
 The refusal names the node and the numbers. Runs of different federations run side by
 side; a federation runs one at a time.
@@ -38,7 +39,7 @@ from coordinator.services.common import (
 from coordinator.services.errors import ConflictError, InvalidError, ServiceError, no_superlink
 from coordinator.services.federations import check_definition, load_definition
 from coordinator.services.gateway import RunLauncher
-from coordinator.services.ledger import history_epsilon, node_entries
+from coordinator.services.ledger import accountable_epsilon, node_entries
 from lepton_fl.config import Member, RunSpec
 from lepton_fl.crypto.run_authorization import authorize_run
 from lepton_fl.privacy.budget import planned_run_epsilon, run_fits_budget
@@ -93,7 +94,7 @@ def start_run(
             .order_by(col(Node.name))
         ).all()
         nodes = [node for node, _tenant in rows]
-        spent = {n.id: history_epsilon(node_entries(session, n.id)) for n in nodes}
+        spent = {n.id: accountable_epsilon(node_entries(session, n.id)) for n in nodes}
     if len(nodes) < definition.min_participants:
         raise ConflictError(
             f"Federation {federation.name} has {len(nodes)} enrolled, approved member nodes "
@@ -234,19 +235,29 @@ def mark_ended(
 
 
 def stop_run(db: Database, actor: Actor, run_id: str, *, launcher: RunLauncher | None) -> Run:
-    """Stop an active run (Flower's `flwr stop`)."""
+    """Stop an active run (Flower's `flwr stop`); return the run in its final state.
+
+    Stopping is idempotent: a run that has already ended is returned as it is, and a run the
+    SuperLink has already ended (its ServerApp failed or died) is recorded with the
+    SuperLink's reason (`coordinator.services.reconcile`) instead of failing the request."""
     require_writer(actor, action="stop runs")
     require_role(actor, "platform_admin", action="stop runs")
     run = get_run(db, actor, run_id)
     if run.state not in ACTIVE_STATES:
-        raise ConflictError(
-            f"Run {run_id} is {run.state}; only a submitted or running run can be stopped.",
-            code="run_not_active",
-        )
+        return run
     if run.flower_run_id is not None:
         if launcher is None:
             raise no_superlink()
-        launcher.stop(int(run.flower_run_id))
+        try:
+            launcher.stop(int(run.flower_run_id))
+        except ServiceError:
+            from coordinator.services.reconcile import reconcile_runs
+
+            reconcile_runs(db, launcher, at_start=False)
+            ended = get_run(db, actor, run_id)
+            if ended.state in ACTIVE_STATES:
+                raise  # the SuperLink still runs it and refused to stop it
+            return ended
     mark_ended(db, run_id, state="stopped", failure="stopped by an admin", actor=actor)
     return get_run(db, actor, run_id)
 

@@ -37,22 +37,32 @@ def node_ledger(
 
 @router.post("/ledger/nodes/{node_id}/reconcile", response_model=ReconcileOut)
 def reconcile(node_id: str, body: ReconcileIn, caller: CallerDep) -> ReconcileOut:
-    """Compare with the node's own ledger rows (read-only: auditors may call it)."""
+    """Compare with the node's own ledger rows (auditors may compare). With ``repair``
+    (admins only), the node's charges the coordinator lacks are recorded as charged, not
+    aggregated, so that the coordinator's ledger stays an upper bound of the node's."""
     if not looks_like_id(node_id):
         raise not_found("node", node_id)
     rows = [
         ledger.NodeLedgerRow(
-            e.flower_run_id, e.round, e.noise_multiplier, e.sample_rate, e.steps, e.kind
+            e.flower_run_id,
+            e.round,
+            e.noise_multiplier,
+            e.sample_rate,
+            e.steps,
+            e.kind,
+            e.delta,
+            e.accountant,
+            e.epsilon_after,
         )
         for e in body.entries
     ]
-    problems = ledger.reconcile(caller.ctx.db, caller.actor, node_id, rows)
+    found = ledger.reconcile(caller.ctx.db, caller.actor, node_id, rows, repair=body.repair)
     return ReconcileOut(
-        ok=not problems,
-        mismatches=[
-            MismatchOut(
-                flower_run_id=p.flower_run_id, round=p.round, problem=p.problem, kind=p.kind
-            )
-            for p in problems
-        ],
+        ok=not found.mismatches,
+        mismatches=[_mismatch(p) for p in found.mismatches],
+        repaired=[_mismatch(p) for p in found.repaired],
     )
+
+
+def _mismatch(p: ledger.Mismatch) -> MismatchOut:
+    return MismatchOut(flower_run_id=p.flower_run_id, round=p.round, problem=p.problem, kind=p.kind)

@@ -60,7 +60,8 @@ def run_rounds(run_id: str, caller: CallerDep) -> list[RoundOut]:
 
 @router.post("/runs/{run_id}/stop", response_model=RunOut, responses=SUPERLINK_ERRORS)
 def stop_run(run_id: str, caller: CallerDep) -> RunOut:
-    """Stop an active run."""
+    """Stop an active run. Idempotent: a run that already ended is returned as it is, and
+    one the SuperLink already ended is recorded with the SuperLink's reason."""
     return RunOut.of(
         runs.stop_run(caller.ctx.db, caller.actor, run_id, launcher=caller.ctx.launcher)
     )
