@@ -22,6 +22,7 @@ import pytest
 from client_node.ledger import Ledger
 from coordinator.superlink import SuperLink
 from lepton.cluster import LocalCluster, NodePlan
+from lepton.ledger_report import ledger_rows
 from lepton_fl.config import Member
 from lepton_fl.crypto.release import verify_release
 
@@ -136,18 +137,7 @@ def test_ledger_matches_every_nodes_own_ledger(
     d = deployment
     for name, node in finished["nodes"].items():
         report = d.call("GET", f"/ledger/nodes/{node['id']}", d.admin)
-        with Ledger(d.cluster.nodes[name].ledger_path, read_only=True) as own:
-            rows = [
-                {
-                    "flower_run_id": e.run_id,
-                    "round": e.round,
-                    "noise_multiplier": e.noise_multiplier,
-                    "sample_rate": e.sample_rate,
-                    "steps": e.steps,
-                    "kind": e.kind,
-                }
-                for e in own.entries()
-            ]
+        rows = ledger_rows(d.cluster.nodes[name].ledger_path)
         verdict = d.call(
             "POST", f"/ledger/nodes/{node['id']}/reconcile", d.admin, json={"entries": rows}
         )
@@ -259,21 +249,7 @@ def test_a_coordinator_killed_mid_run_restarts_and_the_run_ends(
     for name, node in finished["nodes"].items():
         # nothing of the interrupted run was charged again after the restart
         assert _own_rows(d, name, ended["flower_run_id"]) == charged[name]
-        with Ledger(d.cluster.nodes[name].ledger_path, read_only=True) as own:
-            rows = [
-                {
-                    "flower_run_id": e.run_id,
-                    "round": e.round,
-                    "noise_multiplier": e.noise_multiplier,
-                    "sample_rate": e.sample_rate,
-                    "steps": e.steps,
-                    "kind": e.kind,
-                    "delta": e.delta,
-                    "accountant": e.accountant,
-                    "epsilon_after": e.epsilon_after,
-                }
-                for e in own.entries()
-            ]
+        rows = ledger_rows(d.cluster.nodes[name].ledger_path)
         path = f"/ledger/nodes/{node['id']}/reconcile"
         # a round in flight at the kill may have charged a node whose reply never came:
         # repair records it (not aggregated); after that the ledgers agree exactly
