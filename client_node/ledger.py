@@ -52,9 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import math
 import numbers
+import os
+import secrets
 import sqlite3
 import sys
 import threading
@@ -795,6 +798,64 @@ class Ledger:
         if dataset_id is None:
             return self._read("", ())
         return self._read("WHERE dataset_id = ?", (_text(dataset_id, "dataset_id"),))
+
+    @property
+    def report_key_path(self) -> Path:
+        """The node's secret key for `commitment` (0600, beside the ledger; back it up with
+        the ledger: without it the reported commitments cannot be reproduced)."""
+        return self.path.with_name(self.path.name + ".report-key")
+
+    def commitment(self, row_hash: str) -> str | None:
+        """What the node reports of a charge's row: HMAC-SHA256 of its ``row_hash`` under the
+        node's `report_key_path`. Binding (a rewritten row no longer gives the reported
+        value) without revealing the row: the row hash covers fields a coordinator must not
+        learn, such as the example count under secure aggregation, which it could otherwise
+        find by trying values. The writer creates the key; a reader without it gets None."""
+        key = self._report_key()
+        if key is None:
+            return None
+        return hmac.new(key, bytes.fromhex(row_hash), hashlib.sha256).hexdigest()
+
+    def _report_key(self) -> bytes | None:
+        path = self.report_key_path
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if self.read_only:
+                return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(32))
+                out.flush()
+                os.fsync(out.fileno())
+            return path.read_bytes()
+        except OSError as err:
+            raise LedgerError(
+                f"Cannot create the ledger's report key {path}: {err}.", code="write_failed"
+            ) from err
+
+    def row_commitments(self) -> dict[tuple[str, str, int, str], str]:
+        """Each charge's `commitment` by (dataset, run, round, kind), as the node reported it
+        with the charge (the coordinator's reconcile compares them); empty for a file older
+        than schema 5 opened read-only, or without the node's report key."""
+        key = self._report_key()
+        if self._version < SCHEMA_VERSION or key is None:
+            return {}
+        with self._mutex:
+            conn = self._open_conn()
+            try:
+                rows = conn.execute(
+                    f"SELECT dataset_id, run_id, round, kind, row_hash FROM {_TABLE}"  # noqa: S608
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise self._read_error(exc) from exc
+        return {
+            (str(d), str(r), int(n), str(k)): hmac.new(
+                key, bytes.fromhex(str(h)), hashlib.sha256
+            ).hexdigest()
+            for d, r, n, k, h in rows
+        }
 
     def entry_for(
         self, dataset_id: str, run_id: str, round: int, *, kind: str = "train"

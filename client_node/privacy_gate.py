@@ -251,7 +251,7 @@ class PrivacyGate:
         update, the example count and the charge. The loss is logged here, never sent."""
         fed = admission.federation
         taken = AccountantStep(admission.noise_multiplier, result.sample_rate, result.steps)
-        epsilon = self._record(
+        epsilon, row_hash = self._record(
             run_id=admission.run_id,
             round=admission.round,
             fed=fed,
@@ -277,7 +277,7 @@ class PrivacyGate:
             weights=weights,
             num_examples=result.num_examples,
             train_seconds=result.seconds,
-            charge=self._charge(taken, fed, admission.accountant, epsilon),
+            charge=self._charge(taken, fed, admission.accountant, epsilon, row_hash),
         )
 
     def evaluation_reply(
@@ -293,7 +293,7 @@ class PrivacyGate:
         released = release_confusion(
             exact.confusion, noise_multiplier=admission.step.noise_multiplier, rng=rng
         )
-        epsilon = self._record(
+        epsilon, row_hash = self._record(
             run_id=admission.run_id,
             round=admission.round,
             fed=fed,
@@ -323,7 +323,7 @@ class PrivacyGate:
             evaluation=_released_metrics(released),
             epsilon=total,
             epsilon_budget=self.settings.privacy.epsilon_budget,
-            charge=self._charge(admission.step, fed, admission.accountant, epsilon),
+            charge=self._charge(admission.step, fed, admission.accountant, epsilon, row_hash),
         )
 
     def epsilon(self, *, delta: float, accountant: str) -> float:
@@ -405,8 +405,11 @@ class PrivacyGate:
         accountant: AccountantName,
         num_examples: int,
         kind: str,
-    ) -> float:
-        """Charge the ledger, committed before anything leaves; refused if it cannot be."""
+    ) -> tuple[float, str | None]:
+        """Charge the ledger, committed before anything leaves; refused if it cannot be.
+        Returns the dataset's epsilon after the charge, and the commitment to the charge's
+        row (`Ledger.commitment` of the ledger's head: this trainer is its one writer), which
+        the reply reports so that a ledger rewritten later disagrees with the coordinator."""
         what = "round" if kind == "train" else "evaluation of round"
         doing = f"record the charge of {what} {round} of run {run_id}"
         with self._ledger(doing):
@@ -426,7 +429,8 @@ class PrivacyGate:
                 federation=fed.name,
                 kind=kind,
             )
-        return epsilon
+            row_hash = self.ledger.commitment(self.ledger.head())
+        return epsilon, row_hash
 
     @contextmanager
     def _ledger(self, doing: str) -> Iterator[None]:
@@ -475,7 +479,12 @@ class PrivacyGate:
         return RequestRefusedError(code, reason)
 
     def _charge(
-        self, step: AccountantStep, fed: FederationSpec, accountant: str, epsilon: float
+        self,
+        step: AccountantStep,
+        fed: FederationSpec,
+        accountant: str,
+        epsilon: float,
+        row_hash: str | None,
     ) -> PrivacyCharge:
         return PrivacyCharge(
             noise_multiplier=step.noise_multiplier,
@@ -485,6 +494,7 @@ class PrivacyGate:
             accountant=accountant,
             epsilon=epsilon,
             epsilon_budget=self.settings.privacy.epsilon_budget,
+            ledger_row=row_hash,
         )
 
 

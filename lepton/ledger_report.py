@@ -97,6 +97,7 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
     as `POST /ledger/nodes/{id}/reconcile` takes them."""
     with Ledger(path, read_only=True) as ledger:
         entries = ledger.entries()
+        commitments = ledger.row_commitments()
     return [
         {
             "flower_run_id": str(e.run_id),
@@ -108,6 +109,7 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
             "delta": e.delta,
             "accountant": e.accountant,
             "epsilon_after": e.epsilon_after,
+            "row_commitment": commitments.get((e.dataset_id, e.run_id, e.round, e.kind)),
         }
         for e in entries
     ]

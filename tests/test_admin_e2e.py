@@ -8,6 +8,7 @@ the audit chain verifies, and a row altered directly in the database is named.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client_node.ledger import Ledger
+from client_node.ledger import GENESIS_HASH, Ledger, entry_hash
 from coordinator.superlink import SuperLink
 from lepton.cluster import LocalCluster, NodePlan
 from lepton.ledger_report import ledger_rows
@@ -151,6 +152,52 @@ def test_ledger_matches_every_nodes_own_ledger(
         assert report["epsilon_spent"] == pytest.approx(report["epsilon_reported"], rel=1e-6)
         assert 0 < report["epsilon_spent"] <= 2.0 + 1e-9
         assert verdict == {"ok": True, "mismatches": [], "repaired": []}
+
+
+def test_a_node_ledger_rewritten_after_the_fact_disagrees_with_its_reports(
+    deployment: Deployment, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every charge carried its row hash in the node's chained ledger. A copy of a node's
+    ledger with one charge lowered and every later hash recomputed passes the local check,
+    but not the coordinator's: reconcile names the rewritten rows."""
+    d = deployment
+    name, node = "site-a", finished["nodes"]["site-a"]
+    copy = tmp_path / "ledger.db"
+    original = d.cluster.nodes[name].ledger_path
+    with sqlite3.connect(original) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    key = original.with_name(original.name + ".report-key")  # the node's, as its site has it
+    copy.with_name(copy.name + ".report-key").write_bytes(key.read_bytes())
+    with Ledger(copy, read_only=True) as reader:
+        entries = reader.entries()
+    raw = sqlite3.connect(copy)
+    seqs = [row[0] for row in raw.execute("SELECT seq FROM ledger_entries ORDER BY seq")]
+    raw.execute("DROP TRIGGER ledger_entries_no_update")
+    previous = GENESIS_HASH
+    for index, (seq, entry) in enumerate(zip(seqs, entries, strict=True)):
+        if index == 0:  # the first charge, made to look cheaper
+            entry = dataclasses.replace(entry, noise_multiplier=entry.noise_multiplier * 2)
+        previous = entry_hash(previous, seq, entry)
+        raw.execute(
+            "UPDATE ledger_entries SET noise_multiplier = ?, row_hash = ? WHERE seq = ?",
+            (entry.noise_multiplier, previous, seq),
+        )
+    raw.commit()
+    raw.close()
+    with Ledger(copy, read_only=True) as reader:
+        assert reader.verify().rows == len(entries)  # consistent: the node alone cannot tell
+
+    verdict = d.call(
+        "POST",
+        f"/ledger/nodes/{node['id']}/reconcile",
+        d.admin,
+        json={"entries": ledger_rows(copy)},
+    )
+
+    assert verdict["ok"] is False
+    rewritten = [m for m in verdict["mismatches"] if "rewritten after the charge" in m["problem"]]
+    assert (rewritten[0]["round"], rewritten[0]["kind"]) == (entries[0].round, entries[0].kind)
+    assert len(rewritten) == len(entries)  # every later hash changed with it
 
 
 def test_signed_release_verifies_offline(

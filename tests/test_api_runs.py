@@ -153,7 +153,7 @@ def test_reconcile_reports_a_node_ledger_that_differs(world: World) -> None:
         "POST", f"/ledger/nodes/{node['id']}/reconcile", api.admin, json={"entries": rows}
     )
 
-    assert same == {"ok": True, "mismatches": []}
+    assert same == {"ok": True, "mismatches": [], "repaired": []}
     assert not differs["ok"]
     assert differs["mismatches"][0]["round"] == 2
     assert "steps=21" in differs["mismatches"][0]["problem"]

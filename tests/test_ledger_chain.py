@@ -529,3 +529,43 @@ def fill_until_full(ledger: Ledger) -> tuple[int, LedgerError]:
         except LedgerError as err:
             return recorded, err
     raise AssertionError("1000 charges fitted in the capped ledger")
+
+
+def test_ledger_commitments_bind_each_row_without_revealing_it(path: Path) -> None:
+    """What a node reports of each charge: an HMAC of the row hash under the node's own key.
+    Without the key nothing is committed (a reader gets None); a rewritten row no longer
+    gives the reported value; the key file is the node's secret (0600)."""
+    key_path = path.with_name(path.name + ".report-key")
+    with Ledger(path, read_only=True) as reader:
+        assert reader.commitment(reader.head()) is None  # no key yet: nothing to commit
+        assert reader.row_commitments() == {}
+    with Ledger(path) as writer:
+        head = writer.head()
+        reported = writer.commitment(head)
+    assert reported is not None
+    assert reported != head  # not the row hash itself: that covers the example count
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    with Ledger(path, read_only=True) as reader:
+        before = reader.row_commitments()
+    assert before[(OTHER, "8", 2, "train")] == reported  # the last row is the head
+
+    with Ledger(path, read_only=True) as reader:
+        entries = reader.entries()
+    previous, statements = GENESIS_HASH, list[Statement]()
+    for seq, entry in enumerate(entries, start=1):  # seq 4 made cheaper, the chain recomputed
+        if seq == 4:
+            entry = LedgerEntry(**{**entry.__dict__, "noise_multiplier": 50.0})
+        previous = entry_hash(previous, seq, entry)
+        statements.append(
+            (
+                "UPDATE ledger_entries SET noise_multiplier = ?, row_hash = ? WHERE seq = ?",
+                (entry.noise_multiplier, previous, seq),
+            )
+        )
+    _attack(path, *statements)
+    with Ledger(path, read_only=True) as reader:
+        reader.verify()  # consistent: the node alone cannot tell
+        after = reader.row_commitments()
+
+    keys = [(d, r, n, k) for d, r, n, k in ROWS]
+    assert [before[k] == after[k] for k in keys] == [True, True, True, False, False, False]

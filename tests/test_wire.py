@@ -88,6 +88,16 @@ def test_wire_train_reply_roundtrips() -> None:
     assert np.array_equal(back.weights[0], reply.weights[0])
 
 
+def test_wire_charge_carries_the_nodes_ledger_commitment_or_refuses_a_malformed_one() -> None:
+    charge = wire.PrivacyCharge(1.1, 0.1, 20, 1e-5, "rdp", 0.7, 3.0, ledger_row="ab" * 32)
+    reply = wire.TrainReply(status="ok", weights=[np.zeros(2, dtype=np.float32)], charge=charge)
+    records = wire.train_reply_to_records(reply)
+    assert wire.train_reply_from_records(records).charge == charge
+    records["privacy"]["ledger-row"] = "not a hash"  # type: ignore[index]
+    with pytest.raises(wire.WireError, match="ledger-row"):
+        wire.train_reply_from_records(records)
+
+
 def test_wire_refusal_carries_only_the_reason() -> None:
     refusal = wire.TrainReply(status="refused", code="budget_exhausted", reason="over budget")
     records = wire.train_reply_to_records(refusal)

@@ -258,6 +258,12 @@ class LedgerEntryOut(BaseModel):
         description="Where the coordinator learnt the charge: 'journal' (the run) or "
         "'node_ledger' (a reconcile repair from the node's own ledger)."
     )
+    node_ledger_row: str | None = Field(
+        default=None,
+        description="The node's commitment to the charge's row in its hash-chained ledger "
+        "(an HMAC it reported with the charge); reconcile names a node row that no longer "
+        "gives it.",
+    )
 
 
 class FederationSpendOut(BaseModel):
@@ -320,6 +326,7 @@ class NodeLedgerRowIn(BaseModel):
     delta: Annotated[float, Field(gt=0, lt=1)] | None = None
     accountant: Literal["rdp", "prv"] | None = None
     epsilon_after: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    row_commitment: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class ReconcileIn(BaseModel):

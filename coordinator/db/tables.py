@@ -148,6 +148,8 @@ class LedgerEntry(SQLModel, table=True):
     # aggregate with it, e.g. a secure round that failed after the masked inputs were sent
     aggregated: bool = Field(default=True)
     source: str = Field(default="journal", max_length=16)  # or "node_ledger" (a repair)
+    # the node's commitment (HMAC) to the charge's row in its chained ledger, as reported
+    node_ledger_row: str | None = Field(default=None, max_length=64)
 
 
 class Release(SQLModel, table=True):

@@ -192,6 +192,7 @@ def _ledger_entry(
         recorded_at=now_iso(),
         kind=kind,
         aggregated=aggregated,
+        node_ledger_row=charge.ledger_row,
     )
 
 
@@ -289,6 +290,7 @@ class NodeLedgerRow:
     delta: float | None = None
     accountant: str | None = None
     epsilon_after: float | None = None
+    row_commitment: str | None = None  # the node's commitment to it (ledger schema 5)
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,7 @@ def _record_repairs(
                     kind=row.kind,
                     aggregated=False,
                     source="node_ledger",
+                    node_ledger_row=row.row_commitment,
                 )
             )
             repaired.append(replace(mismatch, problem="recorded from the node's ledger"))
@@ -442,6 +445,16 @@ def compare_ledgers(
         elif b is None:
             problems.append(
                 Mismatch(*run_round, "in the coordinator's ledger but not the node's", key[2])
+            )
+        elif a.node_ledger_row and b.row_commitment and a.node_ledger_row != b.row_commitment:
+            problems.append(
+                Mismatch(
+                    *run_round,
+                    "the node's ledger row is not the one the node reported when it charged "
+                    f"(reported {a.node_ledger_row[:16]}..., now {b.row_commitment[:16]}...): "
+                    "the node's ledger was rewritten after the charge",
+                    key[2],
+                )
             )
         elif (
             not math.isclose(a.noise_multiplier, b.noise_multiplier, rel_tol=1e-9)

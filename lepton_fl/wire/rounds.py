@@ -106,6 +106,10 @@ class PrivacyCharge:
     accountant: str
     epsilon: float  # the node's total epsilon on this dataset, history included
     epsilon_budget: float
+    # the node's commitment to this charge's row in its hash-chained ledger (HMAC-SHA256 of
+    # the row hash under a key the node keeps): a ledger rewritten afterwards no longer gives
+    # it, and it reveals nothing of the row (None: a node older than ledger schema 5)
+    ledger_row: str | None = None
 
 
 @dataclass(frozen=True)
@@ -420,6 +424,7 @@ def _charge_record(charge: PrivacyCharge) -> ConfigRecord:
             "accountant": charge.accountant,
             "epsilon": charge.epsilon,
             "epsilon-budget": charge.epsilon_budget,
+            **({} if charge.ledger_row is None else {"ledger-row": charge.ledger_row}),
         }
     )
 
@@ -434,7 +439,18 @@ def _charge(records: RecordDict) -> PrivacyCharge:
         accountant=_get(config, "accountant", str),
         epsilon=float(_get(config, "epsilon", float)),
         epsilon_budget=float(_get(config, "epsilon-budget", float)),
+        ledger_row=_ledger_row(config),
     )
+
+
+def _ledger_row(config: ConfigRecord) -> str | None:
+    """The node's commitment to the charge's ledger row: 64 hex digits, or absent."""
+    if "ledger-row" not in config:
+        return None
+    value = _get(config, "ledger-row", str)
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise WireError("Field 'ledger-row' must be an HMAC-SHA256: 64 lowercase hex digits.")
+    return value
 
 
 def _arrays(records: RecordDict) -> list[np.ndarray]:

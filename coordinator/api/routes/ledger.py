@@ -53,6 +53,7 @@ def reconcile(node_id: str, body: ReconcileIn, caller: CallerDep) -> ReconcileOu
             e.delta,
             e.accountant,
             e.epsilon_after,
+            e.row_commitment,
         )
         for e in body.entries
     ]
