@@ -102,6 +102,7 @@ class Mismatch(_Out):
 class Reconciliation(_Out):
     ok: bool
     mismatches: list[Mismatch]
+    repaired: list[Mismatch] = []
 
 
 class Release(_Out):
@@ -187,10 +188,14 @@ class AdminClient:
     def node_ledger(self, node_id: str) -> NodeLedger:
         return NodeLedger.model_validate(self._json("GET", f"/ledger/nodes/{node_id}"))
 
-    def reconcile(self, node_id: str, rows: list[dict[str, Any]]) -> Reconciliation:
-        """Compare the coordinator's ledger with rows of the node's own ledger."""
+    def reconcile(
+        self, node_id: str, rows: list[dict[str, Any]], *, repair: bool = False
+    ) -> Reconciliation:
+        """Compare the coordinator's ledger with rows of the node's own ledger; with
+        ``repair``, record the node's charges the coordinator lacks (not aggregated)."""
         path = f"/ledger/nodes/{node_id}/reconcile"
-        return Reconciliation.model_validate(self._json("POST", path, json={"entries": rows}))
+        body = {"entries": rows, "repair": repair}
+        return Reconciliation.model_validate(self._json("POST", path, json=body))
 
     # -- releases and audit ----------------------------------------------------------------
 

@@ -163,8 +163,9 @@ def test_nodes_train_after_the_attack_and_a_restarted_node_reattaches(
     cluster.kill_node("site-c")
     cluster.start_node("site-c", cluster.nodes["site-c"].member)
     cluster.wait_for_nodes(timeout=120)
-    # the SuperLink counts the killed session online for two heartbeat periods (60 s) and
-    # refuses the new one until then; the node retries, and a run waits for it to be back
+    # the SuperLink counts the killed session online for two heartbeat periods (20 s with our
+    # SuperNode's 10 s heartbeats) and refuses the new one until then; the node retries, and a
+    # run waits for it to be back
     wait_until(
         lambda: supernode_log.read_text().count("SuperNode ID:") > sessions,
         timeout=150,

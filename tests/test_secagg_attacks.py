@@ -18,6 +18,7 @@ inside the masked vector; the coordinator learns the survivors' total.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_a_second_session_for_an_answered_round_is_refused(federation: Federatio
     outcomes: dict[int, NodeOutcome] = {}
     by_id = {m.node_id: m for m in others}
     with pytest.raises(SecAggError) as err:  # no second sum: nothing to subtract
-        without_d._aggregate(attack, by_id, instruction, outcomes, timeout=60)
+        without_d._aggregate(attack, by_id, instruction, outcomes, 60, {}, set())
     assert err.value.code is ErrorCode.TOO_FEW_SURVIVORS
     assert {o.status for o in outcomes.values()} == {"refused"}
     assert {o.code for o in outcomes.values()} == {"secagg_round_already_answered"}
@@ -243,7 +244,13 @@ def test_nothing_in_the_clear_tells_sizes_within_a_bucket_apart(federation: Fede
         assert reply.charge is not None
         assert reply.charge.sample_rate == FED.training.batch_size / bucket
         assert reply.charge.steps == FED.training.local_epochs * (bucket // FED.training.batch_size)
-    assert len({r.charge for r in clear.values()}) == 1  # sigma, q, steps, epsilon: all equal
+    # sigma, q, steps, epsilon: all equal. Each node's commitment to its ledger row differs
+    # (an HMAC under the node's own secret key): it tells nothing of the row without the key.
+    public = {dataclasses.replace(r.charge, ledger_row=None) for r in clear.values() if r.charge}
+    assert len(public) == 1
+    commitments = [r.charge.ledger_row for r in clear.values() if r.charge]
+    assert all(c is not None and len(c) == 64 for c in commitments)
+    assert len(set(commitments)) == len(commitments)
     for node_id, site in federation.sites.items():  # the ledger holds what ran, exactly
         (entry,) = site.trainer.ledger.entries()
         assert entry.step.sample_rate == FED.training.batch_size / bucket
