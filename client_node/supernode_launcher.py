@@ -152,6 +152,28 @@ def push_every_reply(module: ModuleType) -> None:
     module._push_messages = push_all  # type: ignore[attr-defined]
 
 
+def pull_or_push(module: ModuleType) -> None:
+    """Make Flower's SuperNode loop go on to its push stage whenever a reply waits, also
+    after a pull that found no message.
+
+    Flower 1.42's loop skips the push stage after an empty pull, so a reply that comes after
+    the push that followed its own message was taken (a stale reply of a dead run took it)
+    waits for the next message, which the ServerApp sends only once it has that reply: the
+    run stalls. The loop uses what the pull returns only to test it against None, so a pull
+    that found nothing returns 0 while a reply waits. Idempotent."""
+    original = module._pull_and_store_message
+    base = getattr(original, "__wrapped__", original)
+
+    @functools.wraps(base)
+    def pull(**kwargs: Any) -> int | None:
+        run_id: int | None = base(**kwargs)
+        if run_id is None and pending_replies(kwargs["state"]):
+            return 0
+        return run_id
+
+    module._pull_and_store_message = pull  # type: ignore[attr-defined]
+
+
 def install() -> AdaptiveWaits:
     """Put `AdaptiveWaits`, a short object-pull backoff and a short heartbeat interval into
     Flower's SuperNode; return the waits."""
@@ -163,6 +185,7 @@ def install() -> AdaptiveWaits:
     shorten_object_pull_backoff(start_client_internal)
     shorten_heartbeat()
     push_every_reply(start_client_internal)
+    pull_or_push(start_client_internal)
     return waits
 
 

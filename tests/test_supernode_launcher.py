@@ -308,3 +308,36 @@ def test_a_stale_reply_no_longer_holds_back_the_reply_after_it() -> None:
     assert "_push_messages(\n                state=state," in inspect.getsource(
         start_client_internal.start_client_internal
     )
+
+
+def test_a_reply_waiting_after_an_empty_pull_still_reaches_the_push_stage() -> None:
+    """The reply to a run's first message may come after the push that followed that message
+    was spent on a stale reply; Flower's loop would then wait for a message that never
+    comes. With `pull_or_push` an empty pull leads to the push stage while a reply waits."""
+    from flwr.app import Message, RecordDict
+    from flwr.app.message.message import make_message
+    from flwr.app.metadata import Metadata
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from client_node.supernode_launcher import pull_or_push
+
+    stores = ObjectStoreFactory()
+    store = stores.store()
+    state = NodeStateFactory(stores).state()
+    module = ModuleType("supernode_loop")
+    module._pull_and_store_message = lambda **kwargs: None  # type: ignore[attr-defined]
+    pull_or_push(module)
+    pull_or_push(module)  # idempotent
+    assert module._pull_and_store_message(state=state) is None  # type: ignore[attr-defined]
+
+    incoming = make_message(
+        Metadata(8, "", 0, 1, "", "1", time.time(), 60.0, "query"), RecordDict()
+    )
+    start_client_internal._insert_message(incoming, state, store)
+    state.get_messages_legacy(is_reply=False)
+    start_client_internal._insert_message(Message(RecordDict(), reply_to=incoming), state, store)
+
+    assert module._pull_and_store_message(state=state) is not None  # type: ignore[attr-defined]
+    loop = inspect.getsource(start_client_internal.start_client_internal)
+    assert loop.count("run_id") == 2  # assigned from the pull, tested against None: nothing else
+    assert "if run_id is None:" in loop
