@@ -36,10 +36,12 @@ import functools
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from flwr.common.constant import HEARTBEAT_PATIENCE  # the SuperLink's: 2 intervals
+from flwr.supercore.run import RunNotRunningException
 
 from lepton_fl.flower_pins import (
     FlowerVersionError,
@@ -55,6 +57,9 @@ STALE_SESSION_S = HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL_S
 """The longest a killed node's session still counts as online at the SuperLink: a restarted
 node is refused activation (exit 305) for at most this long after its predecessor's last
 heartbeat."""
+
+HEARTBEAT_RETRY_CAP_S = 2.0
+"""The longest wait between two attempts of a failed heartbeat (`cap_heartbeat_retries`)."""
 
 IDLE_SLEEP_S = 3  # flwr 1.42: `time.sleep(3)` after an empty pull
 ACTIVE_SLEEP_S = 0.5  # flwr 1.42: `time.sleep(0.5)` while waiting for a reply or an object
@@ -117,6 +122,26 @@ def shorten_heartbeat(interval_s: int = HEARTBEAT_INTERVAL_S) -> None:
                 "heartbeat of this Flower is not the 1.42 one we shorten."
             )
         module.HEARTBEAT_DEFAULT_INTERVAL = interval_s  # type: ignore[attr-defined]
+    cap_heartbeat_retries(heartbeat)
+
+
+def cap_heartbeat_retries(module: ModuleType, cap_s: float = HEARTBEAT_RETRY_CAP_S) -> None:
+    """Make the heartbeat sender retry a failed heartbeat at most `cap_s` apart.
+
+    Flower 1.42 retries with ``exponential(max_delay=20)``: 1, 2, 4, 8, 16 s. A coordinator
+    that is down for 7 s (a restart) then hears from a node only up to 8 s after it is back,
+    so the node's last heartbeat can be more than `STALE_SESSION_S` old: the SuperLink marks
+    it offline, and the first message of a run started right after the restart is answered
+    "Node Unavailable" (seen by bench/coordinator_kill_drill.py). A failed heartbeat costs
+    one refused connection, so retrying every `cap_s` is cheap. Idempotent."""
+    base = getattr(module.exponential, "__wrapped__", module.exponential)
+
+    @functools.wraps(base)
+    def capped(base_delay: float = 1, multiplier: float = 2, max_delay: float | None = None) -> Any:
+        limit = cap_s if max_delay is None else min(max_delay, cap_s)
+        return base(base_delay=min(base_delay, limit), multiplier=multiplier, max_delay=limit)
+
+    module.exponential = capped  # type: ignore[attr-defined]
 
 
 def pending_replies(state: Any) -> int:
@@ -152,20 +177,52 @@ def push_every_reply(module: ModuleType) -> None:
     module._push_messages = push_all  # type: ignore[attr-defined]
 
 
+class RunEndedWhilePulling(Exception):
+    """The SuperLink ended a message's run while the SuperNode was pulling the message's
+    objects: an ordinary failed pull, which Flower's SuperNode cleans up."""
+
+
+def _ended_run_is_a_failed_pull(call: Callable[..., Any]) -> Callable[..., Any]:
+    """`call`, raising `RunEndedWhilePulling` (an `Exception`) where Flower raises
+    `RunNotRunningException` (a `BaseException`)."""
+
+    @functools.wraps(call)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except RunNotRunningException as err:
+            raise RunEndedWhilePulling("the run is no longer running at the SuperLink") from err
+
+    return wrapped
+
+
 def pull_or_push(module: ModuleType) -> None:
     """Make Flower's SuperNode loop go on to its push stage whenever a reply waits, also
-    after a pull that found no message.
+    after a pull that found no message; and drop a message whose run ended mid-pull.
 
     Flower 1.42's loop skips the push stage after an empty pull, so a reply that comes after
     the push that followed its own message was taken (a stale reply of a dead run took it)
     waits for the next message, which the ServerApp sends only once it has that reply: the
     run stalls. The loop uses what the pull returns only to test it against None, so a pull
-    that found nothing returns 0 while a reply waits. Idempotent."""
+    that found nothing returns 0 while a reply waits.
+
+    A message whose run the SuperLink ends while its objects are being pulled (the
+    coordinator died, and its restart ended the run) raises `RunNotRunningException`, a
+    `BaseException` that passes the clean-up of a failed pull (``except Exception``: delete
+    the message and its objects, finish its task as failed). The task then stays claimable
+    with objects that never come: our executor claimed it and waited `TASK_INPUT_WAIT_S`
+    (60 s) for them, and the next run's first messages waited behind it (seen by
+    bench/coordinator_kill_drill.py: round 1 of the run after a kill took 54 s instead of 2).
+    The pull and confirm calls here raise an ordinary exception instead, so the clean-up
+    runs. Idempotent."""
     original = module._pull_and_store_message
     base = getattr(original, "__wrapped__", original)
 
     @functools.wraps(base)
     def pull(**kwargs: Any) -> int | None:
+        for name in ("pull_object", "confirm_message_received"):
+            if name in kwargs:
+                kwargs[name] = _ended_run_is_a_failed_pull(kwargs[name])
         run_id: int | None = base(**kwargs)
         if run_id is None and pending_replies(kwargs["state"]):
             return 0

@@ -341,3 +341,88 @@ def test_a_reply_waiting_after_an_empty_pull_still_reaches_the_push_stage() -> N
     loop = inspect.getsource(start_client_internal.start_client_internal)
     assert loop.count("run_id") == 2  # assigned from the pull, tested against None: nothing else
     assert "if run_id is None:" in loop
+
+
+def _pull_a_message_of_a_run_that_ends_mid_pull(patched: bool) -> tuple[list[str], int]:
+    """Flower's own `_pull_and_store_message`, real node state and object store; the
+    SuperLink answers the object pull as it does for a run it ended. Returns the statuses of
+    the node's tasks and how many messages the state still holds."""
+    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app.message.message import make_message
+    from flwr.app.metadata import Metadata
+    from flwr.supercore.inflatable.inflatable_object import get_object_tree
+    from flwr.supercore.run import Run
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from client_node.supernode_launcher import pull_or_push
+
+    stores = ObjectStoreFactory()
+    store = stores.store()
+    state = NodeStateFactory(stores).state()
+    state.store_run(Run.create_empty(7))
+    content = RecordDict({"c": ConfigRecord({"round": 3})})
+    message = make_message(Metadata(7, "", 0, 1, "", "3", time.time(), 60.0, "train"), content)
+    message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's receive does
+    tree = get_object_tree(message)
+
+    def ended(*_args: object) -> bytes:
+        raise start_client_internal.RunNotRunningException
+
+    module = ModuleType("supernode_loop")
+    flower_pull = start_client_internal._pull_and_store_message
+    # Flower's own function, even where an earlier test installed the launcher in this process
+    module._pull_and_store_message = getattr(  # type: ignore[attr-defined]
+        flower_pull, "__wrapped__", flower_pull
+    )
+    if patched:
+        pull_or_push(module)
+    module._pull_and_store_message(  # type: ignore[attr-defined]
+        state=state,
+        object_store=store,
+        node_config={},
+        receive=lambda: (message, tree),
+        get_run=lambda run_id: None,
+        get_fab=lambda fab_hash, run_id: None,
+        pull_object=ended,
+        confirm_message_received=lambda run_id, message_id: None,
+        trusted_entities=None,
+    )
+    statuses = [task.status.status for task in state.get_tasks()]
+    return statuses, len(state.msg_store)  # type: ignore[attr-defined]
+
+
+def test_a_message_whose_run_ended_mid_pull_leaves_no_claimable_task() -> None:
+    """After a coordinator kill, the restarted coordinator ends the run; a SuperNode that was
+    pulling one of its messages got `RunNotRunningException` (a BaseException) and left a
+    pending task whose objects never come. The executor claimed it and waited 60 s while
+    the next run's messages queued behind it. With `pull_or_push` the failed pull is
+    cleaned up as Flower cleans up any other: message gone, task finished as failed."""
+    stock_statuses, stock_messages = _pull_a_message_of_a_run_that_ends_mid_pull(patched=False)
+    assert stock_statuses == ["pending"]  # what Flower 1.42 leaves: a task to claim, and
+    assert stock_messages == 1  # its message, whose objects never come
+
+    statuses, messages = _pull_a_message_of_a_run_that_ends_mid_pull(patched=True)
+    assert statuses == ["finished"]
+    assert messages == 0
+
+
+def test_a_failed_heartbeat_is_retried_within_two_seconds() -> None:
+    """Flower retries a failed SuperNode heartbeat after 1, 2, 4, 8, 16 s: a node could stay
+    silent 8 s after a restarted coordinator is back and be marked offline. The capped
+    backoff is what the sender's own retry invoker draws (built by Flower's constructor)."""
+    from itertools import islice
+
+    from client_node.supernode_launcher import HEARTBEAT_RETRY_CAP_S, cap_heartbeat_retries
+
+    flower_exponential = getattr(heartbeat.exponential, "__wrapped__", heartbeat.exponential)
+    module = ModuleType("heartbeat_copy")
+    module.exponential = flower_exponential  # type: ignore[attr-defined]
+    stock = list(islice(flower_exponential(max_delay=20), 6))
+    cap_heartbeat_retries(module)
+    cap_heartbeat_retries(module)  # idempotent
+    capped = list(islice(module.exponential(max_delay=20), 6))  # type: ignore[attr-defined]
+
+    assert stock[:5] == [1, 2, 4, 8, 16]
+    assert capped == [1, 2, 2, 2, 2, 2]
+    assert max(capped) == HEARTBEAT_RETRY_CAP_S
+    assert "lambda: exponential(max_delay=20)" in inspect.getsource(heartbeat.HeartbeatSender)
