@@ -32,6 +32,7 @@ from client_node.connectors import ConnectorError, empty_split, load_node_data
 from client_node.executor import NodeExecutor
 from client_node.ledger import Ledger
 from client_node.settings import NodeConfigError, NodeSettings
+from client_node.stale_session import end_previous_session, previous_node_id
 from client_node.supernode import (
     new_superexec_secret,
     runtime_address,
@@ -118,10 +119,14 @@ def _supervise_supernode(
     """Run the SuperNode until `stop`; raise if it or the executor dies for good.
 
     A refused activation is retried with a bounded backoff for `REACTIVATION_GRACE_S`,
-    announced by one log line that says what the node waits for. Fresh nodes retry too (no
-    earlier start in the state directory): a node re-installed, or a container restarted
-    without its state volume, with the key of a node that was just killed hits the same stale
-    session. After the grace the error names both causes plainly.
+    announced by one log line that says what the node waits for. At the first refusal the
+    node ends its own previous session, left open by a crash, with the goodbye its
+    predecessor could not send (`client_node.stale_session`), and retries at once: a node
+    restarted after a kill is back within seconds, not after the session's lapse. Fresh
+    nodes retry too (no earlier start in the state directory, so no node id to end a session
+    of): a node re-installed, or a container restarted without its state volume, with the key
+    of a node that was just killed hits the same stale session. After the grace the error
+    names both causes plainly.
     """
     started = time.monotonic()
     refusals, rejoined = 0, False
@@ -136,10 +141,13 @@ def _supervise_supernode(
                 elapsed = time.monotonic() - started
                 refused = flower_exit_code(code, tail) == REFUSED_EXIT
                 if refused and elapsed < REACTIVATION_GRACE_S:
+                    ended = False
                     if refusals == 0:
                         log.warning(_refusal_line(settings, elapsed, restarted=restarted))
+                        node_id = previous_node_id(log_path)
+                        ended = node_id is not None and end_previous_session(settings, node_id)
                     refusals += 1
-                    delay = min(RETRY_FIRST_S * 2 ** (refusals - 1), RETRY_MAX_S)
+                    delay = 0.0 if ended else min(RETRY_FIRST_S * 2 ** (refusals - 1), RETRY_MAX_S)
                     log.debug("node %s: activation refused %d times", settings.node.name, refusals)
                     supernode.stop()
                     if stop.wait(delay):

@@ -12,12 +12,15 @@ masking.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+from client_node.settings import load_node_settings
+from client_node.stale_session import end_previous_session, previous_node_id
 from client_node.supernode_launcher import HEARTBEAT_INTERVAL_S, STALE_SESSION_S
 from lepton.cluster import LocalCluster, NodePlan
 from lepton_fl.config import (
@@ -66,7 +69,14 @@ def _heartbeat_intervals(database: Path) -> set[float]:
         return {float(interval) for (interval,) in rows}
 
 
-def test_a_node_killed_and_restarted_at_once_takes_part_in_the_next_run(tmp_path: Path) -> None:
+def _online_nodes(database: Path) -> set[int]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return {int(n) for (n,) in db.execute("SELECT node_id FROM node WHERE status = 'online'")}
+
+
+def test_a_node_killed_and_restarted_at_once_takes_part_in_the_next_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with LocalCluster(tmp_path, PLANS) as cluster:
         cluster.start()
         wait_until(
@@ -77,6 +87,18 @@ def test_a_node_killed_and_restarted_at_once_takes_part_in_the_next_run(tmp_path
         assert _heartbeat_intervals(tmp_path / "coordinator" / "superlink-state.db") == {
             float(HEARTBEAT_INTERVAL_S)
         }
+        # The attack on the goodbye a restarted node sends for its crashed predecessor: a
+        # node (or anyone holding a node key) ends another node's live session. The
+        # SuperLink's node authentication refuses it (the node id is not the key's).
+        attacker = load_node_settings(cluster.nodes[NAMES[0]].config_path)
+        victim_id = previous_node_id(cluster.nodes[VICTIM].state_dir / "logs" / "supernode.log")
+        assert victim_id is not None
+        online = _online_nodes(tmp_path / "coordinator" / "superlink-state.db")
+        with caplog.at_level(logging.INFO, logger="lepton.node"):
+            assert end_previous_session(attacker, victim_id) is False
+        assert "401 Unauthorized" in caplog.text  # refused by the SuperLink, not unreachable
+        assert _online_nodes(tmp_path / "coordinator" / "superlink-state.db") == online
+
         before = _activations(cluster, VICTIM)
 
         killed = time.monotonic()
@@ -107,6 +129,9 @@ def test_a_node_killed_and_restarted_at_once_takes_part_in_the_next_run(tmp_path
             assert node_log.count("refused to activate") == 1
             assert "still holds this node's previous session" in node_log
             assert "activated it after" in node_log
+            # ... and it ends that session itself, signed with its own key, rather than
+            # waiting up to STALE_SESSION_S for it to lapse
+            assert "ended its previous session" in node_log
         assert "is not registered" not in node_log
         # Node start-up (imports, data) plus at most the stale session and one retry wait
         # (Flower's own interval would keep it out for up to a minute).
