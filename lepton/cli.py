@@ -336,9 +336,22 @@ def node_ledger(
             help="Only verify the ledger's hash chains: print the rows checked and the head.",
         ),
     ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Write every charge as the body of the coordinator's `POST "
+            "/ledger/nodes/{id}/reconcile` (with each row's commitment) to this file, '-' for "
+            "standard output, and print nothing else.",
+        ),
+    ] = None,
 ) -> None:
     """Show the node's privacy ledger: every recorded charge (DP-SGD rounds and evaluation
     releases), the epsilon its dataset has spent, and epsilon per federation and dataset.
+
+    --export writes the reconcile request body: a site's IT hands it to its tenant admin (or
+    sends it itself) so the coordinator's ledger is checked against the node's own, row by
+    row (`docs/admin-api.md`, reconcile).
 
     Opening the ledger verifies its hash chains: a row changed, deleted or reordered outside
     Lepton FL ends in `error [tampered]`, naming the row, and exit code 2. --verify prints the
@@ -354,6 +367,15 @@ def node_ledger(
     from lepton_fl.privacy import epsilon_spent
 
     settings = load_node_settings(config)
+    if export is not None:
+        from lepton.ledger_report import ledger_rows
+
+        body = json_lib.dumps({"entries": ledger_rows(settings.ledger_path)}, indent=2)
+        if str(export) == "-":
+            typer.echo(body)
+        else:
+            export.write_text(body + "\n")
+        return
     report_delta = delta if delta is not None else settings.privacy.max_delta
     accountant = settings.privacy.accountant
     with Ledger(settings.ledger_path, read_only=True) as ledger:  # verifies, or refuses

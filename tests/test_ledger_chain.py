@@ -358,14 +358,33 @@ def test_cli_node_ledger_verify_prints_rows_and_head(path: Path, tmp_path: Path)
     assert (report["rows"], report["head"], report["chained"]) == (len(ROWS), head, True)
 
 
-@pytest.mark.parametrize("verify", [False, True], ids=["report", "verify"])
+def test_cli_node_ledger_export_is_the_reconcile_request_body(path: Path, tmp_path: Path) -> None:
+    """What a site hands its tenant admin is exactly what the reconcile endpoint takes."""
+    from coordinator.api.schemas import ReconcileIn
+
+    config = _node_toml(tmp_path)
+    out = tmp_path / "reconcile.json"
+
+    done = _lepton("node", "ledger", "--config", str(config), "--export", str(out))
+    to_stdout = _lepton("node", "ledger", "--config", str(config), "--export", "-")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(to_stdout.stdout) == json.loads(out.read_text())
+    body = ReconcileIn.model_validate_json(out.read_text())  # strict: no unknown fields
+    assert len(body.entries) == len(ROWS)
+    assert all(row.epsilon_after is not None and row.delta for row in body.entries)
+
+
+@pytest.mark.parametrize(
+    "flags", [[], ["--verify"], ["--export", "-"]], ids=["report", "verify", "export"]
+)
 def test_cli_node_ledger_refuses_a_tampered_ledger_by_name(
-    path: Path, tmp_path: Path, verify: bool
+    path: Path, tmp_path: Path, flags: list[str]
 ) -> None:
     config = _node_toml(tmp_path)
     _flip_noise_multiplier(path, seq=3)
 
-    done = _lepton("node", "ledger", "--config", str(config), *(["--verify"] if verify else []))
+    done = _lepton("node", "ledger", "--config", str(config), *flags)
 
     assert done.returncode == 2, done.stdout
     assert "Traceback" not in done.stderr
