@@ -13,7 +13,10 @@ reconciled with the coordinator's (repair first: a round in flight at the kill m
 charged a node whose reply never came) and must then agree exactly.
 
 Prints one line per drill and one JSON object on the last line.
-    .venv/bin/python bench/coordinator_kill_drill.py [--drills 10]
+    .venv/bin/python bench/coordinator_kill_drill.py [--drills 10] [--workdir DIR]
+
+Each drill line also gives `next_round_1_s`: how long the run started right after the kill
+took to complete its first round (a healthy secure round here takes about 2 s).
 """
 
 from __future__ import annotations
@@ -62,12 +65,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--drills", type=int, default=10)
     parser.add_argument("--end-timeout-s", type=float, default=60.0)
+    parser.add_argument("--workdir", type=Path, help="keep the cluster's files (logs) here")
     args = parser.parse_args()
     plans = [
         NodePlan(f"site-{i}", "breast_cancer", f"site-{i}-of-3", 1000.0, (FED,)) for i in range(3)
     ]
     drills: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp), plans) as cluster:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(args.workdir or Path(tmp), plans) as cluster,
+    ):
         cluster.start_coordinator()
         cluster.wait_for_api()
         with AdminClient.connect(cluster.api_url) as anonymous:
@@ -83,11 +90,20 @@ def main() -> None:
                 federation_definition(federation()), [s.node.id for s in sites.values()]
             )
             run = admin.start_run(fed.id)
+            next_started: float | None = None
             for number in range(1, args.drills + 1):
                 run = wait_run(admin, run.id, lambda r: r.rounds_completed >= 1 or r.ended, 180)
+                if next_started is not None and drills:
+                    # how long the run after a kill took to complete its first round
+                    if not run.ended:
+                        drills[-1]["next_round_1_s"] = round(time.monotonic() - next_started, 2)
+                    print(json.dumps(drills[-1]), flush=True)
                 if run.ended:
-                    drills.append({"drill": number, "clean": False, "why": f"run {run.state}"})
+                    why = f"the run after the last kill {run.state}: {(run.failure or '')[:300]}"
+                    drills.append({"drill": number, "clean": False, "why": why})
+                    print(json.dumps(drills[-1]), flush=True)
                     run = admin.start_run(fed.id)
+                    next_started = None
                     continue
                 killed = time.monotonic()
                 restart_ok = True
@@ -105,6 +121,7 @@ def main() -> None:
                     ended.failure or ""
                 )
                 run = admin.start_run(fed.id)  # refused (409) if the federation stayed blocked
+                next_started = time.monotonic()
                 drills.append(
                     {
                         "drill": number,
@@ -115,6 +132,9 @@ def main() -> None:
                         "ended": ended.state,
                     }
                 )
+            if next_started is not None and drills:
+                wait_run(admin, run.id, lambda r: r.rounds_completed >= 1 or r.ended, 180)
+                drills[-1]["next_round_1_s"] = round(time.monotonic() - next_started, 2)
                 print(json.dumps(drills[-1]), flush=True)
             last = wait_run(admin, run.id, lambda r: r.ended, 300)
             reconciled = {}
@@ -124,6 +144,7 @@ def main() -> None:
                 verdict = admin.reconcile(site.node.id, rows)
                 reconciled[name] = {"repaired": len(repaired.repaired), "ok_after": verdict.ok}
     restarts = [d["restart_s"] for d in drills if "restart_s" in d]
+    nexts = [d["next_round_1_s"] for d in drills if "next_round_1_s" in d]
     print(
         json.dumps(
             {
@@ -131,6 +152,7 @@ def main() -> None:
                 "clean": sum(1 for d in drills if d["clean"]),
                 "restart_s_median": statistics.median(restarts) if restarts else None,
                 "run_ended_s_max": max((d.get("run_ended_s", 0) for d in drills), default=None),
+                "next_round_1_s_median": statistics.median(nexts) if nexts else None,
                 "last_run": last.state,
                 "ledgers": reconciled,
             }
