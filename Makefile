@@ -73,7 +73,7 @@ nginx:
 bench: setup nginx
 	$(BIN)/python bench/dp_overhead.py
 	$(BIN)/python bench/round_overhead.py
-	$(BIN)/python bench/coordinator_restart.py
+	$(BIN)/python bench/coordinator_kill_drill.py
 	$(BIN)/python bench/secagg_crypto.py
 	$(BIN)/python bench/secagg.py
 	$(BIN)/python bench/api.py

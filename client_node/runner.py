@@ -129,13 +129,36 @@ def _supervise_supernode(
     names both causes plainly.
     """
     started = time.monotonic()
-    refusals, rejoined = 0, False
+    refusals, activated, short_sessions = 0, False, 0
     log_path = supernode_log_path(settings)
     offset = _size(log_path)  # this attempt's lines start here (every start appends)
     supernode = start_supernode(settings)
     try:
         while not stop.wait(0.5):
             code = supernode.poll()
+            if code is not None and activated:
+                # The SuperLink ended a session it had accepted: it restarted (its state is
+                # in memory, so it forgot every session) or this node's key was unregistered.
+                # Start again: a restarted SuperLink has the key registered anew, and a
+                # revoked key ends in the refusal below with its message.
+                lasted = time.monotonic() - started
+                short_sessions = short_sessions + 1 if lasted < SESSION_SETTLED_S else 0
+                delay = min(RETRY_FIRST_S * 2 ** max(short_sessions - 1, 0), LOST_RETRY_MAX_S)
+                log.warning(
+                    "node %s: its SuperNode left the SuperLink after %.0f s (exit %s): the "
+                    "coordinator restarted, or the key was unregistered; reconnecting in %.0f s",
+                    settings.node.name,
+                    lasted,
+                    code,
+                    delay,
+                )
+                supernode.stop()
+                if stop.wait(delay):
+                    return
+                started, refusals, activated = time.monotonic(), 0, False
+                offset = _size(log_path)
+                supernode = start_supernode(settings, check_port=False)
+                continue
             if code is not None:
                 tail = _lines_since(log_path, offset)
                 elapsed = time.monotonic() - started
@@ -157,18 +180,35 @@ def _supervise_supernode(
                     continue
                 waited = elapsed if refused and refusals else None
                 raise ProcessError(_supernode_exit_message(settings, code, tail, waited_s=waited))
-            if refusals and not rejoined and ACTIVATED_MARK in _lines_since(log_path, offset):
-                rejoined = True
-                log.info(
-                    "node %s: the SuperLink activated it after %.0f s (%d refused attempts)",
-                    settings.node.name,
-                    time.monotonic() - started,
-                    refusals,
-                )
+            if not activated and _activated_since(log_path, offset):
+                activated = True
+                if refusals:
+                    log.info(
+                        "node %s: the SuperLink activated it after %.0f s (%d refused attempts)",
+                        settings.node.name,
+                        time.monotonic() - started,
+                        refusals,
+                    )
             if not executor.alive():
                 raise ProcessError(f"node {settings.node.name}: the task executor stopped.")
     finally:
         supernode.stop()
+
+
+SESSION_SETTLED_S = 60.0
+"""A SuperNode session that lasted this long resets the reconnection backoff."""
+LOST_RETRY_MAX_S = 30.0
+"""The longest wait before reconnecting after sessions that keep ending early (1, 2, 4 … 30 s)."""
+
+
+def _activated_since(path: Path, offset: int) -> bool:
+    """Whether Flower logged the node's activation after byte `offset` of its log."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return ACTIVATED_MARK.encode() in handle.read()
+    except OSError:
+        return False
 
 
 ACTIVATED_MARK = "SuperNode ID:"  # flwr 1.42 logs it once the SuperLink activated the node

@@ -13,11 +13,12 @@ import uvicorn
 
 from coordinator.db import Database
 from coordinator.fl.launcher import ServerAppLauncher
+from coordinator.services import nodes
 from coordinator.services.errors import ServiceError
 from coordinator.services.gateway import RunLauncher
 from coordinator.services.reconcile import RunReconciler, reconcile_runs
 from coordinator.services.round_sink import JournalFollower
-from coordinator.superlink import SuperLink, SuperLinkSettings
+from coordinator.superlink import Registration, SuperLink, SuperLinkSettings, key_text
 from lepton_fl.processes import ProcessError, require_free_port
 
 
@@ -54,6 +55,11 @@ def run_coordinator(
         f"Fleet API for nodes on https://{settings.address}",
         flush=True,
     )
+    try:
+        _register_nodes_again(superlink, prepared[1] if prepared is not None else None)
+    except Exception:
+        superlink.stop()
+        raise
     launcher = ServerAppLauncher(
         runtime_api=settings.loopback_address,
         ca_certificate=settings.loopback_ca,
@@ -106,6 +112,25 @@ def run_coordinator(
         if follower is not None:
             follower.stop()
         superlink.stop()
+
+
+def _register_nodes_again(superlink: SuperLink, db: Database | None) -> None:
+    """The SuperLink keeps its state in memory and starts empty: register the nodes' keys
+    again before any node, run or request arrives: the keys it held before
+    (`SuperLink.registrations`), and with the admin API every enrolled node of its database
+    (their new node ids written back, one audit event), never a key the database revoked."""
+    wanted = superlink.registrations()
+    if db is not None:
+        # the admin database decides for every key it knows (revoked ones stay out); keys
+        # registered around it (`lepton coordinator register-node`) are kept as they were
+        enrolled = [Registration(*row) for row in nodes.enrolled_keys(db)]
+        known = nodes.known_keys(db)
+        wanted = enrolled + [r for r in wanted if key_text(r.public_key) not in known]
+    moved = superlink.register_again(wanted)
+    if db is not None:
+        nodes.record_new_node_ids(db, moved)
+    if moved:
+        print(f"Registered {len(moved)} node keys with the SuperLink again", flush=True)
 
 
 def _settle_runs_at_start(db: Database, launcher: RunLauncher | None) -> None:

@@ -15,15 +15,31 @@ the installed `coordinator.fl.server_app`, whatever a submitted app bundle names
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from flwr.common.serde import run_from_proto
+from flwr.proto.control_pb2 import (  # pylint: disable=E0611
+    ListNodesRequest,
+    ListRunsRequest,
+    RegisterNodeRequest,
+)
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
+from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from coordinator.fleet_front import FrontSettings, front_process
 from lepton_fl.config import RunSpec
@@ -92,9 +108,10 @@ class SuperLinkSettings:
         return self.data_dir / "flwr"
 
     @property
-    def state_database(self) -> Path:
-        """The SuperLink's persistent state (registered nodes, runs, messages)."""
-        return self.data_dir / "superlink-state.db"
+    def registrations_path(self) -> Path:
+        """The node keys registered at the SuperLink and their node ids
+        (`SuperLink.register_again` registers them anew at every start)."""
+        return self.data_dir / "node-registrations.json"
 
     def check_files(self) -> None:
         """Fail early, with the path, if a certificate or key is missing or unreadable."""
@@ -147,7 +164,7 @@ class SuperLink:
             str(pki / "server.key"),
             "--enable-supernode-auth",
             "--database",
-            str(s.state_database),
+            FLWR_IN_MEMORY_DB_NAME,
             "--disable-runtime-dependency-installation",
             "--isolation",
             "process",
@@ -272,11 +289,99 @@ class SuperLink:
                 f"The node public key {public_key} does not exist.", code="missing_key"
             )
         payload = self.flwr("supernode", "register", str(public_key), CONNECTION, "--name", name)
-        return int(payload["node-id"])
+        node_id = int(payload["node-id"])
+        text = public_key.read_text(encoding="utf-8").strip()
+        with self._registrations_lock():
+            kept = [r for r in self.registrations() if r.node_id != node_id]
+            self._keep_registrations([*kept, Registration(name, text, node_id)])
+        return node_id
 
     def unregister_node(self, node_id: int) -> None:
         """Unregister a node: its key can no longer connect (used when a node is revoked)."""
         self.flwr("supernode", "unregister", str(node_id), CONNECTION)
+        with self._registrations_lock():
+            self._keep_registrations([r for r in self.registrations() if r.node_id != node_id])
+
+    # -- node registrations across restarts -----------------------------------------------
+
+    def registrations(self) -> list[Registration]:
+        """The node keys registered through this object's data directory (empty if none)."""
+        path = self.settings.registrations_path
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as err:
+            raise SuperLinkError(
+                f"The node registrations {path} cannot be read ({err}). Restore it from a "
+                "backup, or register the nodes' keys again.",
+                code="registrations_unreadable",
+            ) from err
+        return [Registration(str(r["name"]), str(r["public_key"]), int(r["node_id"])) for r in rows]
+
+    def register_again(self, registrations: Sequence[Registration]) -> dict[int, int]:
+        """Register every key again at a SuperLink that just started (its state is in
+        memory: it starts empty); keep the new node ids; return old id -> new id.
+
+        Over the loopback Control API in this process: a `flwr supernode register` per key
+        costs about a second of CPU, too much at every start of a coordinator with many
+        nodes."""
+        again: list[Registration] = []
+        moved: dict[int, int] = {}
+        with self._control() as client:
+            for old in registrations:
+                key = load_ssh_public_key(old.public_key.encode("ascii"))
+                if not isinstance(key, ec.EllipticCurvePublicKey):
+                    raise SuperLinkError(
+                        f"The registered key of node {old.name} is not an EC key.",
+                        code="invalid_key",
+                    )
+                request = RegisterNodeRequest(public_key=public_key_to_bytes(key), name=old.name)
+                node_id = int(client.RegisterNode(request).node_id)
+                again.append(Registration(old.name, old.public_key, node_id))
+                moved[old.node_id] = node_id
+        with self._registrations_lock():
+            self._keep_registrations(again)
+        return moved
+
+    @contextmanager
+    def _registrations_lock(self) -> Iterator[None]:
+        """One writer of the registrations file at a time, across threads and processes
+        (the API's enrollments, `lepton coordinator register-node`)."""
+        path = self.settings.registrations_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.with_name(path.name + ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _keep_registrations(self, registrations: Sequence[Registration]) -> None:
+        path = self.settings.registrations_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        rows = [dataclasses.asdict(r) for r in registrations]
+        temporary.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        temporary.replace(path)
+
+    @contextmanager
+    def _control(self) -> Iterator[ControlHttpClient]:
+        """A client of the SuperLink's loopback Control API, as the `flwr` CLI makes one."""
+        try:
+            client = ControlHttpClient.from_server_address(
+                server_address=self.settings.loopback_address,
+                insecure=False,
+                root_certificates=self.settings.loopback_ca.read_bytes(),
+                interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+            )
+            with client:
+                yield client
+        except (OSError, httpx.HTTPError) as err:
+            raise SuperLinkError(
+                f"The SuperLink's Control API at {self.settings.loopback_address} failed: {err}",
+                code="control_failed",
+            ) from err
 
     def stop_run(self, run_id: int) -> None:
         """Ask the SuperLink to stop a run (`flwr stop`)."""
@@ -289,27 +394,8 @@ class SuperLink:
         The reconciler asks every `RECONCILE_INTERVAL_S` while a run is active; a `flwr ls`
         process costs about 1.2 s of CPU (importing the CLI), this call a few milliseconds.
         ``tests/test_run_reconcile.py`` checks that both give the same statuses."""
-        from flwr.common.serde import run_from_proto
-        from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=E0611
-        from flwr.supercore.control import ControlHttpClient
-        from flwr.supercore.interceptors.http.runtime_version import (
-            RuntimeVersionHttpInterceptor,
-        )
-
-        try:
-            client = ControlHttpClient.from_server_address(
-                server_address=self.settings.loopback_address,
-                insecure=False,
-                root_certificates=self.settings.loopback_ca.read_bytes(),
-                interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-            )
-            with client:
-                response = client.ListRuns(ListRunsRequest())
-        except (OSError, httpx.HTTPError) as err:
-            raise SuperLinkError(
-                f"The SuperLink at {self.settings.loopback_address} did not list its runs: {err}",
-                code="control_failed",
-            ) from err
+        with self._control() as client:
+            response = client.ListRuns(ListRunsRequest())
         found: dict[int, FlowerRunStatus] = {}
         for proto in response.run_dict.values():
             run = run_from_proto(proto)
@@ -317,6 +403,18 @@ class SuperLink:
                 run.run_id, run.status.status, run.status.sub_status, run.status.details
             )
         return found
+
+    def node_sessions(self) -> dict[int, NodeSession]:
+        """Every node the SuperLink knows, by node id: its status (``online``, ``offline``,
+        ``registered``) and the heartbeat interval it keeps for the node (Control API)."""
+        with self._control() as client:
+            response = client.ListNodes(ListNodesRequest())
+        return {
+            int(info.node_id): NodeSession(
+                int(info.node_id), info.status, float(info.heartbeat_interval)
+            )
+            for info in response.nodes_info
+        }
 
     def submit_run(self, run: RunSpec, *, work_dir: Path) -> int:
         """Submit the Lepton Flower app for `run`; return Flower's run id."""
@@ -327,6 +425,30 @@ class SuperLink:
             "run", str(fab_directory()), CONNECTION, "--run-config", str(config_path)
         )
         return int(payload["run-id"])
+
+
+def key_text(public_key: str) -> str:
+    """An OpenSSH public key without its comment: ``<type> <base64>``."""
+    return " ".join(public_key.split()[:2])
+
+
+@dataclass(frozen=True)
+class NodeSession:
+    """A node as the SuperLink sees it."""
+
+    node_id: int
+    status: str
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A node key registered at the SuperLink: the name it was registered under, the key
+    (OpenSSH text) and the node id the SuperLink gave it."""
+
+    name: str
+    public_key: str
+    node_id: int
 
 
 @dataclass(frozen=True)
@@ -381,7 +503,10 @@ def _last_json_object(text: str) -> dict[str, Any] | None:
 __all__ = [
     "CONNECTION",
     "FlowerRunStatus",
+    "NodeSession",
     "ProcessError",
+    "Registration",
+    "key_text",
     "SuperLink",
     "SuperLinkError",
     "SuperLinkSettings",

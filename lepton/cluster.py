@@ -190,6 +190,7 @@ class LocalCluster:
         old = next((p for p in self._processes if p.name == "lepton coordinator"), None)
         if old is None:
             raise ProcessError("The coordinator is not started: call start_coordinator first.")
+        before = {r.node_id: r.name for r in self.superlink.registrations()}
         if crash:
             os.kill(old.pid, signal.SIGKILL)
             wait_until(lambda: old.poll() is not None, timeout=30, what="the killed coordinator")
@@ -207,6 +208,27 @@ class LocalCluster:
             process=again,
         )
         self.superlink.write_connection_config()
+        self._follow_new_node_ids(before, again, timeout=timeout)
+
+    def _follow_new_node_ids(
+        self, before: dict[int, str], coordinator: ManagedProcess, *, timeout: float
+    ) -> None:
+        """The restarted SuperLink started empty and the coordinator registered every key
+        again, under new node ids: wait for that, and give the nodes' members the new ids."""
+        assert self.superlink is not None
+        superlink = self.superlink
+        if not before:
+            return
+        wait_until(
+            lambda: not set(before) & {r.node_id for r in superlink.registrations()},
+            timeout=timeout,
+            what="the restarted coordinator to register the node keys again",
+            process=coordinator,
+        )
+        now = {r.name: r.node_id for r in superlink.registrations()}
+        for node in self.nodes.values():
+            if node.member is not None and node.member.name in now:
+                node.member = node.member.model_copy(update={"node_id": now[node.member.name]})
 
     def stop(self) -> None:
         """Stop nodes first, then the coordinator, each by the PID we started."""

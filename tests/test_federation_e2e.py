@@ -453,10 +453,14 @@ def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
 def test_running_nodes_survive_a_coordinator_restart(
     cluster: LocalCluster, first_run: JournalView
 ) -> None:
-    # The SuperLink's state file keeps the node registrations: after a restart on the same
-    # ports the running nodes reconnect by themselves, under the same node ids (with Flower's
-    # in-memory state they do not: bench/coordinator_restart.py, docs/architecture.md).
+    # The SuperLink keeps its state in memory: the restarted coordinator registers every
+    # key again (new node ids, which the cluster follows), each SuperNode finds its session
+    # gone, and its node starts it again by itself (docs/architecture.md).
+    before = {m.name: m.node_id for m in cluster.members()}
     cluster.restart_coordinator()
+    after = {m.name: m.node_id for m in cluster.members()}
+    assert after.keys() == before.keys()
+    assert not set(after.values()) & set(before.values())  # registered anew, under new ids
     journal = cluster.journal_path("after-restart")
     small = PrivacySpec(target_epsilon=0.5, delta=1e-5, max_grad_norm=1.0)
     cluster.submit(

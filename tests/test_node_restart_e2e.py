@@ -13,7 +13,6 @@ masking.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from client_node.settings import load_node_settings
 from client_node.stale_session import end_previous_session, previous_node_id
 from client_node.supernode_launcher import HEARTBEAT_INTERVAL_S, STALE_SESSION_S
+from coordinator.superlink import SuperLink
 from lepton.cluster import LocalCluster, NodePlan
 from lepton_fl.config import (
     FederationSpec,
@@ -62,16 +62,14 @@ def _activations(cluster: LocalCluster, name: str) -> int:
     return log.read_text(errors="replace").count("SuperNode ID:") if log.exists() else 0
 
 
-def _heartbeat_intervals(database: Path) -> set[float]:
+def _heartbeat_intervals(superlink: SuperLink) -> set[float]:
     """The heartbeat interval the SuperLink keeps for each online node (its own state)."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT heartbeat_interval FROM node WHERE status = 'online'")
-        return {float(interval) for (interval,) in rows}
+    sessions = superlink.node_sessions().values()
+    return {s.heartbeat_interval for s in sessions if s.status == "online"}
 
 
-def _online_nodes(database: Path) -> set[int]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        return {int(n) for (n,) in db.execute("SELECT node_id FROM node WHERE status = 'online'")}
+def _online_nodes(superlink: SuperLink) -> set[int]:
+    return {s.node_id for s in superlink.node_sessions().values() if s.status == "online"}
 
 
 def test_a_node_killed_and_restarted_at_once_takes_part_in_the_next_run(
@@ -79,25 +77,25 @@ def test_a_node_killed_and_restarted_at_once_takes_part_in_the_next_run(
 ) -> None:
     with LocalCluster(tmp_path, PLANS) as cluster:
         cluster.start()
+        superlink = cluster.superlink
+        assert superlink is not None
         wait_until(
             lambda: all(_activations(cluster, n) >= 1 for n in NAMES),
             timeout=120,
             what="every node's SuperNode to be activated",
         )
-        assert _heartbeat_intervals(tmp_path / "coordinator" / "superlink-state.db") == {
-            float(HEARTBEAT_INTERVAL_S)
-        }
+        assert _heartbeat_intervals(superlink) == {float(HEARTBEAT_INTERVAL_S)}
         # The attack on the goodbye a restarted node sends for its crashed predecessor: a
         # node (or anyone holding a node key) ends another node's live session. The
         # SuperLink's node authentication refuses it (the node id is not the key's).
         attacker = load_node_settings(cluster.nodes[NAMES[0]].config_path)
         victim_id = previous_node_id(cluster.nodes[VICTIM].state_dir / "logs" / "supernode.log")
         assert victim_id is not None
-        online = _online_nodes(tmp_path / "coordinator" / "superlink-state.db")
+        online = _online_nodes(superlink)
         with caplog.at_level(logging.INFO, logger="lepton.node"):
             assert end_previous_session(attacker, victim_id) is False
         assert "401 Unauthorized" in caplog.text  # refused by the SuperLink, not unreachable
-        assert _online_nodes(tmp_path / "coordinator" / "superlink-state.db") == online
+        assert _online_nodes(superlink) == online
 
         before = _activations(cluster, VICTIM)
 

@@ -8,10 +8,11 @@ directory is on their PYTHONPATH there); ``LEPTON_BENCH_HOOK`` picks one:
     each `flwr-clientapp`) finds the bench's module under the relay's name instead; what
     Flower does per message is unchanged: spawn `flwr-clientapp`, pull the task, install the
     bundle, import the ClientApp module, call it.
-``memory_state`` (the coordinator): `coordinator.superlink.SuperLink.command` starts
-    `flower-superlink` with Flower's in-memory state (``--database :flwr-in-memory:``)
-    instead of its SQLite file, to measure what the file costs per round. The product keeps
-    the file: it holds the node registrations a restarted coordinator needs.
+``file_state`` (the coordinator): `coordinator.superlink.SuperLink.command` starts
+    `flower-superlink` with its state in a SQLite file (``superlink-state.db`` in the data
+    directory) instead of Flower's in-memory state, to measure what the file would cost per
+    round. The product keeps the state in memory and registers the node keys again at every
+    start (`coordinator.runner`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from types import ModuleType
 from typing import Any
 
 HOOK_ENV = "LEPTON_BENCH_HOOK"
-IN_MEMORY = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME (1.42)
 _STOCK_CLIENTAPP = Path(__file__).with_name("stock_clientapp.py")
 
 
@@ -42,12 +42,12 @@ class _StockRelayFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, _STOCK_CLIENTAPP)
 
 
-def _in_memory_state(module: ModuleType) -> None:
+def _file_state(module: ModuleType) -> None:
     original = module.SuperLink.command
 
     def command(self: Any) -> list[str]:
         argv: list[str] = original(self)
-        argv[argv.index("--database") + 1] = IN_MEMORY
+        argv[argv.index("--database") + 1] = str(self.settings.data_dir / "superlink-state.db")
         return argv
 
     module.SuperLink.command = command
@@ -62,10 +62,10 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self.inner.exec_module(module)
-        _in_memory_state(module)
+        _file_state(module)
 
 
-class _MemoryStateFinder(importlib.abc.MetaPathFinder):
+class _FileStateFinder(importlib.abc.MetaPathFinder):
     """``coordinator.superlink``, loaded as usual, then patched."""
 
     def find_spec(
@@ -85,7 +85,7 @@ class _MemoryStateFinder(importlib.abc.MetaPathFinder):
 
 _HOOKS: dict[str, importlib.abc.MetaPathFinder] = {
     "stock_clientapp": _StockRelayFinder(),
-    "memory_state": _MemoryStateFinder(),
+    "file_state": _FileStateFinder(),
 }
 _chosen = os.environ.get(HOOK_ENV)
 if _chosen in _HOOKS:

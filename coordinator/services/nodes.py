@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,6 +25,7 @@ from coordinator.db import Database
 from coordinator.db.tables import Node, Tenant
 from coordinator.services import audit
 from coordinator.services.common import (
+    SYSTEM,
     Actor,
     check_tenant_visible,
     looks_like_id,
@@ -247,3 +249,48 @@ def node_names_to_ids(db: Database, names: list[str]) -> dict[str, str]:
     with db.read() as session:
         rows = session.exec(select(Node).where(col(Node.name).in_(names))).all()
     return {n.name: n.id for n in rows}
+
+
+def enrolled_keys(db: Database) -> list[tuple[str, str, int]]:
+    """Every enrolled node's (name, public key, Flower node id): the registrations the
+    SuperLink must hold. Revoked nodes (and the nodes of disabled tenants, which are revoked
+    with them) are not among them."""
+    with db.read() as session:
+        nodes = session.exec(
+            select(Node).where(Node.state == "enrolled").order_by(col(Node.created_at))
+        ).all()
+    return [
+        (n.name, n.public_key, int(n.flower_node_id))
+        for n in nodes
+        if n.public_key is not None and n.flower_node_id is not None
+    ]
+
+
+def known_keys(db: Database) -> set[str]:
+    """Every public key the admin database holds (``<type> <base64>``), in any state."""
+    with db.read() as session:
+        keys = session.exec(select(Node.public_key).where(col(Node.public_key).is_not(None)))
+        return {" ".join(str(k).split()[:2]) for k in keys.all()}
+
+
+def record_new_node_ids(db: Database, moved: Mapping[int, int]) -> None:
+    """The SuperLink started empty and registered every enrolled key again under new node
+    ids (``moved``: old id -> new id): keep them, and say so in the audit log."""
+    if not moved:
+        return
+    with db.write() as session:
+        nodes = session.exec(select(Node).where(Node.state == "enrolled")).all()
+        changed: dict[str, dict[str, int]] = {}
+        for node in nodes:
+            old = int(node.flower_node_id) if node.flower_node_id is not None else None
+            if old is not None and old in moved and moved[old] != old:
+                node.flower_node_id = str(moved[old])
+                session.add(node)
+                changed[node.id] = {"from": old, "to": moved[old]}
+        audit.append_event(
+            session,
+            SYSTEM,
+            "superlink.nodes_registered_again",
+            "superlink",
+            {"nodes": len(moved), "node_ids": changed},
+        )

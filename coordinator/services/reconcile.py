@@ -11,11 +11,12 @@ the SuperLink says (`RunLauncher.statuses`), at every coordinator start and then
   details;
 * the SuperLink **does not know** the run (its state was reset, or the coordinator stopped
   between recording the run and submitting it): the run fails, saying so;
-* **at a coordinator start**, a run the SuperLink still counts as starting or running was
-  driven by a ServerApp of the previous coordinator process, which died with it (the
-  launcher starts ServerApps with ``die_with_parent``): it is stopped at the SuperLink and
-  fails as *interrupted by a coordinator restart*. A pending run is left to the new
-  launcher, which claims it.
+* **at a coordinator start**, every active run was interrupted: the SuperLink keeps its
+  state in memory (`coordinator.superlink`), so a new coordinator process starts with an
+  empty one that knows none of them, and their ServerApps died with the previous process
+  (the launcher starts them with ``die_with_parent``). They fail as *interrupted by a
+  coordinator restart*. (A SuperLink that still lists such a run as starting or running,
+  one started on another state backend, is asked to stop it first.)
 
 An interrupted run ends; it does not resume. Nodes bind each signed run authorization to
 the first Flower run that presents it (the node ledger's ``run_bindings``, the defence
@@ -98,6 +99,9 @@ def _end_reason(
             "The coordinator stopped after recording the run and before the SuperLink "
             "accepted it; nothing was sent to any node. Start a new run."
         )
+    if status is None and at_start:
+        # the SuperLink keeps its state in memory: a restart forgets every run it held
+        return _interrupted(run, flower_id)
     if status is None:
         return (
             f"The SuperLink has no record of Flower run {flower_id} (was its state database "
@@ -109,14 +113,18 @@ def _end_reason(
             "ServerApp recorded an end; see the coordinator's serverapp log for the run."
         )
     if at_start and status.status in ("starting", "running"):
-        return (
-            f"Interrupted by a coordinator restart: the ServerApp driving Flower run "
-            f"{flower_id} ended with the previous coordinator process, after "
-            f"{run.rounds_completed} of {run.rounds_planned} rounds. Recorded rounds and "
-            "charges are kept, and the last completed round's model is in the run's "
-            "checkpoint.npz. Start a new run of the federation to go on."
-        )
+        return _interrupted(run, flower_id)
     return None
+
+
+def _interrupted(run: Run, flower_id: int) -> str:
+    return (
+        f"Interrupted by a coordinator restart: the ServerApp driving Flower run "
+        f"{flower_id} ended with the previous coordinator process, after "
+        f"{run.rounds_completed} of {run.rounds_planned} rounds. Recorded rounds and "
+        "charges are kept, and the last completed round's model is in the run's "
+        "checkpoint.npz. Start a new run of the federation to go on."
+    )
 
 
 def end_run(db: Database, run_id: str, reason: str) -> bool:
