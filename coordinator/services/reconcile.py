@@ -104,8 +104,9 @@ def _end_reason(
         return _interrupted(run, flower_id)
     if status is None:
         return (
-            f"The SuperLink has no record of Flower run {flower_id} (was its state database "
-            "reset?); no node can take part in it any more. Start a new run."
+            f"The SuperLink has no record of Flower run {flower_id} (it keeps its state in "
+            "memory: was it restarted?); no node can take part in it any more. Start a new "
+            "run."
         )
     if status.finished:
         return (
