@@ -195,8 +195,12 @@ def _supervise_supernode(
         supernode.stop()
 
 
-SESSION_SETTLED_S = 60.0
-"""A SuperNode session that lasted this long resets the reconnection backoff."""
+SESSION_SETTLED_S = 5.0
+"""A SuperNode session that lasted this long resets the reconnection backoff: only sessions
+dropped within seconds of their activation (a key unregistered, a SuperLink that keeps
+crashing) back off. A coordinator restarted twice within a minute is not a loop: with a
+60 s threshold the drill's nodes waited 1, 2, 4, 8, 16 s after successive restarts and the
+next run's first round grew from 7 s to 38 s."""
 LOST_RETRY_MAX_S = 30.0
 """The longest wait before reconnecting after sessions that keep ending early (1, 2, 4 … 30 s)."""
 
