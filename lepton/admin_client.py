@@ -217,6 +217,26 @@ class AdminClient:
     def audit_verification(self) -> AuditVerdict:
         return AuditVerdict.model_validate(self._json("GET", "/audit/verification"))
 
+    def privacy_report(
+        self,
+        *,
+        tenant_id: str | None = None,
+        federation_id: str | None = None,
+        release_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The signed privacy report: ``{"report": {...}, "signature": {...}}``."""
+        params = {
+            k: v
+            for k, v in (
+                ("tenant_id", tenant_id),
+                ("federation_id", federation_id),
+                ("release_id", release_id),
+            )
+            if v is not None
+        }
+        body: dict[str, Any] = self._json("GET", "/reports/privacy", params=params)
+        return body
+
     # -- transport -------------------------------------------------------------------------
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

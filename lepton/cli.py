@@ -1,4 +1,4 @@
-"""`lepton`: demo, coordinator, node and certificate commands.
+"""`lepton`: demo, coordinator, node, certificate and audit commands.
 
 Known failures (a bad node.toml, a missing certificate, a port in use, an unregistered
 key, a malformed data file) end in one paragraph that says what to fix and exit code 2,
@@ -22,9 +22,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run the coordinator's SuperLink.")
 node_app = typer.Typer(no_args_is_help=True, help="Run an institution's node.")
 certs_app = typer.Typer(no_args_is_help=True, help="Create and inspect the PKI.")
+audit_app = typer.Typer(
+    no_args_is_help=True, help="Privacy reports: fetch, render and verify them offline."
+)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(node_app, name="node")
 app.add_typer(certs_app, name="certs")
+app.add_typer(audit_app, name="audit")
 
 EXIT_USER_ERROR = 2
 
@@ -498,6 +502,74 @@ def certs_show(directory: Annotated[Path, typer.Option("--dir")]) -> None:
     from lepton_fl.crypto import describe_pki, load_pki
 
     typer.echo(describe_pki(load_pki(directory)))
+
+
+@audit_app.command("report")
+def audit_report(
+    out: Annotated[Path, typer.Option(help="Directory for the JSON, its signature and page.")],
+    api: Annotated[
+        str, typer.Option(help="The admin API's base URL.")
+    ] = "http://127.0.0.1:9080/api/v1",
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="A file holding the API key (default: $LEPTON_API_KEY)."),
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Report on this tenant id.")] = None,
+    federation: Annotated[str | None, typer.Option(help="Report on this federation id.")] = None,
+    release: Annotated[str | None, typer.Option(help="Report on this release id.")] = None,
+) -> None:
+    """Fetch the coordinator's signed privacy report and write privacy-report.json, its
+    signature (.sig) and privacy-report.html (self-contained: plots, tables, the signed JSON)."""
+    from lepton.admin_client import AdminClient
+    from lepton.audit_report import write_report_files
+
+    key = (
+        key_file.read_text(encoding="utf-8").strip()
+        if key_file
+        else os.environ.get("LEPTON_API_KEY", "")
+    )
+    if not key:
+        raise typer.BadParameter(
+            "give an auditor's API key with --key-file or $LEPTON_API_KEY", param_hint="--key-file"
+        )
+    with AdminClient.connect(api) as anonymous:
+        signed = anonymous.as_key(key).privacy_report(
+            tenant_id=tenant, federation_id=federation, release_id=release
+        )
+    files = write_report_files(signed, out)
+    typer.echo(f"Wrote {files.json}, {files.signature} and {files.html}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    report: Annotated[Path, typer.Argument(help="privacy-report.json, or the report's page.")],
+    public_key: Annotated[
+        Path, typer.Option(help="The coordinator's public key (PEM), received out of band.")
+    ],
+    signature: Annotated[
+        Path | None, typer.Option(help="The detached signature (default: REPORT.sig).")
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.5, help="How far below an accountant a stated ε may be."),
+    ] = 0.02,
+) -> None:
+    """Check a privacy report offline: the coordinator's signature, the audit checkpoint, and
+    every ε recomputed with Opacus and with Google's dp-accounting. Exit 1 on any failure."""
+    from lepton.audit_report import read_signed_report
+    from lepton.audit_verify import ReportFileError, summary_lines, verify_report
+
+    try:
+        body, detached = read_signed_report(report, signature)
+        pem = public_key.read_text(encoding="utf-8")
+    except (ReportFileError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from err
+    result = verify_report(body, detached, pem, tolerance=tolerance)
+    for line in summary_lines(result, body.get("nodes") or []):
+        typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def _superlink_settings(

@@ -40,9 +40,11 @@ from lepton.admin_client import AdminClient, AuditVerdict, RoundStatus, RunStatu
 from lepton.baseline import BaselineResult, local_only_baselines
 from lepton.cluster import LocalCluster, NodePlan
 from lepton.demo_admin import (
+    AuditReportCheck,
     LedgerCheck,
     ReleaseCheck,
     Site,
+    audit_report,
     enroll_sites,
     epsilon_mismatch,
     federation_definition,
@@ -97,6 +99,7 @@ class AdminOutcome:
     ledgers: dict[str, LedgerCheck]
     release: ReleaseCheck | None
     audit: AuditVerdict
+    report: AuditReportCheck | None = None
 
 
 @dataclass
@@ -111,6 +114,7 @@ class _Tracked:
     run: RunStatus
     journal: Path
     deadline: float
+    federation_id: str = ""
     rounds: list[RoundStatus] = field(default_factory=list)
     baselines: dict[str, BaselineResult] = field(default_factory=dict)
 
@@ -163,6 +167,15 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 _after_run(platform, anonymous, cluster, root, t, sites, opts) for t in tracked
             ]
             audit = verify_audit(platform)
+            reports = [
+                audit_report(
+                    platform,
+                    root / "audit" / t.fed.name,
+                    federation_id=t.federation_id,
+                    release_id=None if release is None else release.release.id,
+                )
+                for t, (_, _, release) in zip(tracked, outcomes, strict=True)
+            ]
         summaries = [
             build_summary(
                 t.fed,
@@ -179,10 +192,13 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                     checks,
                     release,
                     audit,
+                    report,
                 ),
                 sector=t.sector,
             )
-            for t, (ledgers, checks, release) in zip(tracked, outcomes, strict=True)
+            for t, (ledgers, checks, release), report in zip(
+                tracked, outcomes, reports, strict=True
+            )
         ]
     for one in summaries:
         _print_table(console, one)
@@ -231,6 +247,7 @@ def _start(
         names={sites[p.name].node.id: p.name for p in plans},
         run=run,
         journal=journal,
+        federation_id=federation.id,
         # federations that share the host's cores take longer each
         deadline=time.monotonic() + sector.run_timeout_s * concurrent,
     )
@@ -506,6 +523,7 @@ def build_summary(
             "first_broken_seq": admin.audit.first_broken_seq,
             "reason": admin.audit.reason,
         },
+        "audit_report": None if admin.report is None else admin.report.as_summary(),
     }
 
 
@@ -716,6 +734,15 @@ def _check_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"[bold red]Audit chain BROKEN[/] at row {audit['first_broken_seq']}: {audit['reason']}"
         )
+    report = summary.get("audit_report")
+    if report is not None and report["verified"]:
+        lines.append(
+            f"Privacy report verified offline by lepton audit verify: signature, audit "
+            f"checkpoint, {report['entries']} ε charges recomputed with Opacus and dp-accounting "
+            f"({report['html']})"
+        )
+    elif report is not None:
+        lines.append(f"[bold red]Privacy report FAILED verification[/]: {report['failures']}")
     return lines
 
 
@@ -728,4 +755,7 @@ def _failed_checks(summary: dict[str, Any]) -> list[str]:
         failed.append(f"release v{release['version']} did not verify")
     if not summary["audit"]["ok"]:
         failed.append("the audit chain is broken")
+    report = summary.get("audit_report")
+    if report is not None and not report["verified"]:
+        failed.append("the privacy report did not verify")
     return failed

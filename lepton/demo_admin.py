@@ -24,6 +24,8 @@ from lepton.admin_client import (
     NodeLedger,
     Release,
 )
+from lepton.audit_report import ReportFiles, read_signed_report, write_report_files
+from lepton.audit_verify import Verification, verify_report
 from lepton.cluster import LocalCluster, NodePlan
 from lepton.ledger_report import ledger_rows
 from lepton_fl.config import FederationSpec, Member
@@ -187,3 +189,44 @@ def publish_and_verify(
 def verify_audit(platform: AdminClient) -> AuditVerdict:
     """The coordinator recomputes its audit hash chain."""
     return platform.audit_verification()
+
+
+@dataclass(frozen=True)
+class AuditReportCheck:
+    """The auditor's privacy report of a federation's run, and its offline verification."""
+
+    files: ReportFiles
+    verification: Verification
+    entries: int
+
+    def as_summary(self) -> dict[str, Any]:
+        return {
+            **self.files.as_dict(),
+            "verified": self.verification.ok,
+            "checks": self.verification.checks,
+            "entries": self.entries,
+            "failures": self.verification.failures,
+        }
+
+
+def audit_report(
+    platform: AdminClient,
+    directory: Path,
+    *,
+    federation_id: str,
+    release_id: str | None,
+) -> AuditReportCheck:
+    """An auditor (a fresh read-only key) fetches the signed privacy report of the release
+    (or of the federation, when the run made none), writes it as JSON, signature and page,
+    and verifies the files offline against the coordinator's published key, as
+    `lepton audit verify` does."""
+    auditor = platform.as_key(platform.create_api_key("auditor", name="demo auditor"))
+    if release_id is not None:
+        signed = auditor.privacy_report(release_id=release_id)
+    else:
+        signed = auditor.privacy_report(federation_id=federation_id)
+    files = write_report_files(signed, directory)
+    report, signature = read_signed_report(files.json)
+    result = verify_report(report, signature, platform.anonymous().signing_key())
+    entries = sum(len(n.get("entries") or []) for n in report.get("nodes", []))
+    return AuditReportCheck(files, result, entries)

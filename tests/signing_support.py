@@ -69,6 +69,7 @@ def authorization(
     node_ids: Iterable[int] = DEFAULT_NODE_IDS,
     admin_run_id: str = "admin-run-1",
     key: Ed25519PrivateKey = TEST_KEY,
+    audit_checkpoint: dict[str, Any] | None = None,
 ) -> str:
     """The admin service's signed authorization of a run of ``fed`` on ``node_ids``."""
     members = tuple(
@@ -80,6 +81,7 @@ def authorization(
         federation_digest=fed.digest(),
         members=members,
         issued_at="2026-01-01T00:00:00+00:00",
+        audit_checkpoint=audit_checkpoint,
     )
     return sign_run_authorization(body, key)
 
@@ -92,13 +94,20 @@ def signed(
     node_ids: Iterable[int] = DEFAULT_NODE_IDS,
     admin_run_id: str = "admin-run-1",
     key: Ed25519PrivateKey = TEST_KEY,
+    audit_checkpoint: dict[str, Any] | None = None,
 ) -> RoundInstruction:
     """A round instruction carrying a signed authorization, as the ServerApp sends it."""
     return RoundInstruction(
         fed,
         rnd,
         list(weights or []),
-        authorization=authorization(fed, node_ids=node_ids, admin_run_id=admin_run_id, key=key),
+        authorization=authorization(
+            fed,
+            node_ids=node_ids,
+            admin_run_id=admin_run_id,
+            key=key,
+            audit_checkpoint=audit_checkpoint,
+        ),
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import pytest
 
 from client_node.ledger import GENESIS_HASH, Ledger, entry_hash
 from coordinator.superlink import SuperLink
-from lepton.cluster import LocalCluster, NodePlan
+from lepton.cluster import LocalCluster, NodePlan, lepton_command
 from lepton.ledger_report import ledger_rows
 from lepton_fl.config import Member
 from lepton_fl.crypto.release import verify_release
@@ -218,6 +220,56 @@ def test_signed_release_verifies_offline(
     assert verified["rounds"] == 2
     assert len(verified["participants"]) == 3
     assert weights
+
+
+def test_nodes_keep_the_audit_checkpoints_their_runs_carried(
+    deployment: Deployment, finished: dict[str, Any]
+) -> None:
+    """Each node verified and kept the signed audit checkpoint of the run it worked for;
+    the coordinator's log holds to all of them (what a site sends an auditor)."""
+    d = deployment
+    kept = []
+    for node in d.cluster.nodes.values():
+        lines = (node.ledger_path.parent / "audit-checkpoints.jsonl").read_text().splitlines()
+        assert lines, node.plan.name
+        kept += [json.loads(line) for line in lines]
+    verdict = d.call("POST", "/audit/verification", d.admin, json={"checkpoints": kept})
+    assert verdict["ok"] is True, verdict["reason"]
+    assert verdict["checkpoints_checked"] > len(kept)
+
+
+def test_an_auditor_fetches_the_report_and_verifies_it_offline(
+    deployment: Deployment, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    """`lepton audit report` over HTTP with an auditor key, then `lepton audit verify` with
+    nothing but the coordinator's public key."""
+    d = deployment
+    key = d.call("POST", "/api-keys", d.admin, json={"role": "auditor"})["key"]
+    (tmp_path / "auditor.key").write_text(key)
+    (tmp_path / "coordinator.pem").write_text(d.call("GET", "/signing-key", {})["public_key_pem"])
+    base = d.cluster.api_url
+    fetched = subprocess.run(
+        lepton_command("audit", "report", "--api", base, "--out", str(tmp_path / "report"),
+                       "--key-file", str(tmp_path / "auditor.key")),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    verified = subprocess.run(
+        lepton_command("audit", "verify", str(tmp_path / "report" / "privacy-report.html"),
+                       "--public-key", str(tmp_path / "coordinator.pem")),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Privacy report verified" in verified.stdout
+    assert "3 node(s)" in verified.stdout
+
+    wrong = subprocess.run(
+        lepton_command("audit", "report", "--api", base, "--out", str(tmp_path / "x")),
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "LEPTON_API_KEY": "lfk_nope_nope"},
+    )  # fmt: skip
+    assert wrong.returncode == 2
+    assert "401" in wrong.stderr
 
 
 def test_audit_chain_verifies_then_names_a_tampered_row(

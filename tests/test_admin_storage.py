@@ -37,6 +37,8 @@ from coordinator.services.round_sink import JournalFollower
 from coordinator.services.runs import RunSettings
 from lepton_fl.config import RunSpec, SecureAggregationSpec
 from lepton_fl.crypto import create_node_key
+from lepton_fl.crypto.checkpoint import verify_checkpoint
+from lepton_fl.crypto.release import public_key_pem
 from lepton_fl.wire import PrivacyCharge
 
 ADMIN = Actor(role="platform_admin", label="test-admin")
@@ -105,7 +107,7 @@ def test_schema_upgrade_is_idempotent(db: Database) -> None:
 
     with db.read() as session:
         version = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0003"
+    assert version == "0004"
 
 
 def test_api_key_is_stored_only_as_a_slow_hash(db: Database) -> None:
@@ -292,6 +294,22 @@ def test_database_refuses_to_update_or_delete_audit_rows(db: Database) -> None:
         connection.execute(text("UPDATE audit_events SET actor = 'x'"))
     with pytest.raises(DBAPIError), db.write_engine.begin() as connection:
         connection.execute(text("DELETE FROM audit_events"))
+
+
+def test_checkpoints_are_signed_per_transaction_and_append_only(db: Database) -> None:
+    key = TEST_KEY
+    audit.enable_checkpoints(db, key)
+    tenants.create_tenant(db, ADMIN, name="t")
+    tenants.create_tenant(db, ADMIN, name="u")
+
+    signed = audit.list_checkpoints(db, ADMIN)
+    heads = [verify_checkpoint(c, public_key_pem(key)) for c in signed]
+    assert [c.seq for c in heads] == [1, 2]
+    assert audit.verify_chain(db, ADMIN, public_key=public_key_pem(key)).checkpoints_checked == 2
+    with pytest.raises(DBAPIError), db.write_engine.begin() as connection:
+        connection.execute(text("UPDATE audit_checkpoints SET head_hash = 'x'"))
+    with pytest.raises(DBAPIError), db.write_engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit_checkpoints"))
 
 
 def test_concurrent_writers_keep_one_chain(db: Database) -> None:

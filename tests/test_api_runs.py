@@ -18,6 +18,7 @@ from admin_support import AdminApi, Tenant, play_serverapp
 
 from coordinator.superlink import SuperLink
 from lepton_fl.config import FederationSpec
+from lepton_fl.crypto.checkpoint import verify_checkpoint
 from lepton_fl.crypto.release import verify_signed_manifest
 
 
@@ -177,6 +178,12 @@ def test_release_manifest_is_signed_and_complete(world: World) -> None:
     spec = FederationSpec.model_validate(manifest["federation"]["spec"])  # what a node rebuilds
     assert spec.digest() == manifest["federation"]["spec_digest"]
     assert spec.privacy.target_epsilon == 2.0
+    # the release carries the audit log's signed head as it stood when it was published
+    checkpoint = verify_checkpoint(manifest["audit_checkpoint"], key["public_key_pem"])
+    events = api.ok("GET", "/audit/events", api.admin, params={"limit": 1000})
+    release_event = next(e for e in events if e["action"] == "release.create")
+    assert checkpoint.seq == release_event["seq"] - 1
+    assert checkpoint.head_hash == release_event["prev_hash"]
 
 
 def test_release_download_matches_its_digest_and_verifies(world: World) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from client_node.settings import NodeSettings
 from client_node.trainer.core import NodeTrainer
 from client_node.trainer.secure import SecureAggregation
 from lepton_fl.config import FederationSpec, Member, PrivacySpec, RunSpec, TrainingSpec
+from lepton_fl.crypto.checkpoint import Checkpoint, sign_checkpoint
 from lepton_fl.crypto.release import (
     ReleaseError,
     public_key_pem,
@@ -326,3 +328,68 @@ def test_secagg_advertise_with_a_valid_authorization_joins(make_trainer) -> None
 
 def test_public_key_pem_of_the_test_key_is_pinned() -> None:
     assert public_key_pem(TEST_KEY) == TEST_PUBLIC_PEM
+
+
+# --------------------------------------------------------------------------- audit checkpoints
+
+
+def _checkpoint(seq: int, head: str, *, key: Ed25519PrivateKey = TEST_KEY) -> dict[str, Any]:
+    return sign_checkpoint(Checkpoint(seq=seq, head_hash=head * 64, at=f"t{seq}"), key)
+
+
+def test_the_node_keeps_each_runs_audit_checkpoint(make_trainer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    trainer = make_trainer()
+    first = signed(FED, 1, audit_checkpoint=_checkpoint(10, "a"))
+    later = signed(FED, 1, admin_run_id="admin-run-2", audit_checkpoint=_checkpoint(12, "b"))
+
+    assert trainer.train(_envelope(run_id=1), first).status == "ok"
+    assert trainer.train(_envelope(run_id=2), later).status == "ok"
+    assert trainer.train(_envelope(run_id=2), later).status == "ok"  # redelivered: kept once
+
+    lines = (tmp_path / "audit-checkpoints.jsonl").read_text().splitlines()
+    assert [json.loads(line)["checkpoint"]["seq"] for line in lines] == [10, 12]
+    trainer.ledger.close()
+    assert [c.seq for c in make_trainer().checkpoints.kept()] == [10, 12]  # after a restart
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "code"),
+    [
+        (_checkpoint(10, "f"), "audit_log_forked"),  # row 10 signed again with another head
+        (_checkpoint(7, "c"), "audit_log_cut"),  # back to an earlier row
+        (_checkpoint(13, "d", key=OTHER_KEY), "audit_checkpoint_invalid"),
+    ],
+)
+def test_a_contradicting_checkpoint_stops_the_node_working_for_the_coordinator(  # type: ignore[no-untyped-def]
+    make_trainer, checkpoint: dict[str, Any], code: str
+) -> None:
+    """The operator rewrote or cut its audit log (or forged a checkpoint) between runs:
+    the node refuses the next run before any training or charge."""
+    trainer = make_trainer()
+    assert (
+        trainer.train(
+            _envelope(run_id=1), signed(FED, 1, audit_checkpoint=_checkpoint(10, "a"))
+        ).status
+        == "ok"
+    )
+    charged = trainer.ledger.entries()
+
+    reply = trainer.train(
+        _envelope(run_id=2), signed(FED, 1, admin_run_id="admin-run-2", audit_checkpoint=checkpoint)
+    )
+
+    assert (reply.status, reply.code) == ("refused", code)
+    assert "audit-checkpoints.jsonl" in reply.reason or code == "audit_checkpoint_invalid"
+    assert trainer.ledger.entries() == charged
+    assert [c.seq for c in trainer.checkpoints.kept()] == [10]
+
+
+def test_a_damaged_checkpoint_file_is_refused_naming_the_line(make_trainer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "audit-checkpoints.jsonl").write_text('{"checkpoint": {"seq": "x"}}\n')
+    trainer = make_trainer()
+
+    reply = trainer.train(_envelope(), signed(FED, 1, audit_checkpoint=_checkpoint(3, "a")))
+
+    assert (reply.status, reply.code) == ("refused", "audit_checkpoints_damaged")
+    assert "Line 1" in reply.reason
+    assert trainer.ledger.entries() == []

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client_node.checkpoints import CheckpointRefusal, CheckpointStore
 from client_node.ledger import Ledger
 from client_node.policy import RequestKind
 from client_node.privacy_gate import PrivacyGate, RequestRefusedError, RoundAdmission
@@ -79,6 +80,7 @@ class NodeTrainer:
         self._replies: dict[tuple[int, int], TrainReply] = {}
         self._secure_keys: set[tuple[int, int]] = set()  # replies trained for SecAgg+
         self._pinned_key, self._pinned_key_error = _read_pinned_key(settings)
+        self.checkpoints = CheckpointStore(settings.node.state_dir)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -186,6 +188,11 @@ class NodeTrainer:
         except RunAuthorizationError as err:
             raise RequestRefusedError(err.code, err.message) from err
         assert instruction.authorization is not None  # verified above
+        if authorization.audit_checkpoint is not None:
+            try:
+                self.checkpoints.observe(authorization.audit_checkpoint, self._pinned_key)
+            except CheckpointRefusal as err:
+                raise RequestRefusedError(err.code, err.message) from err
         flower_run = str(envelope.run_id)
         bound = self.gate.bind_run(
             authorization.admin_run_id, flower_run, authorization_digest(instruction.authorization)

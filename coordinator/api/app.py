@@ -10,10 +10,20 @@ from fastapi.openapi.utils import get_openapi
 
 from coordinator.api.deps import AppContext
 from coordinator.api.errors import install_error_handlers
-from coordinator.api.routes import audit, federations, ledger, nodes, releases, runs, tenants
+from coordinator.api.routes import (
+    audit,
+    federations,
+    ledger,
+    nodes,
+    releases,
+    reports,
+    runs,
+    tenants,
+)
 from coordinator.api.schemas import HealthOut
 from coordinator.api.settings import AdminSettings
 from coordinator.db import Database
+from coordinator.services import audit as audit_service
 from coordinator.services.gateway import NodeRegistry, RunLauncher, SuperLinkGateway
 from coordinator.superlink import SuperLink
 from lepton_fl.crypto.release import generate_signing_key, load_signing_key
@@ -66,10 +76,12 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    signing_key = load_or_create_signing_key(settings)
+    audit_service.enable_checkpoints(db, signing_key)
     app.state.context = AppContext(
         settings=settings,
         db=db,
-        signing_key=load_or_create_signing_key(settings),
+        signing_key=signing_key,
         registry=registry,
         launcher=launcher,
     )
@@ -80,7 +92,7 @@ def create_app(
         """Liveness (no key needed)."""
         return HealthOut(status="ok")
 
-    for module in (tenants, nodes, federations, runs, ledger, releases, audit):
+    for module in (tenants, nodes, federations, runs, ledger, releases, reports, audit):
         app.include_router(module.router, prefix=API_PREFIX)
     _declare_bearer_auth(app)
     return app

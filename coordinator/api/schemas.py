@@ -195,12 +195,18 @@ class RunOut(BaseModel):
     rounds_planned: int
     rounds_completed: int
     members: list[RunMemberOut]
+    other_members: int = Field(
+        0, description="Members of other tenants, counted only (for tenant-scoped keys)."
+    )
     failure: str | None
     created_at: str
     finished_at: str | None
 
     @classmethod
-    def of(cls, r: Run, actor_tenant: str | None = None) -> RunOut:
+    def of(cls, r: Run, mine: set[str] | None = None) -> RunOut:
+        """`mine`: the node ids a tenant-scoped key may see (`runs.own_members`)."""
+        members = json.loads(r.members)
+        shown = [m for m in members if mine is None or m["node_id"] in mine]
         return cls(
             id=r.id,
             federation_id=r.federation_id,
@@ -209,7 +215,8 @@ class RunOut(BaseModel):
             planned_epsilon=r.planned_epsilon,
             rounds_planned=r.rounds_planned,
             rounds_completed=r.rounds_completed,
-            members=[RunMemberOut.model_validate(m) for m in json.loads(r.members)],
+            members=[RunMemberOut.model_validate(m) for m in shown],
+            other_members=len(members) - len(shown),
             failure=r.failure,
             created_at=r.created_at,
             finished_at=r.finished_at,
@@ -219,18 +226,31 @@ class RunOut(BaseModel):
 class RoundOut(BaseModel):
     round: int
     participants: list[str]
+    other_participants: int = Field(
+        0, description="Participants of other tenants, counted only (tenant-scoped keys)."
+    )
     refusals: dict[str, str]
+    other_refusals: int = Field(
+        0, description="Refusals by other tenants' nodes, counted only (tenant-scoped keys)."
+    )
     num_examples: int
     train_loss: float | None
     seconds: float | None
     recorded_at: str
 
     @classmethod
-    def of(cls, r: RunRound) -> RoundOut:
+    def of(cls, r: RunRound, mine: set[str] | None = None) -> RoundOut:
+        """`mine`: the node ids a tenant-scoped key may see (`runs.own_members`)."""
+        participants: list[str] = json.loads(r.participants)
+        refusals: dict[str, str] = json.loads(r.refusals)
+        shown = [p for p in participants if mine is None or p in mine]
+        refused = {n: why for n, why in refusals.items() if mine is None or n in mine}
         return cls(
             round=r.round,
-            participants=json.loads(r.participants),
-            refusals=json.loads(r.refusals),
+            participants=shown,
+            other_participants=len(participants) - len(shown),
+            refusals=refused,
+            other_refusals=len(refusals) - len(refused),
             num_examples=r.num_examples,
             train_loss=r.train_loss,
             seconds=r.seconds,
@@ -438,3 +458,30 @@ class ChainVerdictOut(BaseModel):
     first_broken_seq: int | None
     reason: str | None
     head_hash: str | None
+    checkpoints_checked: int = Field(
+        0, description="Signed checkpoints the log was held to: the stored ones and yours."
+    )
+    latest_checkpoint: dict[str, Any] | None = Field(
+        None, description="The newest signed checkpoint: keep it to check the log later."
+    )
+
+
+class HeldCheckpointsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Signed checkpoints you kept (from releases, reports, runs or "
+        "GET /audit/checkpoints); each is checked against the coordinator's key.",
+    )
+
+
+class SignedReportOut(BaseModel):
+    report: dict[str, Any] = Field(
+        description="The privacy report (format lepton-privacy-report/1, docs/privacy-report.md)."
+    )
+    signature: dict[str, str] = Field(
+        description="The coordinator's detached Ed25519 signature over the report's canonical "
+        "JSON (domain lepton-privacy-report/1)."
+    )

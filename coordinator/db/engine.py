@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -148,6 +148,9 @@ class Database:
         # in growing steps). Other processes (ServerApps) still meet the busy handler.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._fetch_cache: dict[type[SQLModel], tuple[str, bool]] = {}
+        #: Called with each write session just before it commits (the audit log's
+        #: checkpoint signer): what they add commits in the same transaction.
+        self.before_commit: list[Callable[[Session], None]] = []
 
     @property
     def safe_url(self) -> str:
@@ -169,6 +172,8 @@ class Database:
             session.begin(),
         ):
             yield session
+            for hook in self.before_commit:
+                hook(session)
 
     def fetch(self, model: type[T], ident: str) -> T | None:
         """One row by primary key: the hot read path.

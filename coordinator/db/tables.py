@@ -193,4 +193,15 @@ class AuditEvent(SQLModel, table=True):
     hash: str = Field(max_length=64, unique=True)
 
 
+class AuditCheckpoint(SQLModel, table=True):
+    """The coordinator's signature over the audit chain's head at row ``seq``."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    head_hash: str = Field(max_length=64)
+    at: str = Field(max_length=32)
+    signed: str = Field(sa_column=Column(Text, nullable=False))  # {"checkpoint", "signature"}
+
+
 METADATA = SQLModel.metadata

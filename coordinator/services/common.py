@@ -85,7 +85,18 @@ def not_found(kind: str, ident: str) -> NotFoundError:
     return NotFoundError(f"No {kind} with id {ident!r} exists.", code=f"{kind}_not_found")
 
 
+def scope_tenant(actor: Actor) -> str | None:
+    """The one tenant a reader is confined to: a tenant admin's or a tenant auditor's own.
+
+    None for the platform-wide view (platform admins, the platform auditor, the system)."""
+    if actor.role in ("tenant_admin", "auditor"):
+        return actor.tenant_id
+    return None
+
+
 def check_tenant_visible(actor: Actor, tenant_id: str | None, kind: str, ident: str) -> None:
-    """A tenant admin sees only its own tenant's rows; others are 'not found'."""
-    if actor.role == "tenant_admin" and tenant_id != actor.tenant_id:
+    """A tenant-scoped key (tenant admin, tenant auditor) sees only its own tenant's rows;
+    others are 'not found'."""
+    scope = scope_tenant(actor)
+    if scope is not None and tenant_id != scope:
         raise not_found(kind, ident)

@@ -27,6 +27,7 @@ from coordinator.services.common import (
     now_iso,
     require_role,
     require_writer,
+    scope_tenant,
 )
 from coordinator.services.errors import ConflictError, InvalidError
 from lepton_fl.config import (
@@ -213,13 +214,14 @@ def get_federation(db: Database, actor: Actor, federation_id: str) -> Federation
 
 
 def list_members(db: Database, actor: Actor, federation_id: str) -> list[FederationMember]:
-    """A federation's members; a tenant admin sees only its own nodes among them."""
+    """A federation's members; a tenant-scoped key sees only its own nodes among them."""
     get_federation(db, actor, federation_id)
+    scope = scope_tenant(actor)
     with db.read() as session:
         query = select(FederationMember).where(FederationMember.federation_id == federation_id)
-        if actor.role == "tenant_admin":
+        if scope is not None:
             query = query.join(Node, col(Node.id) == FederationMember.node_id).where(
-                Node.tenant_id == actor.tenant_id
+                Node.tenant_id == scope
             )
         return list(session.exec(query.order_by(col(FederationMember.created_at))).all())
 

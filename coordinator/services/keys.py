@@ -107,22 +107,30 @@ def create_key(
     tenant_id: str | None = None,
     name: str = "",
 ) -> tuple[ApiKey, str]:
-    """Create a key; return its row and the full key, which is never shown again."""
+    """Create a key; return its row and the full key, which is never shown again.
+
+    A tenant-admin key belongs to a tenant; an auditor key may (a tenant auditor reads only
+    that tenant, `common.scope_tenant`) or may not (the platform auditor); a platform-admin
+    key never does. A tenant admin may create tenant-admin and auditor keys for its own
+    tenant only (never a platform auditor): that is safe because an auditor key is
+    read-only and confined to the same tenant; all it adds is reading the audit events
+    about that tenant.
+    """
     require_writer(actor, action="create API keys")
     require_role(actor, "platform_admin", "tenant_admin", action="create API keys")
     if actor.role == "tenant_admin":
-        if role != "tenant_admin":
+        if role not in ("tenant_admin", "auditor"):
             raise ForbiddenError(
-                "A tenant admin may create only tenant-admin keys for its own tenant.",
+                "A tenant admin may create only tenant-admin and auditor keys for its own tenant.",
                 code="forbidden",
             )
         tenant_id = tenant_id or actor.tenant_id
         check_tenant_visible(actor, tenant_id, "tenant", str(tenant_id))
     if role == "tenant_admin" and tenant_id is None:
         raise InvalidError("A tenant-admin key needs a tenant_id.", code="tenant_required")
-    if role != "tenant_admin" and tenant_id is not None:
+    if role == "platform_admin" and tenant_id is not None:
         raise InvalidError(
-            f"A {role.replace('_', ' ')} key belongs to no tenant; leave tenant_id out.",
+            "A platform-admin key belongs to no tenant; leave tenant_id out.",
             code="tenant_not_allowed",
         )
     prefix, full = _generate()

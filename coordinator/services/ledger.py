@@ -28,6 +28,7 @@ from coordinator.services.common import (
     not_found,
     now_iso,
     require_writer,
+    scope_tenant,
 )
 from coordinator.services.errors import NotFoundError
 from lepton_fl.config import AccountantName
@@ -265,10 +266,11 @@ def node_ledger(
 
 def ledger_overview(db: Database, actor: Actor) -> list[NodeLedger]:
     """Every visible node's spent and remaining budget (no history)."""
+    scope = scope_tenant(actor)
     with db.read() as session:
         query = select(Node).order_by(col(Node.created_at))
-        if actor.role == "tenant_admin":
-            query = query.where(Node.tenant_id == actor.tenant_id)
+        if scope is not None:
+            query = query.where(Node.tenant_id == scope)
         node_ids = [n.id for n in session.exec(query).all()]
     reports = [node_ledger(db, actor, node_id) for node_id in node_ids]
     for report in reports:

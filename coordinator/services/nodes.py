@@ -35,6 +35,7 @@ from coordinator.services.common import (
     parse_iso,
     require_role,
     require_writer,
+    scope_tenant,
 )
 from coordinator.services.errors import (
     ConflictError,
@@ -194,11 +195,12 @@ def enroll_node(
 
 
 def list_nodes(db: Database, actor: Actor, *, tenant_id: str | None = None) -> list[Node]:
-    """Nodes: a tenant admin's own; everyone's (optionally one tenant's) for the others."""
+    """Nodes: a tenant-scoped key's own; everyone's (optionally one tenant's) for the others."""
+    scope = scope_tenant(actor)
     with db.read() as session:
         query = select(Node).order_by(col(Node.created_at))
-        if actor.role == "tenant_admin":
-            query = query.where(Node.tenant_id == actor.tenant_id)
+        if scope is not None:
+            query = query.where(Node.tenant_id == scope)
         elif tenant_id is not None:
             query = query.where(Node.tenant_id == tenant_id)
         return list(session.exec(query).all())

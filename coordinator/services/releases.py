@@ -37,6 +37,7 @@ from coordinator.services.common import (
     now_iso,
     require_role,
     require_writer,
+    scope_tenant,
 )
 from coordinator.services.errors import ConflictError, ForbiddenError
 from coordinator.services.federations import check_definition, load_definition
@@ -140,6 +141,9 @@ def create_release(
             "differential_privacy": definition.privacy.model_dump(mode="json"),
             "secure_aggregation": definition.secure_aggregation.model_dump(mode="json"),
             "epsilon_spent": epsilon,
+            # the audit log's newest signed head: once a release is out, the log up to
+            # here can no longer be cut or rewritten without contradicting it
+            "audit_checkpoint": audit.latest_signed(session),
         }
         directory = releases_dir / f"{federation.name}-v{version}-{release_id[:8]}"
         signed = write_release(directory, load_checkpoint(checkpoint), manifest, signing_key)
@@ -187,15 +191,15 @@ def _grants(db: Database, release_id: str) -> list[str]:
 
 
 def get_release(db: Database, actor: Actor, release_id: str) -> Release:
-    """A release the actor may see (tenant admins: only permitted ones)."""
+    """A release the actor may see (tenant-scoped keys: only their tenant's permitted ones;
+    a tenant auditor gets the manifest with other tenants' participants as counts)."""
     release = db.fetch(Release, release_id) if looks_like_id(release_id) else None
     if release is None:
         raise not_found("release", release_id)
-    if actor.role == "tenant_admin" and actor.tenant_id not in _permitted_tenants(
-        release, _grants(db, release_id)
-    ):
+    scope = scope_tenant(actor)
+    if scope is not None and scope not in _permitted_tenants(release, _grants(db, release_id)):
         raise not_found("release", release_id)
-    return release
+    return _as_seen_by(actor, release)
 
 
 def list_releases(db: Database, actor: Actor) -> list[Release]:
@@ -207,9 +211,47 @@ def list_releases(db: Database, actor: Actor) -> list[Release]:
         grants: dict[str, list[str]] = {}
         for g in session.exec(select(ReleaseGrant)).all():
             grants.setdefault(g.release_id, []).append(g.tenant_id)
-    if actor.role != "tenant_admin":
+    scope = scope_tenant(actor)
+    if scope is None:
         return releases
-    return [r for r in releases if actor.tenant_id in _permitted_tenants(r, grants.get(r.id, []))]
+    return [
+        _as_seen_by(actor, r)
+        for r in releases
+        if scope in _permitted_tenants(r, grants.get(r.id, []))
+    ]
+
+
+def _as_seen_by(actor: Actor, release: Release) -> Release:
+    """The release as a tenant auditor sees it: in the manifest, other tenants' nodes are
+    only counted (participants, per-round node ids, epsilon per node). Being altered, that
+    manifest no longer carries the signature: `verify_stored_release` checks the original.
+    Tenant admins keep the whole signed manifest, which their nodes verify offline."""
+    scope = scope_tenant(actor)
+    if scope is None or actor.role != "auditor":
+        return release
+    signed = json.loads(release.signed_manifest)
+    manifest = signed["manifest"]
+    participants = manifest.get("participants", [])
+    mine = {p["node_id"] for p in participants if p.get("tenant_id") == scope}
+    manifest["participants"] = [p for p in participants if p["node_id"] in mine]
+    manifest["other_participants"] = len(participants) - len(mine)
+    manifest["round_participants"] = [
+        {
+            "round": r["round"],
+            "node_ids": [n for n in r["node_ids"] if n in mine],
+            "other_participants": sum(n not in mine for n in r["node_ids"]),
+        }
+        for r in manifest.get("round_participants", [])
+    ]
+    spent = manifest.get("epsilon_spent", {})
+    manifest["epsilon_spent"] = {n: e for n, e in spent.items() if n in mine}
+    redacted = {
+        "manifest": manifest,
+        "redacted": "Other tenants' nodes are shown only as counts, so this copy carries no "
+        "signature; GET /releases/{id}/verification checks the signed original.",
+    }
+    fields = {name: getattr(release, name) for name in Release.model_fields}
+    return Release(**(fields | {"signed_manifest": json.dumps(redacted)}))
 
 
 def model_path(db: Database, actor: Actor, release_id: str) -> Path:

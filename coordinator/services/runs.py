@@ -35,6 +35,7 @@ from coordinator.services.common import (
     now_iso,
     require_role,
     require_writer,
+    scope_tenant,
 )
 from coordinator.services.errors import ConflictError, InvalidError, ServiceError, no_superlink
 from coordinator.services.federations import check_definition, load_definition
@@ -141,7 +142,9 @@ def start_run(
             connect_timeout_s=settings.connect_timeout_s,
             admin_run_id=run_id,
         )
-        run_spec = authorize_run(run_spec, signing_key)
+        with db.read() as session:
+            checkpoint = audit.latest_signed(session)
+        run_spec = authorize_run(run_spec, signing_key, audit_checkpoint=checkpoint)
     except ValueError as err:
         raise InvalidError(f"The run is invalid: {err}", code="invalid_run") from err
     with db.write() as session:
@@ -263,9 +266,18 @@ def stop_run(db: Database, actor: Actor, run_id: str, *, launcher: RunLauncher |
 
 
 def _visible(actor: Actor, run: Run) -> bool:
-    if actor.role != "tenant_admin":
-        return True
-    return any(m.get("tenant_id") == actor.tenant_id for m in json.loads(run.members))
+    """Everyone's for the platform-wide view; a tenant-scoped key's if its nodes take part."""
+    mine = own_members(actor, run)
+    return mine is None or bool(mine)
+
+
+def own_members(actor: Actor, run: Run) -> set[str] | None:
+    """The node ids of the run a tenant-scoped key may see by name (its tenant's); None for
+    the platform-wide view. Other members are shown to it only as counts."""
+    scope = scope_tenant(actor)
+    if scope is None:
+        return None
+    return {m["node_id"] for m in json.loads(run.members) if m.get("tenant_id") == scope}
 
 
 def get_run(db: Database, actor: Actor, run_id: str) -> Run:

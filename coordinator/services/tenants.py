@@ -21,6 +21,7 @@ from coordinator.services.common import (
     now_iso,
     require_role,
     require_writer,
+    scope_tenant,
 )
 from coordinator.services.errors import ConflictError
 from coordinator.services.gateway import NodeRegistry
@@ -70,16 +71,18 @@ def _duplicate(name: str) -> ConflictError:
 
 
 def list_tenants(db: Database, actor: Actor) -> list[Tenant]:
-    """Every tenant for platform admins and auditors; its own for a tenant admin."""
+    """Every tenant for platform admins and the platform auditor; its own for a
+    tenant-scoped key (tenant admin, tenant auditor)."""
+    scope = scope_tenant(actor)
     with db.read() as session:
         query = select(Tenant).order_by(col(Tenant.created_at))
-        if actor.role == "tenant_admin":
-            query = query.where(Tenant.id == actor.tenant_id)
+        if scope is not None:
+            query = query.where(Tenant.id == scope)
         return list(session.exec(query).all())
 
 
 def get_tenant(db: Database, actor: Actor, tenant_id: str) -> Tenant:
-    """One tenant (404 for another tenant's admin)."""
+    """One tenant (404 for another tenant's admin or auditor)."""
     check_tenant_visible(actor, tenant_id, "tenant", tenant_id)
     tenant = db.fetch(Tenant, tenant_id) if looks_like_id(tenant_id) else None
     if tenant is None:

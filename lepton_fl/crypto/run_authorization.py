@@ -97,6 +97,9 @@ class RunAuthorization(BaseModel):
     federation_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     members: tuple[Member, ...] = Field(min_length=1)
     issued_at: str
+    # the audit log's newest signed checkpoint when the run started (None: empty log); the
+    # node verifies and keeps it (`client_node.checkpoints`)
+    audit_checkpoint: dict[str, Any] | None = None
 
     def member(self, node_id: int) -> Member | None:
         """The member with Flower node id ``node_id``, or None."""
@@ -122,7 +125,11 @@ def sign_run_authorization(authorization: RunAuthorization, key: Ed25519PrivateK
 
 
 def authorize_run(
-    run: RunSpec, key: Ed25519PrivateKey, *, issued_at: datetime | None = None
+    run: RunSpec,
+    key: Ed25519PrivateKey,
+    *,
+    issued_at: datetime | None = None,
+    audit_checkpoint: dict[str, Any] | None = None,
 ) -> RunSpec:
     """Return ``run`` with its signed authorization (the run needs an ``admin_run_id``)."""
     if not run.admin_run_id:
@@ -133,6 +140,7 @@ def authorize_run(
         federation_digest=run.federation.digest(),
         members=run.members,
         issued_at=(issued_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        audit_checkpoint=audit_checkpoint,
     )
     return run.model_copy(update={"authorization": sign_run_authorization(authorization, key)})
 

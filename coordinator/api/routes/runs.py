@@ -39,9 +39,9 @@ def list_runs(
     caller: CallerDep,
     federation_id: Annotated[str | None, Query(max_length=36)] = None,
 ) -> list[RunOut]:
-    """Runs (a tenant admin sees those its nodes take part in)."""
+    """Runs (a tenant-scoped key sees those its nodes take part in; other members counted)."""
     return [
-        RunOut.of(r)
+        RunOut.of(r, runs.own_members(caller.actor, r))
         for r in runs.list_runs(caller.ctx.db, caller.actor, federation_id=federation_id)
     ]
 
@@ -49,13 +49,15 @@ def list_runs(
 @router.get("/runs/{run_id}", response_model=RunOut)
 async def get_run(run_id: str, caller: CallerDep) -> RunOut:
     """A run's status."""
-    return RunOut.of(runs.get_run(caller.ctx.db, caller.actor, run_id))
+    run = runs.get_run(caller.ctx.db, caller.actor, run_id)
+    return RunOut.of(run, runs.own_members(caller.actor, run))
 
 
 @router.get("/runs/{run_id}/rounds", response_model=list[RoundOut])
 def run_rounds(run_id: str, caller: CallerDep) -> list[RoundOut]:
-    """Per-round participants, refusals and metrics."""
-    return [RoundOut.of(r) for r in runs.run_rounds(caller.ctx.db, caller.actor, run_id)]
+    """Per-round participants, refusals and metrics (other tenants' nodes counted only)."""
+    mine = runs.own_members(caller.actor, runs.get_run(caller.ctx.db, caller.actor, run_id))
+    return [RoundOut.of(r, mine) for r in runs.run_rounds(caller.ctx.db, caller.actor, run_id)]
 
 
 @router.post("/runs/{run_id}/stop", response_model=RunOut, responses=SUPERLINK_ERRORS)

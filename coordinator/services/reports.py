@@ -1,0 +1,318 @@
+"""The auditor's privacy report: every charge behind every epsilon, signed by the coordinator.
+
+A report covers the platform, a tenant, a federation or a release. It lists, per node, every
+ledger entry (noise multiplier, sample rate, steps, delta, accountant, what it was charged
+for, whether it entered an aggregate), the epsilon after each entry as the coordinator
+computes it and as the node reported it, the node's budget; per federation its privacy
+policy, its runs round by round (participants, refusals, the evaluation's DP release) and
+its releases with their digests; and the audit log's newest signed checkpoint. The
+coordinator signs the canonical JSON with its Ed25519 key (a detached signature), so an
+auditor can keep it, and `lepton audit verify` can recompute every epsilon offline.
+
+A tenant-scoped reader (a tenant admin or a tenant auditor) gets a report of its own nodes:
+other members of its federations appear only as counts. The schema is documented in
+docs/privacy-report.md; ``format`` changes with any incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import Session, col, select
+
+from coordinator.db import Database
+from coordinator.db.tables import (
+    Federation,
+    FederationMember,
+    LedgerEntry,
+    Node,
+    Release,
+    Run,
+    RunRound,
+    Tenant,
+)
+from coordinator.fl.journal import JournalError, read_journal
+from coordinator.services import audit
+from coordinator.services.common import (
+    Actor,
+    check_tenant_visible,
+    looks_like_id,
+    not_found,
+    now_iso,
+    require_role,
+    scope_tenant,
+)
+from coordinator.services.errors import InvalidError
+from coordinator.services.federations import load_definition
+from coordinator.services.ledger import accountable_epsilon, history_epsilon, node_entries
+from lepton_fl.crypto.detached import sign_detached
+from lepton_fl.crypto.release import public_key_fingerprint, public_key_pem
+
+REPORT_FORMAT = "lepton-privacy-report/1"
+ScopeKind = Literal["platform", "tenant", "federation", "release"]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a report covers: the nodes, federations and runs in it."""
+
+    kind: ScopeKind
+    id: str | None
+    name: str | None
+    node_ids: list[str]
+    federation_ids: list[str]
+    run_ids: set[str] | None  # None: every run of the federations
+
+
+def privacy_report(
+    db: Database,
+    actor: Actor,
+    signing_key: Ed25519PrivateKey,
+    *,
+    tenant_id: str | None = None,
+    federation_id: str | None = None,
+    release_id: str | None = None,
+) -> dict[str, Any]:
+    """``{"report": {...}, "signature": {...}}`` for at most one of tenant, federation or
+    release (none: the whole platform, for platform-wide readers only)."""
+    require_role(actor, "platform_admin", "tenant_admin", "auditor", action="read reports")
+    if sum(x is not None for x in (tenant_id, federation_id, release_id)) > 1:
+        raise InvalidError(
+            "Give at most one of tenant_id, federation_id and release_id: a report covers "
+            "one tenant, one federation or one release (or, with none, the platform).",
+            code="invalid_report_scope",
+        )
+    viewer = scope_tenant(actor)
+    if viewer is not None and tenant_id is None and federation_id is None and release_id is None:
+        tenant_id = viewer  # a tenant-scoped reader's default view is its own tenant
+    with db.read() as session:
+        scope = _scope(session, actor, tenant_id, federation_id, release_id)
+        visible = [n for n in scope.node_ids if _node_visible(session, viewer, n)]
+        report: dict[str, Any] = {
+            "format": REPORT_FORMAT,
+            "generated_at": now_iso(),
+            "scope": {"kind": scope.kind, "id": scope.id, "name": scope.name},
+            "viewer": {"role": actor.role, "tenant_id": viewer},
+            "coordinator_key_fingerprint": public_key_fingerprint(public_key_pem(signing_key)),
+            "nodes": [_node_section(session, node_id) for node_id in visible],
+            "federations": [
+                _federation_section(session, fid, scope.run_ids, set(visible))
+                for fid in scope.federation_ids
+            ],
+            "audit_checkpoint": audit.latest_signed(session),
+        }
+    return {"report": report, "signature": sign_detached(REPORT_FORMAT, report, signing_key)}
+
+
+def _scope(
+    session: Session,
+    actor: Actor,
+    tenant_id: str | None,
+    federation_id: str | None,
+    release_id: str | None,
+) -> Scope:
+    if release_id is not None:
+        release = session.get(Release, release_id) if looks_like_id(release_id) else None
+        if release is None:
+            raise not_found("release", release_id)
+        manifest = json.loads(release.signed_manifest)["manifest"]
+        node_ids = [p["node_id"] for p in manifest.get("participants", [])]
+        _require_some_visible(session, actor, node_ids, "release", release_id)
+        name = f"{manifest['federation']['name']} v{release.version}"
+        return Scope(
+            "release", release_id, name, node_ids, [release.federation_id], {release.run_id}
+        )
+    if federation_id is not None:
+        federation = (
+            session.get(Federation, federation_id) if looks_like_id(federation_id) else None
+        )
+        if federation is None:
+            raise not_found("federation", federation_id)
+        node_ids = list(
+            session.exec(
+                select(FederationMember.node_id).where(
+                    FederationMember.federation_id == federation_id
+                )
+            ).all()
+        )
+        _require_some_visible(session, actor, node_ids, "federation", federation_id)
+        return Scope("federation", federation_id, federation.name, node_ids, [federation_id], None)
+    if tenant_id is not None:
+        tenant = session.get(Tenant, tenant_id) if looks_like_id(tenant_id) else None
+        if tenant is None:
+            raise not_found("tenant", tenant_id)
+        check_tenant_visible(actor, tenant_id, "tenant", tenant_id)
+        node_ids = list(
+            session.exec(
+                select(Node.id).where(Node.tenant_id == tenant_id).order_by(col(Node.created_at))
+            ).all()
+        )
+        federation_ids = _federations_of(session, node_ids)
+        return Scope("tenant", tenant_id, tenant.name, node_ids, federation_ids, None)
+    node_ids = list(session.exec(select(Node.id).order_by(col(Node.created_at))).all())
+    federation_ids = list(
+        session.exec(select(Federation.id).order_by(col(Federation.created_at))).all()
+    )
+    return Scope("platform", None, None, node_ids, federation_ids, None)
+
+
+def _require_some_visible(
+    session: Session, actor: Actor, node_ids: Sequence[str], kind: str, ident: str
+) -> None:
+    """A tenant-scoped reader sees a federation or release only if one of its nodes is in it."""
+    viewer = scope_tenant(actor)
+    if viewer is not None and not any(_node_visible(session, viewer, n) for n in node_ids):
+        raise not_found(kind, ident)
+
+
+def _node_visible(session: Session, viewer: str | None, node_id: str) -> bool:
+    if viewer is None:
+        return True
+    node = session.get(Node, node_id)
+    return node is not None and node.tenant_id == viewer
+
+
+def _federations_of(session: Session, node_ids: Sequence[str]) -> list[str]:
+    if not node_ids:
+        return []
+    rows = session.exec(
+        select(FederationMember.federation_id)
+        .where(col(FederationMember.node_id).in_(node_ids))
+        .distinct()
+    ).all()
+    return sorted(rows)
+
+
+def _node_section(session: Session, node_id: str) -> dict[str, Any]:
+    node = session.get(Node, node_id)
+    assert node is not None
+    tenant = session.get(Tenant, node.tenant_id)
+    entries = node_entries(session, node_id)
+    spent = accountable_epsilon(entries)
+    return {
+        "id": node.id,
+        "name": node.name,
+        "tenant": {"id": node.tenant_id, "name": tenant.name if tenant else None},
+        "state": node.state,
+        "epsilon_budget": node.epsilon_budget,
+        "epsilon_spent": spent,
+        "epsilon_coordinator": history_epsilon(entries),
+        "epsilon_node_reported": max((e.epsilon_reported for e in entries), default=None),
+        "epsilon_remaining": max(0.0, node.epsilon_budget - spent),
+        "entries": [_entry(e, history_epsilon(entries[: i + 1])) for i, e in enumerate(entries)],
+    }
+
+
+def _entry(entry: LedgerEntry, cumulative: float) -> dict[str, Any]:
+    return {
+        "run_id": entry.run_id,
+        "federation_id": entry.federation_id,
+        "round": entry.round,
+        "kind": entry.kind,
+        "noise_multiplier": entry.noise_multiplier,
+        "sample_rate": entry.sample_rate,
+        "steps": entry.steps,
+        "delta": entry.delta,
+        "accountant": entry.accountant,
+        "aggregated": entry.aggregated,
+        "source": entry.source,
+        "recorded_at": entry.recorded_at,
+        "epsilon_reported": entry.epsilon_reported,
+        "epsilon_cumulative": cumulative,
+    }
+
+
+def _federation_section(
+    session: Session, federation_id: str, run_ids: set[str] | None, visible: set[str]
+) -> dict[str, Any]:
+    federation = session.get(Federation, federation_id)
+    assert federation is not None
+    definition = load_definition(federation)
+    members = session.exec(
+        select(FederationMember).where(FederationMember.federation_id == federation_id)
+    ).all()
+    runs = session.exec(
+        select(Run).where(Run.federation_id == federation_id).order_by(col(Run.created_at))
+    ).all()
+    shown = [r for r in runs if (run_ids is None or r.id in run_ids) and _took_part(r, visible)]
+    releases = session.exec(
+        select(Release).where(Release.federation_id == federation_id).order_by(col(Release.version))
+    ).all()
+    run_set = {r.id for r in shown}
+    return {
+        "id": federation.id,
+        "name": federation.name,
+        "digest": federation.digest,
+        "task": definition.task,
+        "privacy": definition.privacy.model_dump(mode="json"),
+        "secure_aggregation": definition.secure_aggregation.model_dump(mode="json"),
+        "members": sorted(m.node_id for m in members if m.node_id in visible),
+        "members_other": sum(m.node_id not in visible for m in members),
+        "runs": [_run_section(session, run, visible) for run in shown],
+        "releases": [
+            {
+                "id": r.id,
+                "version": r.version,
+                "run_id": r.run_id,
+                "model_digest": r.model_digest,
+                "created_at": r.created_at,
+            }
+            for r in releases
+            if r.run_id in run_set
+        ],
+    }
+
+
+def _took_part(run: Run, visible: set[str]) -> bool:
+    return any(m.get("node_id") in visible for m in json.loads(run.members))
+
+
+def _run_section(session: Session, run: Run, visible: set[str]) -> dict[str, Any]:
+    rounds = session.exec(
+        select(RunRound).where(RunRound.run_id == run.id).order_by(col(RunRound.round))
+    ).all()
+    return {
+        "id": run.id,
+        "state": run.state,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "failure": run.failure,
+        "planned_epsilon": run.planned_epsilon,
+        "rounds_planned": run.rounds_planned,
+        "rounds_completed": run.rounds_completed,
+        "rounds": [_round_section(r, visible) for r in rounds],
+        "evaluation": _evaluation(run),
+    }
+
+
+def _round_section(row: RunRound, visible: set[str]) -> dict[str, Any]:
+    participants: list[str] = json.loads(row.participants)
+    refusals: dict[str, str] = json.loads(row.refusals)
+    return {
+        "round": row.round,
+        "participants": [n for n in participants if n in visible],
+        "participants_other": sum(n not in visible for n in participants),
+        "refusals": {n: why for n, why in refusals.items() if n in visible},
+        "refusals_other": sum(n not in visible for n in refusals),
+        "num_examples": row.num_examples,
+        "seconds": row.seconds,
+    }
+
+
+def _evaluation(run: Run) -> dict[str, Any] | None:
+    """The federation's DP evaluation release of the final model (from the run journal)."""
+    path = Path(run.journal_path)
+    if not path.is_file():
+        return None
+    try:
+        record = read_journal(path).evaluation
+    except (JournalError, OSError):
+        return None
+    if record is None or record.aggregate is None:
+        return None
+    return record.aggregate.as_dict()
