@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.lepton-installed
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: setup demo test lint typecheck unit postgres nginx bench clean
+.PHONY: setup demo test lint typecheck unit postgres nginx chromium bench clean
 
 setup: $(STAMP)
 
@@ -32,10 +32,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup postgres nginx
+unit: setup postgres nginx chromium
 	$(BIN)/pytest -m "not slow"
 
-test: lint typecheck postgres nginx
+test: lint typecheck postgres nginx chromium
 	$(BIN)/pytest
 
 # The storage tests run against a real PostgreSQL: tests/postgres_server.py starts a throwaway
@@ -68,6 +68,21 @@ nginx:
 		echo "nginx not found: the coordinator serves its Fleet port through it. Install it" \
 			"(Debian/Ubuntu: sudo apt-get install --no-install-recommends nginx-light) and" \
 			"run make again." >&2; exit 2; \
+	fi
+
+# The privacy report's page is checked in a real headless browser: Debian's chromium, driven
+# by Playwright (which downloads no browser of its own). Installed when missing and root (CI);
+# otherwise that test is skipped (it fails under CI=...).
+CHROMIUM_FOUND = command -v chromium >/dev/null 2>&1
+chromium:
+	@if $(CHROMIUM_FOUND); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium not found: installing Debian's chromium package"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium; \
+	else \
+		echo "chromium not found: the report page's browser test is skipped. Install it" \
+			"(Debian: sudo apt-get install --no-install-recommends chromium)." >&2; \
 	fi
 
 bench: setup nginx

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from lepton_fl.crypto.checkpoint import CheckpointError, verify_checkpoint
 from lepton_fl.crypto.detached import SignatureError, verify_detached
 from lepton_fl.privacy import AccountantStep, PrivacyAccountingError
@@ -27,8 +29,8 @@ from lepton_fl.privacy.crosscheck import (
     cross_check,
     cross_check_prefixes,
 )
+from lepton_fl.report_schema import REPORT_FORMAT, PrivacyReport
 
-REPORT_FORMAT = "lepton-privacy-report/1"
 DEFAULT_TOLERANCE = 0.02
 """Relative: a stated epsilon may be at most 2% below an accountant's. Measured (δ 1e-5):
 dp-accounting's RDP is never below Opacus's and within 0.9% of it up to ε 20 (above, it
@@ -91,23 +93,51 @@ def verify_report(
 ) -> Verification:
     """Check signature, checkpoint and every epsilon of ``report``."""
     result = Verification()
+    if signature is None:
+        result.check(False, "signature: the report carries none; do not trust it")
+    else:
+        try:
+            verify_detached(REPORT_FORMAT, report, signature, public_key_pem)
+            result.check(True, "")
+        except SignatureError as err:
+            result.check(False, f"signature: {err.message}")
     try:
-        verify_detached(REPORT_FORMAT, report, signature, public_key_pem)
-        result.check(True, "")
-    except SignatureError as err:
-        result.check(False, f"signature: {err.message}")
-    result.check(
-        report.get("format") == REPORT_FORMAT,
-        f"format is {report.get('format')!r}; this verifier reads {REPORT_FORMAT!r}",
-    )
-    _check_checkpoint(report.get("audit_checkpoint"), public_key_pem, result)
-    nodes = report.get("nodes")
-    if not isinstance(nodes, list):
-        result.check(False, "the report has no list of nodes")
+        PrivacyReport.model_validate(report)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors()[:5]
+        )
+        result.check(False, f"schema {REPORT_FORMAT}: {problems}")
         return result
+    result.check(True, "")
+    _check_checkpoint(report.get("audit_checkpoint"), public_key_pem, result)
+    nodes = list(report["nodes"])
     for node in nodes:
         _check_node(node, tolerance, result)
+    _check_participation(report, result)
     return result
+
+
+def _check_participation(report: Mapping[str, Any], result: Verification) -> None:
+    """Every round a node of the report took part in has its training charge: a charge
+    dropped from a node's history (to lower its epsilon) shows here, even re-signed."""
+    charged = {
+        node["id"]: {(e["run_id"], e["round"]) for e in node["entries"] if e["kind"] == "train"}
+        for node in report["nodes"]
+    }
+    names = {node["id"]: node["name"] for node in report["nodes"]}
+    for federation in report["federations"]:
+        for run in federation["runs"]:
+            for rnd in run["rounds"]:
+                for node_id in rnd["participants"]:
+                    if node_id not in charged:
+                        continue
+                    result.check(
+                        (run["id"], rnd["round"]) in charged[node_id],
+                        f"node {names[node_id]} took part in run {run['id'][:8]} round "
+                        f"{rnd['round']}, but its history has no charge for that round: an "
+                        "entry was dropped",
+                    )
 
 
 def _check_checkpoint(signed: object, public_key_pem: str, result: Verification) -> None:

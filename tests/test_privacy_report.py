@@ -8,15 +8,19 @@ whose epsilons Opacus computed.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from admin_support import AdminApi, Tenant, bearer, play_serverapp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from playwright.sync_api import sync_playwright
 
 from coordinator.superlink import SuperLink
 from lepton.audit_html import embedded_report
@@ -25,6 +29,8 @@ from lepton.audit_verify import verify_report
 from lepton.cluster import lepton_command
 from lepton_fl.crypto.detached import sign_detached
 from lepton_fl.crypto.release import public_key_pem
+from lepton_fl.privacy import AccountantStep, epsilon_spent
+from lepton_fl.report_schema import json_schema
 
 REPORT = "lepton-privacy-report/1"
 
@@ -194,3 +200,104 @@ def test_a_report_covers_one_scope(world: World) -> None:
         "GET", "/reports/privacy", world.api.admin, params={"release_id": "not-an-id"}
     )
     assert unknown.status_code == 404
+
+
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "privacy-report.schema.json"
+
+
+def test_the_report_validates_against_its_published_schema(world: World) -> None:
+    """The committed JSON Schema is the verifier's model, and a real report validates
+    against it with an independent validator."""
+    assert json.loads(SCHEMA.read_text()) == json_schema(), (
+        "docs/privacy-report.schema.json is stale: python -m lepton_fl.report_schema > "
+        "docs/privacy-report.schema.json"
+    )
+    validator = jsonschema_rs.validator_for(json.loads(SCHEMA.read_text()))
+    for params in ({}, {"release_id": world.release["id"]}, {"tenant_id": world.b.id}):
+        report = _report(world, world.api.admin, **params)["report"]
+        errors = [e.message for e in validator.iter_errors(report)]
+        assert errors == [], errors
+    broken = json.loads(json.dumps(report))
+    broken["nodes"][0]["entries"][0]["accountant"] = "guess"
+    assert not validator.is_valid(broken)
+
+
+def test_a_dropped_charge_fails_even_when_signed(world: World) -> None:
+    """An operator drops one round's charge from a node's history (its ε then looks lower
+    and every later cumulative ε recomputes consistently) and signs the result: the rounds
+    the node took part in still name it."""
+    signed = _report(world, world.api.admin, federation_id=world.federation["id"])
+    report = json.loads(json.dumps(signed["report"]))
+    node = report["nodes"][0]
+    del node["entries"][1]
+    steps = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in node["entries"]]
+    for i, entry in enumerate(node["entries"]):
+        entry["epsilon_cumulative"] = epsilon_spent(
+            [AccountantStep(*s) for s in steps[: i + 1]], delta=entry["delta"], accountant="rdp"
+        )
+    node["epsilon_spent"] = node["entries"][-1]["epsilon_cumulative"]
+    node["epsilon_remaining"] = node["epsilon_budget"] - node["epsilon_spent"]
+    forged_signature = sign_detached(REPORT, report, world.key)
+
+    result = verify_report(report, forged_signature, world.public_key)
+
+    assert not result.ok
+    assert result.failures == [
+        f"node {node['name']} took part in run {world.run['id'][:8]} round 2, but its history "
+        "has no charge for that round: an entry was dropped"
+    ]
+
+
+def test_a_stripped_signature_fails(world: World, tmp_path: Path) -> None:
+    signed = _report(world, world.api.admin, release_id=world.release["id"])
+    assert any(
+        "carries none" in f
+        for f in verify_report(signed["report"], None, world.public_key).failures
+    )
+    files = write_report_files(signed, tmp_path / "r")
+    files.signature.unlink()
+    done = subprocess.run(
+        lepton_command("audit", "verify", str(files.json),
+                       "--public-key", str(_pem_file(world, tmp_path))),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "privacy-report.json.sig does not exist" in done.stderr
+
+
+def test_the_page_renders_offline_in_a_real_browser(world: World, tmp_path: Path) -> None:
+    """Debian's chromium, driven by Playwright, with the network off: the page loads, every
+    plot draws, nothing is fetched, and the console stays clean."""
+    browser_path = shutil.which("chromium")
+    if browser_path is None:
+        message = "chromium is not installed (make test installs Debian's package as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    signed = _report(world, world.api.auditor(), release_id=world.release["id"])
+    page_file = write_report_files(signed, tmp_path / "page").html
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.as_uri())
+            plots = page.locator("svg")
+            boxes = [plots.nth(i).bounding_box() for i in range(plots.count())]
+            drawn = [plots.nth(i).locator("polyline, rect").count() for i in range(plots.count())]
+            title = page.title()
+            embedded = page.locator("#privacy-report").text_content() or ""
+        finally:
+            browser.close()
+
+    assert errors == []
+    assert requests == [page_file.as_uri()]
+    assert len(boxes) >= 2 * 3 + 2
+    assert all(b is not None and b["width"] > 100 and b["height"] > 100 for b in boxes)
+    assert all(n > 0 for n in drawn)
+    assert title.startswith("Privacy report: release")
+    assert json.loads(embedded.replace("<\\/", "</")) == signed

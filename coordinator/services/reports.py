@@ -52,8 +52,8 @@ from coordinator.services.federations import load_definition
 from coordinator.services.ledger import accountable_epsilon, history_epsilon, node_entries
 from lepton_fl.crypto.detached import sign_detached
 from lepton_fl.crypto.release import public_key_fingerprint, public_key_pem
+from lepton_fl.report_schema import REPORT_FORMAT
 
-REPORT_FORMAT = "lepton-privacy-report/1"
 ScopeKind = Literal["platform", "tenant", "federation", "release"]
 
 
