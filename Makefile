@@ -93,6 +93,7 @@ bench: setup nginx
 	$(BIN)/python bench/secagg.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/utility.py
+	$(BIN)/python bench/privacy_audit.py
 	$(BIN)/python bench/dp_evaluation.py
 
 clean:
