@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from admin_support import AdminApi, Tenant, bearer, play_serverapp
 
+from coordinator.db.tables import Run
 from coordinator.superlink import SuperLink
 from lepton_fl.crypto.release import verify_signed_manifest
 
@@ -475,3 +476,39 @@ def test_a_disabled_tenants_auditor_key_stops_working(world: World) -> None:
     refused = api.call("GET", "/nodes", bearer(key["key"]))
     assert refused.status_code == 401
     assert refused.json()["code"] == "tenant_disabled"
+
+
+def test_a_failure_message_names_no_other_tenants_member(world: World) -> None:
+    """Free text too: a run's failure that names another tenant's node (by name, id or
+    Flower node id) reaches a tenant-scoped reader with "another member" in its place."""
+    api, run_id = world.api, world.runs["mixed"]
+    b0 = world.b_nodes[0]
+    failure = (
+        f"Round 2 failed: {b0['name']} (Flower node {b0['flower_node_id']}, {b0['id']}) "
+        f"timed out; {world.a_nodes[0]['name']} answered."
+    )
+    with api.db.write() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        original, run.failure = run.failure, failure
+        session.add(run)
+    try:
+        for key in (world.auditor_a, world.a.headers):
+            seen = api.ok("GET", f"/runs/{run_id}", key)["failure"]
+            assert seen == (
+                "Round 2 failed: another member (Flower node another member, another member) "
+                f"timed out; {world.a_nodes[0]['name']} answered."
+            )
+            report = api.ok("GET", "/reports/privacy", key, params={"tenant_id": world.a.id})
+            reported = [
+                r["failure"] for f in report["report"]["federations"] for r in f["runs"]
+                if r["id"] == run_id
+            ]  # fmt: skip
+            assert reported == [seen]
+        assert api.ok("GET", f"/runs/{run_id}", world.platform_auditor)["failure"] == failure
+    finally:
+        with api.db.write() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            run.failure = original
+            session.add(run)

@@ -20,6 +20,7 @@ from coordinator.db.tables import (
 )
 from coordinator.services.federations import SLUG_PATTERN, FederationDefinition
 from coordinator.services.ledger import NodeLedger
+from coordinator.services.runs import failure_as_seen
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 Id = Annotated[str, Field(max_length=36)]
@@ -217,7 +218,7 @@ class RunOut(BaseModel):
             rounds_completed=r.rounds_completed,
             members=[RunMemberOut.model_validate(m) for m in shown],
             other_members=len(members) - len(shown),
-            failure=r.failure,
+            failure=failure_as_seen(r, mine),
             created_at=r.created_at,
             finished_at=r.finished_at,
         )

@@ -50,6 +50,7 @@ from coordinator.services.common import (
 from coordinator.services.errors import InvalidError
 from coordinator.services.federations import load_definition
 from coordinator.services.ledger import accountable_epsilon, history_epsilon, node_entries
+from coordinator.services.runs import failure_as_seen
 from lepton_fl.crypto.detached import sign_detached
 from lepton_fl.crypto.release import public_key_fingerprint, public_key_pem
 from lepton_fl.report_schema import REPORT_FORMAT
@@ -281,7 +282,7 @@ def _run_section(session: Session, run: Run, visible: set[str]) -> dict[str, Any
         "state": run.state,
         "created_at": run.created_at,
         "finished_at": run.finished_at,
-        "failure": run.failure,
+        "failure": failure_as_seen(run, visible),
         "planned_epsilon": run.planned_epsilon,
         "rounds_planned": run.rounds_planned,
         "rounds_completed": run.rounds_completed,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,20 @@ def own_members(actor: Actor, run: Run) -> set[str] | None:
     if scope is None:
         return None
     return {m["node_id"] for m in json.loads(run.members) if m.get("tenant_id") == scope}
+
+
+def failure_as_seen(run: Run, mine: set[str] | None) -> str | None:
+    """The run's failure for a reader who may see only the members in `mine` (None: all):
+    another tenant's member named in the free text (its name, admin id or Flower node id)
+    becomes "another member"."""
+    if run.failure is None or mine is None:
+        return run.failure
+    text = run.failure
+    hidden = [m for m in json.loads(run.members) if m.get("node_id") not in mine]
+    tokens = {str(m.get(k)) for m in hidden for k in ("name", "node_id", "flower_node_id")}
+    for token in sorted((t for t in tokens if t and t != "None"), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(token)}(?![\w-])", "another member", text)
+    return text
 
 
 def get_run(db: Database, actor: Actor, run_id: str) -> Run:
