@@ -334,6 +334,14 @@ def pool(results: list[AuditResult], config: AuditConfig) -> PooledAudit:
     )
 
 
+def _labels(target: float | None, accounted: float) -> tuple[str, str]:
+    """The table's target and accounted epsilon columns."""
+    return (
+        "no DP" if target is None else f"{target:g}",
+        "inf" if not math.isfinite(accounted) else f"{accounted:.3f}",
+    )
+
+
 def _print_table(results: list[AuditResult]) -> None:
     header = (
         f"{'target eps':>10}{'seed':>6}{'sigma':>8}{'accounted eps':>15}{'lower bound':>13}"
@@ -342,10 +350,7 @@ def _print_table(results: list[AuditResult]) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        target = "no DP" if r.target_epsilon is None else f"{r.target_epsilon:g}"
-        accounted = (
-            "inf" if not math.isfinite(r.accounted_epsilon) else f"{r.accounted_epsilon:.3f}"
-        )
+        target, accounted = _labels(r.target_epsilon, r.accounted_epsilon)
         mia = f"{r.mia_auc:.3f} [{r.mia_low:.3f}, {r.mia_high:.3f}]"
         print(
             f"{target:>10}{r.seed:>6}{r.noise_multiplier:>8.3f}{accounted:>15}"
@@ -362,10 +367,7 @@ def _print_pooled(pooled: list[PooledAudit], results: list[AuditResult]) -> None
     print(header)
     print("-" * len(header))
     for p in pooled:
-        target = "no DP" if p.target_epsilon is None else f"{p.target_epsilon:g}"
-        accounted = (
-            "inf" if not math.isfinite(p.accounted_epsilon) else f"{p.accounted_epsilon:.3f}"
-        )
+        target, accounted = _labels(p.target_epsilon, p.accounted_epsilon)
         mia = float(np.mean([r.mia_auc for r in results if r.target_epsilon == p.target_epsilon]))
         print(
             f"{target:>10}{accounted:>15}{p.lower_bound:>13.3f}"

@@ -126,13 +126,15 @@ def verify_chain(
     Then hold the log to every checkpoint: the coordinator's own (each signature checked
     with `public_key`) and those a node or auditor kept (`held`, already verified)."""
     require_role(actor, "platform_admin", "auditor", action="verify the audit log")
-    verdict, heads = _verify_links(db, {c.seq for c in held} | _stored_seqs(db))
+    with db.read() as session:
+        rows = list(session.exec(select(AuditCheckpoint).order_by(col(AuditCheckpoint.seq))).all())
+    verdict, heads = _verify_links(db, {c.seq for c in held} | {r.seq for r in rows})
     if not verdict.ok:
         return verdict
-    stored, problems = _stored_checkpoints(db, public_key)
+    stored, problems = _stored_checkpoints(rows, public_key)
     checkpoints = [*stored, *held]
     problems += chain_problems(checkpoints, verdict.events_checked, heads.get)
-    latest = _latest_signed(db)
+    latest = cast(dict[str, Any], json.loads(rows[-1].signed)) if rows else None
     if problems:
         return replace(
             verdict,
@@ -373,17 +375,12 @@ def latest_signed(session: Session) -> dict[str, Any] | None:
     return None if row is None else cast(dict[str, Any], json.loads(row.signed))
 
 
-def _stored_seqs(db: Database) -> set[int]:
-    with db.read() as session:
-        return set(session.exec(select(AuditCheckpoint.seq)).all())
-
-
-def _stored_checkpoints(db: Database, public_key: str | None) -> tuple[list[Checkpoint], list[str]]:
+def _stored_checkpoints(
+    rows: Sequence[AuditCheckpoint], public_key: str | None
+) -> tuple[list[Checkpoint], list[str]]:
     """The coordinator's own checkpoints, each signature checked when a key is given."""
     checkpoints: list[Checkpoint] = []
     problems: list[str] = []
-    with db.read() as session:
-        rows = session.exec(select(AuditCheckpoint).order_by(col(AuditCheckpoint.seq))).all()
     for row in rows:
         try:
             signed = json.loads(row.signed)

@@ -50,8 +50,12 @@ def accountable_epsilon(entries: Sequence[LedgerEntry]) -> float:
     """The epsilon a node's budget is held to: the larger of the coordinator's own figure
     (`history_epsilon`) and the highest the node itself reported (its whole history, which
     may hold charges whose replies never reached the coordinator)."""
-    reported = max((e.epsilon_reported for e in entries), default=0.0)
-    return max(history_epsilon(entries), reported)
+    return at_least_reported(history_epsilon(entries), entries)
+
+
+def at_least_reported(coordinator_epsilon: float, entries: Sequence[LedgerEntry]) -> float:
+    """`accountable_epsilon` given the coordinator's own figure for `entries`."""
+    return max(coordinator_epsilon, max((e.epsilon_reported for e in entries), default=0.0))
 
 
 def node_entries(session: Session, node_id: str) -> list[LedgerEntry]:

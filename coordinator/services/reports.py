@@ -49,7 +49,7 @@ from coordinator.services.common import (
 )
 from coordinator.services.errors import InvalidError
 from coordinator.services.federations import load_definition
-from coordinator.services.ledger import accountable_epsilon, history_epsilon, node_entries
+from coordinator.services.ledger import at_least_reported, history_epsilon, node_entries
 from coordinator.services.runs import failure_as_seen
 from lepton_fl.crypto.detached import sign_detached
 from lepton_fl.crypto.release import public_key_fingerprint, public_key_pem
@@ -194,7 +194,9 @@ def _node_section(session: Session, node_id: str) -> dict[str, Any]:
     assert node is not None
     tenant = session.get(Tenant, node.tenant_id)
     entries = node_entries(session, node_id)
-    spent = accountable_epsilon(entries)
+    cumulative = [history_epsilon(entries[: i + 1]) for i in range(len(entries))]
+    coordinator = cumulative[-1] if cumulative else 0.0
+    spent = at_least_reported(coordinator, entries)
     return {
         "id": node.id,
         "name": node.name,
@@ -202,10 +204,10 @@ def _node_section(session: Session, node_id: str) -> dict[str, Any]:
         "state": node.state,
         "epsilon_budget": node.epsilon_budget,
         "epsilon_spent": spent,
-        "epsilon_coordinator": history_epsilon(entries),
+        "epsilon_coordinator": coordinator,
         "epsilon_node_reported": max((e.epsilon_reported for e in entries), default=None),
         "epsilon_remaining": max(0.0, node.epsilon_budget - spent),
-        "entries": [_entry(e, history_epsilon(entries[: i + 1])) for i, e in enumerate(entries)],
+        "entries": [_entry(e, eps) for e, eps in zip(entries, cumulative, strict=True)],
     }
 
 
