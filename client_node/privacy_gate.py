@@ -49,6 +49,7 @@ from lepton_fl.privacy.evaluation import (
     evaluation_epsilon_share,
     release_confusion,
 )
+from lepton_fl.privacy.membership import JOINT_SENSITIVITY, Counts, release_histograms
 from lepton_fl.wire import EvalMetrics, EvaluateReply, PrivacyCharge, TrainReply
 
 if TYPE_CHECKING:
@@ -285,13 +286,27 @@ class PrivacyGate:
         admission: EvaluationAdmission,
         exact: EvalResult,
         *,
+        membership: tuple[Counts, Counts] | None = None,
         rng: np.random.Generator | None = None,
     ) -> EvaluateReply:
         """Release the evaluation: noised counts and what follows from them, charged to the
-        ledger before the reply is built. Exact loss, ROC-AUC and counts stay in the log."""
+        ledger before the reply is built. Exact loss, ROC-AUC and counts stay in the log.
+
+        With ``membership`` (the exact loss histograms of the training and held-out rows,
+        when the spec asks for the membership audit) the confusion counts and both
+        histograms are one Gaussian release of L2 sensitivity ``sqrt(2)``: every count gets
+        ``sqrt(2)`` times the noise, and the charge is the same single step at the
+        admission's noise multiplier (``lepton_fl.privacy.membership``)."""
         fed = admission.federation
+        sigma = admission.step.noise_multiplier
+        joint = membership is not None
         released = release_confusion(
-            exact.confusion, noise_multiplier=admission.step.noise_multiplier, rng=rng
+            exact.confusion, noise_multiplier=sigma * JOINT_SENSITIVITY if joint else sigma, rng=rng
+        )
+        audit = (
+            None
+            if membership is None
+            else release_histograms(*membership, noise_multiplier=sigma, rng=rng)
         )
         epsilon, row_hash = self._record(
             run_id=admission.run_id,
@@ -304,8 +319,8 @@ class PrivacyGate:
         )
         LOG.info(
             "run %s round %d of %s: evaluated on %d held-out examples (kept on this node: "
-            "loss %.6f, accuracy %.4f, ROC-AUC %s); released noised counts (sigma %.4g), "
-            "epsilon %.4f",
+            "loss %.6f, accuracy %.4f, ROC-AUC %s); released noised counts%s (noise std "
+            "%.4g per count), epsilon %.4f",
             admission.run_id,
             admission.round,
             fed.name,
@@ -313,7 +328,8 @@ class PrivacyGate:
             exact.loss,
             exact.accuracy,
             "n/a" if exact.roc_auc is None else f"{exact.roc_auc:.4f}",
-            admission.step.noise_multiplier,
+            " and the membership audit's loss histograms" if joint else "",
+            sigma * JOINT_SENSITIVITY if joint else sigma,
             epsilon,
         )
         with self._ledger("read the ledger"):
@@ -324,6 +340,7 @@ class PrivacyGate:
             epsilon=total,
             epsilon_budget=self.settings.privacy.epsilon_budget,
             charge=self._charge(admission.step, fed, admission.accountant, epsilon, row_hash),
+            membership=audit,
         )
 
     def epsilon(self, *, delta: float, accountant: str) -> float:

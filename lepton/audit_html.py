@@ -338,4 +338,68 @@ def _run_section(run: Mapping[str, Any]) -> str:
         metrics = "<h4>Model metrics (the evaluation's DP release)</h4>" + _table(
             ["metric", "value"], flat
         )
-    return f"<figure>{chart}</figure>{table}{metrics}"
+    return f"<figure>{chart}</figure>{table}{metrics}{_membership_section(run)}"
+
+
+def _membership_section(run: Mapping[str, Any]) -> str:
+    """The membership audit: loss distributions of members and non-members (pooled, as
+    released) and each node's attack AUC with its interval."""
+    audit = run.get("membership_audit")
+    if not audit:
+        return ""
+    edges = [f"≤{e:g}" for e in audit["loss_bin_edges"]] + [f">{audit['loss_bin_edges'][-1]:g}"]
+    chart = ""
+    pooled = audit.get("pooled")
+    if pooled:
+        release = pooled["release"]
+        shares = [
+            Line(label, [c / max(sum(counts), 1) for c in counts])
+            for label, counts in (
+                ("training rows (members)", release["members"]),
+                ("held-out rows (non-members)", release["nonmembers"]),
+            )
+        ]
+        chart = (
+            "<figure>"
+            + line_chart(
+                f"Run {str(run['id'])[:8]}: per-record loss of the final model, as released",
+                "share of rows",
+                shares,
+                edges,
+            )
+            + "</figure>"
+        )
+    rows = [
+        [
+            item["name"],
+            *_auc_cells(item),
+            sum(item["release"]["members"]),
+            sum(item["release"]["nonmembers"]),
+            item["release"]["noise_std"],
+        ]
+        for item in [*audit["nodes"], *([pooled] if pooled else [])]
+    ]
+    others = f"<p>{audit['nodes_other']} other member(s) not shown; pooled includes them.</p>"
+    return (
+        "<h4>Membership-inference audit of the final model</h4>"
+        f"<p>{escape(audit['method'])}</p>{chart}"
+        + _table(
+            [
+                "node",
+                "AUC",
+                f"{audit['confidence']:.0%} interval",
+                "members (noised)",
+                "non-members (noised)",
+                "noise std per count",
+            ],
+            rows,
+        )
+        + (others if audit["nodes_other"] else "")
+    )
+
+
+def _auc_cells(item: Mapping[str, Any]) -> list[object]:
+    result = item["result"]
+    if result["auc"] is None:
+        return ["undefined", "–"]
+    return [f"{result['auc']:.3f}", f"[{result['ci_low']:.3f}, {result['ci_high']:.3f}]"]

@@ -29,6 +29,7 @@ from lepton_fl.privacy.crosscheck import (
     cross_check,
     cross_check_prefixes,
 )
+from lepton_fl.privacy.membership import MembershipRelease, pool_releases, result_fields
 from lepton_fl.report_schema import REPORT_FORMAT, PrivacyReport
 
 DEFAULT_TOLERANCE = 0.02
@@ -115,7 +116,86 @@ def verify_report(
     for node in nodes:
         _check_node(node, tolerance, result)
     _check_participation(report, result)
+    _check_membership_audits(report, result)
     return result
+
+
+def _check_membership_audits(report: Mapping[str, Any], result: Verification) -> None:
+    """Each membership audit's figures follow from its stated releases (post-processing,
+    recomputed here), the pooled release is the nodes' sum when every node is shown, and
+    every node's release is paid for by an evaluate charge of that run in its history."""
+    evaluated = {
+        node["id"]: {e["run_id"] for e in node["entries"] if e["kind"] == "evaluate"}
+        for node in report["nodes"]
+    }
+    for federation in report["federations"]:
+        for run in federation["runs"]:
+            audit = run.get("membership_audit")
+            if audit is None:
+                continue
+            where = f"run {run['id'][:8]} membership audit"
+            shown = [*audit["nodes"], *([audit["pooled"]] if audit["pooled"] else [])]
+            for item in shown:
+                release = _membership_release(item["release"], where, result)
+                if release is None:
+                    continue
+                stated, computed = item["result"], result_fields(release)
+                result.check(
+                    all(_same(stated[k], computed[k], _TOLERANCES[k]) for k in computed),
+                    f"{where}, {item['name']}: stated AUC {stated} does not follow from its "
+                    f"release, which gives {computed}",
+                )
+            for item in audit["nodes"]:
+                if item["node_id"] in evaluated:
+                    result.check(
+                        run["id"] in evaluated[item["node_id"]],
+                        f"{where}: node {item['name']} released loss histograms but its history "
+                        "has no evaluate charge for the run: the release was not paid for",
+                    )
+            if audit["nodes_other"] == 0 and audit["pooled"] is not None:
+                releases = [
+                    _membership_release(i["release"], where, result) for i in audit["nodes"]
+                ]
+                pooled = pool_releases([r for r in releases if r is not None])
+                stated_pool = audit["pooled"]["release"]
+                result.check(
+                    pooled is not None
+                    and list(pooled.members) == stated_pool["members"]
+                    and list(pooled.nonmembers) == stated_pool["nonmembers"]
+                    and math.isclose(pooled.noise_std, stated_pool["noise_std"], rel_tol=1e-9),
+                    f"{where}: the pooled release is not the sum of the nodes' releases",
+                )
+            pooled_result = audit["pooled"]["result"] if audit["pooled"] else None
+            if pooled_result and pooled_result["auc"] is not None:
+                result.notes.append(
+                    f"{where}: pooled AUC {pooled_result['auc']:.3f} "
+                    f"[{pooled_result['ci_low']:.3f}, {pooled_result['ci_high']:.3f}] "
+                    f"({audit['confidence']:.0%}; 0.5 means the losses tell nothing)"
+                )
+
+
+def _membership_release(
+    fields: Mapping[str, Any], where: str, result: Verification
+) -> MembershipRelease | None:
+    try:
+        return MembershipRelease(
+            tuple(fields["members"]), tuple(fields["nonmembers"]), float(fields["noise_std"])
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        result.check(False, f"{where}: a release is malformed ({err})")
+        return None
+
+
+#: The AUC is arithmetic on the stated counts and must match; the interval is a seeded
+#: bootstrap, which another numpy may draw differently (Monte Carlo error about 0.005 at
+#: 2000 draws), so it may differ by this much.
+_TOLERANCES = {"auc": 1e-9, "ci_low": 0.03, "ci_high": 0.03}
+
+
+def _same(stated: object, computed: float | None, tolerance: float) -> bool:
+    if computed is None or stated is None:
+        return stated is None and computed is None
+    return isinstance(stated, int | float) and math.isclose(stated, computed, abs_tol=tolerance)
 
 
 def _check_participation(report: Mapping[str, Any], result: Verification) -> None:

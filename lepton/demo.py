@@ -743,6 +743,14 @@ def _check_lines(summary: dict[str, Any]) -> list[str]:
         )
     elif report is not None:
         lines.append(f"[bold red]Privacy report FAILED verification[/]: {report['failures']}")
+    membership = None if report is None else report.get("membership_audit")
+    if membership is not None and membership["auc"] is not None:
+        lines.append(
+            f"Membership-inference audit of the final model (DP release, {membership['nodes']} "
+            f"nodes pooled): AUC {membership['auc']:.3f} [{membership['ci_low']:.3f}, "
+            f"{membership['ci_high']:.3f}] ({membership['confidence']:.0%}; 0.5 = nothing "
+            "learned about members)"
+        )
     return lines
 
 

@@ -198,6 +198,7 @@ class AuditReportCheck:
     files: ReportFiles
     verification: Verification
     entries: int
+    membership_audit: dict[str, Any] | None = None  # the pooled result of the run's audit
 
     def as_summary(self) -> dict[str, Any]:
         return {
@@ -206,6 +207,7 @@ class AuditReportCheck:
             "checks": self.verification.checks,
             "entries": self.entries,
             "failures": self.verification.failures,
+            "membership_audit": self.membership_audit,
         }
 
 
@@ -229,4 +231,22 @@ def audit_report(
     report, signature = read_signed_report(files.json)
     result = verify_report(report, signature, platform.anonymous().signing_key())
     entries = sum(len(n.get("entries") or []) for n in report.get("nodes", []))
-    return AuditReportCheck(files, result, entries)
+    return AuditReportCheck(files, result, entries, _pooled_membership_audit(report))
+
+
+def _pooled_membership_audit(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The last audited run's pooled membership-inference result, with its members' count."""
+    audits = [
+        run["membership_audit"]
+        for federation in report.get("federations", [])
+        for run in federation.get("runs", [])
+        if run.get("membership_audit") and run["membership_audit"].get("pooled")
+    ]
+    if not audits:
+        return None
+    audit = audits[-1]
+    return {
+        **audit["pooled"]["result"],
+        "nodes": len(audit["nodes"]) + audit["nodes_other"],
+        "confidence": audit["confidence"],
+    }

@@ -56,6 +56,7 @@ class Sector:
                 delta=1e-5,
                 max_grad_norm=self.max_grad_norm,
                 accountant="rdp",
+                membership_audit=True,  # the auditor's report shows the attack on the model
             ),
             training=self.training,
             secure_aggregation=SecureAggregationSpec(enabled=True),

@@ -45,6 +45,10 @@ def _is_none(value: object) -> bool:
     return value is None
 
 
+def _is_false(value: object) -> bool:
+    return value is False
+
+
 class PrivacySpec(_Frozen):
     """Sample-level DP-SGD parameters every node of the federation applies.
 
@@ -72,6 +76,14 @@ class PrivacySpec(_Frozen):
         "noised release of each node's confusion counts); unset: a tenth of target_epsilon; "
         "0: no evaluation.",
     )
+    membership_audit: bool = Field(
+        default=False,
+        exclude_if=_is_false,
+        description="Each node also releases, with its scheduled evaluation and at no extra "
+        "epsilon, noised loss histograms of its training and held-out rows, from which the "
+        "auditor's report computes a membership-inference AUC; the evaluation's counts then "
+        "carry sqrt(2) times the noise. Needs a scheduled evaluation.",
+    )
 
     @model_validator(mode="after")
     def _evaluation_fits(self) -> PrivacySpec:
@@ -80,6 +92,12 @@ class PrivacySpec(_Frozen):
                 f"privacy.evaluation_epsilon = {self.evaluation_epsilon:g} must be below "
                 f"target_epsilon = {self.target_epsilon:g} (it is the part of the run's "
                 "epsilon reserved for evaluation); lower it, or set it to 0 for no evaluation"
+            )
+        if self.membership_audit and self.evaluation_epsilon == 0:
+            raise ValueError(
+                "privacy.membership_audit rides on the run's scheduled evaluation, and "
+                "privacy.evaluation_epsilon = 0 schedules none; give evaluation a share of "
+                "target_epsilon, or turn the audit off"
             )
         return self
 

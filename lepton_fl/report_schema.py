@@ -78,6 +78,41 @@ class Round(_Strict):
     seconds: float | None
 
 
+class MembershipRelease(_Strict):
+    """One node's (or the pooled) noised loss histograms over ``loss_bin_edges``."""
+
+    members: list[int]
+    nonmembers: list[int]
+    noise_std: float = Field(gt=0)
+
+
+class MembershipResult(_Strict):
+    """The loss-threshold attack's AUC on a release, with its bootstrap interval."""
+
+    auc: float | None = Field(ge=0, le=1)
+    ci_low: float | None = Field(ge=0, le=1)
+    ci_high: float | None = Field(ge=0, le=1)
+
+
+class MembershipNode(_Strict):
+    node_id: str
+    name: str
+    release: MembershipRelease
+    result: MembershipResult
+
+
+class MembershipAudit(_Strict):
+    """The run's membership-inference audit of its final model (``privacy.membership_audit``):
+    released with each node's evaluation and charged by its ``evaluate`` entry."""
+
+    method: str
+    loss_bin_edges: list[float]
+    confidence: float = Field(gt=0, lt=1)
+    nodes: list[MembershipNode]
+    nodes_other: int = Field(ge=0)
+    pooled: MembershipNode | None
+
+
 class Run(_Strict):
     id: str
     state: str
@@ -89,6 +124,7 @@ class Run(_Strict):
     rounds_completed: int
     rounds: list[Round]
     evaluation: dict[str, Any] | None
+    membership_audit: MembershipAudit | None = None
 
 
 class ReleaseRef(_Strict):

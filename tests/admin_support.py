@@ -17,7 +17,14 @@ from fastapi.testclient import TestClient
 from coordinator.api import AdminSettings, create_app
 from coordinator.db import Database
 from coordinator.db.tables import Run
-from coordinator.fl.journal import NodeRound, RoundRecord, RunEnded, RunStarted
+from coordinator.fl.journal import (
+    EvaluationRecord,
+    NodeEvaluation,
+    NodeRound,
+    RoundRecord,
+    RunEnded,
+    RunStarted,
+)
 from coordinator.fl.server_app import save_checkpoint
 from coordinator.services.keys import bootstrap_admin_key
 from coordinator.services.round_sink import LedgerJournal
@@ -25,6 +32,7 @@ from coordinator.superlink import CONNECTION, SuperLink, SuperLinkSettings
 from lepton_fl.config import Member, SecureAggregationSpec
 from lepton_fl.crypto import create_node_key, create_pki
 from lepton_fl.privacy import AccountantStep, epsilon_spent
+from lepton_fl.privacy.membership import JOINT_SENSITIVITY, MembershipRelease
 from lepton_fl.processes import free_port
 from lepton_fl.wire import PrivacyCharge
 
@@ -186,11 +194,15 @@ def run_row(api: AdminApi, run_id: str) -> Run:
     return run
 
 
-def play_serverapp(api: AdminApi, run_id: str, *, rounds: int = 2) -> None:
+def play_serverapp(
+    api: AdminApi, run_id: str, *, rounds: int = 2, membership_audit: bool = False
+) -> None:
     """Write what the ServerApp writes for a run, through its real journal/ledger sink.
 
     Each member trains every round with the same DP-SGD step; the final model is
-    checkpointed beside the journal, as `coordinator.fl.server_app` does.
+    checkpointed beside the journal, as `coordinator.fl.server_app` does. With
+    ``membership_audit`` the members then evaluate the final model, each releasing the
+    audit's loss histograms with its evaluation and charging the release.
     """
     run = run_row(api, run_id)
     members = [m["name"] for m in json.loads(run.members)]
@@ -237,4 +249,38 @@ def play_serverapp(api: AdminApi, run_id: str, *, rounds: int = 2) -> None:
         )
         weights = [w + 0.1 for w in weights]
         save_checkpoint(Path(run.journal_path).with_name("checkpoint.npz"), weights, rnd)
+    if membership_audit:
+        journal.append(_played_evaluation(members, history, rounds))
     journal.append(RunEnded(state="finished", rounds_completed=rounds))
+
+
+def _played_evaluation(
+    members: list[str], history: list[AccountantStep], rnd: int
+) -> EvaluationRecord:
+    """Every member's evaluation release with the membership audit (one step at sigma 4)."""
+    step = AccountantStep(noise_multiplier=4.0, sample_rate=1.0, steps=1)
+    epsilon = epsilon_spent([*history, step], delta=1e-5, accountant="rdp")
+    charge = PrivacyCharge(
+        noise_multiplier=4.0,
+        sample_rate=1.0,
+        steps=1,
+        delta=1e-5,
+        accountant="rdp",
+        epsilon=epsilon,
+        epsilon_budget=8.0,
+    )
+    nodes = {
+        name: NodeEvaluation(
+            status="ok",
+            epsilon=epsilon,
+            epsilon_budget=8.0,
+            charge=charge,
+            membership=MembershipRelease(
+                members=(9 + i, 14, 20, 18, 12, 9, 6, 4, 3, 2, 1),
+                nonmembers=(2, 4, 6, 8, 9, 8, 6, 5, 3, 2, 1 + i),
+                noise_std=4.0 * JOINT_SENSITIVITY,
+            ),
+        )
+        for i, name in enumerate(members)
+    }
+    return EvaluationRecord(round=rnd, nodes=nodes)

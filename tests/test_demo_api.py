@@ -8,6 +8,7 @@ verified offline and the audit chain is verified."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +95,20 @@ def test_demo_api_summary_keeps_its_fields(demo: dict[str, Any]) -> None:
 
     assert expected <= set(demo)
     assert all(node_fields <= set(node) for node in demo["nodes"])
+
+
+def test_demo_api_ends_with_the_auditors_report_and_its_membership_audit(
+    demo: dict[str, Any],
+) -> None:
+    """The demo's signed report verifies offline and carries the run's membership audit:
+    every hospital's loss histograms, released with its evaluation, pooled into one AUC."""
+    report = demo["audit_report"]
+    assert report["verified"] is True, report["failures"]
+    pooled = report["membership_audit"]
+    assert pooled is not None
+    assert pooled["nodes"] == len(HEART_DISEASE_SITES)
+    assert pooled["ci_low"] <= pooled["auc"] <= pooled["ci_high"]
+    signed = json.loads(Path(report["json"]).read_text(encoding="utf-8"))
+    (federation,) = signed["federations"]
+    audit = federation["runs"][-1]["membership_audit"]
+    assert sorted(n["name"] for n in audit["nodes"]) == sorted(HEART_DISEASE_SITES)

@@ -32,6 +32,7 @@ from lepton_fl.crypto import create_node_key
 from lepton_fl.datasets import load_partition
 from lepton_fl.models import build_model, model_spec, set_weights
 from lepton_fl.privacy import epsilon_spent
+from lepton_fl.privacy.membership import JOINT_SENSITIVITY
 from lepton_fl.processes import QUIET_FLOWER_ENV, executable, flower_env, wait_until
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,9 @@ def _spec(rounds: int = ROUNDS) -> FederationSpec:
         task="breast_cancer",
         rounds=rounds,
         min_participants=3,
-        privacy=PrivacySpec(target_epsilon=TARGET_EPSILON, delta=1e-5, max_grad_norm=1.0),
+        privacy=PrivacySpec(
+            target_epsilon=TARGET_EPSILON, delta=1e-5, max_grad_norm=1.0, membership_audit=True
+        ),
         training=TrainingSpec(local_epochs=5, batch_size=32, learning_rate=0.3),
         seed=3,  # an initial model that starts far from good, so learning shows
     )
@@ -102,6 +105,13 @@ def test_model_learns_and_evaluation_is_a_dp_release(
     # noised counts (no pre-round evaluation, no loss, no AUC leave a node since issue 10)
     assert all(n.evaluation is not None and n.evaluation.loss is None for n in released)
     assert all(n.charge is not None and n.charge.sample_rate == 1.0 for n in released)
+    # the membership audit's histograms came with each release, noised for the joint release
+    for node in released:
+        assert node.membership is not None
+        assert node.charge is not None
+        assert node.membership.noise_std == pytest.approx(
+            JOINT_SENSITIVITY * node.charge.noise_multiplier
+        )
     assert final.aggregate is not None
     assert final.aggregate.metrics is not None
     # The released accuracy carries the release's noise (about 5 counts per cell here: 0.75

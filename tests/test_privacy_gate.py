@@ -7,7 +7,9 @@ round must fit the site's budget under the site's own accountant too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,12 +26,18 @@ from trainer_support import TrainerFactory
 
 from client_node.settings import NodeSettings
 from client_node.trainer.core import NodeTrainer
-from client_node.trainer.evaluation import evaluate
+from client_node.trainer.evaluation import evaluate, record_losses
 from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
 from lepton_fl.models import set_weights
 from lepton_fl.privacy import AccountantStep, epsilon_spent
 from lepton_fl.privacy.evaluation import release_confusion
-from lepton_fl.wire import Envelope, train_reply_to_records
+from lepton_fl.privacy.membership import JOINT_SENSITIVITY, NUM_BINS, loss_histogram
+from lepton_fl.wire import (
+    Envelope,
+    evaluate_reply_from_records,
+    evaluate_reply_to_records,
+    train_reply_to_records,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning"),
@@ -194,6 +202,94 @@ def test_scheduled_evaluation_is_noised_charged_and_reported(make_trainer: MakeT
         ]
     )
     assert np.mean(np.all(draws == np.asarray(exact.confusion), axis=(1, 2))) < 0.1
+
+
+# -- the membership audit: released with the evaluation, at its charge ---------------------------
+
+AUDITED = FED.model_copy(
+    update={"privacy": PrivacySpec(target_epsilon=2.0, delta=1e-5, membership_audit=True)}
+)
+
+
+def test_membership_audit_rides_on_the_evaluation_at_the_same_charge(
+    make_trainer: MakeTrainer,
+) -> None:
+    """Asked for by the signed spec, the audit's loss histograms leave with the evaluation's
+    counts as one release at sqrt(2) times the noise, charged exactly as the evaluation
+    alone: same calibrated noise multiplier, same single step, same epsilon."""
+    plain, audited = make_trainer(state="plain"), make_trainer(state="audited")
+    weights = _run(plain, FED)[-1].weights
+    _run(audited, AUDITED)
+    without = plain.evaluate(_envelope(), signed(FED, 3, weights))
+    with_audit = audited.evaluate(_envelope(), signed(AUDITED, 3, weights))
+
+    assert without.status == with_audit.status == "ok"
+    assert without.membership is None
+    assert "mia-members" not in evaluate_reply_to_records(without)["metrics"]
+    assert with_audit.membership is not None
+    assert without.charge
+    assert with_audit.charge
+    assert with_audit.charge.noise_multiplier == without.charge.noise_multiplier
+    assert (with_audit.charge.sample_rate, with_audit.charge.steps) == (1.0, 1)
+    assert with_audit.epsilon == pytest.approx(without.epsilon, rel=1e-12)
+    assert [e.kind for e in audited.ledger.entries()] == ["train"] * 3 + ["evaluate"]
+    release = with_audit.membership
+    assert release.noise_std == pytest.approx(
+        JOINT_SENSITIVITY * with_audit.charge.noise_multiplier
+    )
+    assert len(release.members) == len(release.nonmembers) == NUM_BINS
+    # it travels and decodes as sent; a second evaluation is refused as before
+    decoded = evaluate_reply_from_records(evaluate_reply_to_records(with_audit))
+    assert decoded.membership == release
+    again = audited.evaluate(_envelope(), signed(AUDITED, 3, weights))
+    assert (again.status, again.code, again.membership) == ("refused", "evaluation_repeated", None)
+
+
+def test_an_audit_the_signed_spec_does_not_ask_for_is_refused(make_trainer: MakeTrainer) -> None:
+    """A coordinator that turns the audit on in the message, under an authorization signed
+    for the spec without it, gets a refusal and nothing is charged."""
+    trainer = make_trainer()
+    weights = _run(trainer, FED)[-1].weights
+    forged = dataclasses.replace(signed(FED, 3, weights), federation=AUDITED)
+    reply = trainer.evaluate(_envelope(), forged)
+    assert reply.status == "refused"
+    assert reply.membership is None
+    assert reply.evaluation is None
+    assert [e.kind for e in trainer.ledger.entries()] == ["train"] * 3
+
+
+def _joint_vector(trainer: NodeTrainer, weights: list[np.ndarray], split: Any) -> np.ndarray:
+    """The exact vector the joint release noises: confusion counts, then both histograms."""
+    engine, _ = trainer._engine(FED)
+    set_weights(engine.model, weights)
+    cpu = torch.device("cpu")
+    confusion = evaluate(engine.model, split.test.inputs, split.test.labels, device=cpu).confusion
+    members = record_losses(engine.model, split.train.inputs, split.train.labels, device=cpu)
+    nonmembers = record_losses(engine.model, split.test.inputs, split.test.labels, device=cpu)
+    return np.array(
+        [*np.ravel(confusion), *loss_histogram(members), *loss_histogram(nonmembers)], dtype=float
+    )
+
+
+def test_one_record_moves_the_joint_release_by_at_most_sqrt2(make_trainer: MakeTrainer) -> None:
+    """The sensitivity the charge relies on, on the real model and rows: removing any one
+    held-out row moves the vector by exactly sqrt(2) (one confusion cell, one held-out bin),
+    any one training row by exactly 1 (one training bin; the model is the one released)."""
+    trainer = make_trainer()
+    weights = _run(trainer, FED)[-1].weights
+    split = trainer.split
+    full = _joint_vector(trainer, weights, split)
+    for which, expected in (("test", math.sqrt(2)), ("train", 1.0)):
+        part = getattr(split, which)
+        for index in (0, len(part.labels) // 2, len(part.labels) - 1):
+            keep = np.arange(len(part.labels)) != index
+            smaller = dataclasses.replace(
+                part, inputs=tuple(a[keep] for a in part.inputs), labels=part.labels[keep]
+            )
+            neighbour = dataclasses.replace(split, **{which: smaller})
+            moved = np.linalg.norm(full - _joint_vector(trainer, weights, neighbour))
+            assert moved == pytest.approx(expected), (which, index)
+    assert pytest.approx(math.sqrt(2)) == JOINT_SENSITIVITY
 
 
 # -- budget by the stricter accountant ----------------------------------------------------------

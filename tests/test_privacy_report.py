@@ -55,7 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, superlink: SuperLink) -> Ite
         nodes = [api.enrolled_node(a, f"a-{i}") for i in range(2)] + [api.enrolled_node(b, "b-0")]
         federation = api.federation("reported", [n["id"] for n in nodes])
         run = api.ok("POST", f"/federations/{federation['id']}/runs", api.admin)
-        play_serverapp(api, run["id"], rounds=3)
+        play_serverapp(api, run["id"], rounds=3, membership_audit=True)
         release = api.ok("POST", f"/runs/{run['id']}/releases", api.admin, json={})
         key = api.app.state.context.signing_key
         yield World(api, a, b, federation, run, release, public_key_pem(key), key)
@@ -76,8 +76,13 @@ def test_release_report_holds_every_charge_and_verifies_offline(
     assert report["scope"]["kind"] == "release"
     assert {n["name"] for n in report["nodes"]} == {"a-0", "a-1", "b-0"}
     for node in report["nodes"]:
-        assert [e["round"] for e in node["entries"]] == [1, 2, 3]
-        assert all(e["kind"] == "train" and e["accountant"] == "rdp" for e in node["entries"])
+        assert [(e["round"], e["kind"]) for e in node["entries"]] == [
+            (1, "train"),
+            (2, "train"),
+            (3, "train"),
+            (3, "evaluate"),  # the final evaluation, which carried the membership audit
+        ]
+        assert all(e["accountant"] == "rdp" for e in node["entries"])
         cumulative = [e["epsilon_cumulative"] for e in node["entries"]]
         assert cumulative == sorted(cumulative)
         assert node["epsilon_spent"] >= cumulative[-1]
@@ -87,15 +92,27 @@ def test_release_report_holds_every_charge_and_verifies_offline(
     assert federation["releases"][0]["model_digest"] == world.release["model_digest"]
     assert report["audit_checkpoint"]["checkpoint"]["seq"] >= 1
 
+    audit = federation["runs"][0]["membership_audit"]
+    assert [n["name"] for n in audit["nodes"]] == ["a-0", "a-1", "b-0"]
+    assert audit["nodes_other"] == 0
+    assert audit["pooled"]["release"]["members"] == [
+        sum(n["release"]["members"][i] for n in audit["nodes"]) for i in range(11)
+    ]
+    for item in [*audit["nodes"], audit["pooled"]]:
+        result = item["result"]
+        assert result["ci_low"] <= result["auc"] <= result["ci_high"]
+
     result = verify_report(report, signed["signature"], world.public_key)
     assert result.ok, result.failures
-    assert result.checks >= 2 + 3 * 3
+    assert result.checks >= 2 + 3 * 4
+    assert any("membership audit: pooled AUC" in note for note in result.notes)
 
     files = write_report_files(signed, tmp_path / "out")
     page = files.html.read_text(encoding="utf-8")
     assert page.count("<svg") >= 2 * 3 + 1  # ε and parameters per node, rounds per run
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page
+    assert "Membership-inference audit of the final model" in page
     assert embedded_report(page) == signed
     for target in (files.json, files.html):
         done = subprocess.run(
@@ -139,6 +156,33 @@ def test_an_understated_epsilon_fails_even_when_signed(world: World, tmp_path: P
     assert "entry 3" in done.stdout
 
 
+def test_a_flattered_membership_audit_fails_even_when_signed(world: World) -> None:
+    """An operator who re-signs a report with a lower attack AUC than the released histograms
+    give, or keeps a node's audit release after dropping the evaluation charge that paid
+    for it, is caught: the AUC is recomputed and every release needs its charge."""
+    signed = _report(world, world.api.admin, federation_id=world.federation["id"])
+    flattered = json.loads(json.dumps(signed["report"]))
+    audit = flattered["federations"][0]["runs"][0]["membership_audit"]
+    audit["nodes"][1]["result"]["auc"] = 0.5
+    unpaid = json.loads(json.dumps(signed["report"]))
+    node = unpaid["nodes"][0]
+    node["entries"] = [e for e in node["entries"] if e["kind"] != "evaluate"]
+
+    flattered_result = verify_report(
+        flattered, sign_detached(REPORT, flattered, world.key), world.public_key
+    )
+    unpaid_result = verify_report(
+        unpaid, sign_detached(REPORT, unpaid, world.key), world.public_key
+    )
+
+    assert len(flattered_result.failures) == 1
+    assert "a-1: stated AUC" in flattered_result.failures[0]
+    assert any(
+        f"node {node['name']} released loss histograms" in f and "not paid for" in f
+        for f in unpaid_result.failures
+    ), unpaid_result.failures
+
+
 def test_an_altered_report_fails_its_signature(world: World) -> None:
     signed = _report(world, world.api.admin, release_id=world.release["id"])
     report = json.loads(json.dumps(signed["report"]))
@@ -169,6 +213,10 @@ def test_a_tenant_auditor_sees_its_nodes_and_only_counts_of_others(world: World)
     for rnd in federation["runs"][0]["rounds"]:
         assert len(rnd["participants"]) == 1
         assert rnd["participants_other"] == 2
+    audit = federation["runs"][0]["membership_audit"]
+    assert [n["name"] for n in audit["nodes"]] == ["b-0"]  # others' releases only counted
+    assert audit["nodes_other"] == 2
+    assert "a-0" not in json.dumps(audit)
     own = _report(world, auditor_b)["report"]
     assert own["scope"] == {"kind": "tenant", "id": world.b.id, "name": "tenant-b"}
     assert [n["name"] for n in own["nodes"]] == ["b-0"]

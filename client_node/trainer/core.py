@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from client_node.checkpoints import CheckpointRefusal, CheckpointStore
 from client_node.ledger import Ledger
@@ -27,7 +28,7 @@ from client_node.policy import RequestKind
 from client_node.privacy_gate import PrivacyGate, RequestRefusedError, RoundAdmission
 from client_node.settings import NodeSettings
 from client_node.trainer.dp_sgd import DPTrainer
-from client_node.trainer.evaluation import evaluate
+from client_node.trainer.evaluation import evaluate, record_losses
 from lepton_fl.config import FederationSpec
 from lepton_fl.crypto.run_authorization import (
     RunAuthorization,
@@ -38,6 +39,7 @@ from lepton_fl.crypto.run_authorization import (
 )
 from lepton_fl.datasets import LocalSplit, TabularSplit
 from lepton_fl.models import ModelSpec, build_model, get_weights, model_spec, set_weights
+from lepton_fl.privacy.membership import Counts, loss_histogram
 from lepton_fl.secagg.fedavg import size_bucket
 from lepton_fl.wire import Envelope, EvaluateReply, RoundInstruction, TrainReply
 
@@ -141,9 +143,23 @@ class NodeTrainer:
                 self._load(engine, instruction.weights or initial)
                 test = self.split.test
                 exact = evaluate(engine.model, test.inputs, test.labels, device=self.device)
-                return self.gate.evaluation_reply(admission, exact)  # charged before it leaves
+                audit = (
+                    self._membership_histograms(engine.model)
+                    if fed.privacy.membership_audit
+                    else None
+                )
+                # charged before it leaves
+                return self.gate.evaluation_reply(admission, exact, membership=audit)
             except RequestRefusedError as refusal:
                 return EvaluateReply(status="refused", code=refusal.code, reason=refusal.reason)
+
+    def _membership_histograms(self, model: nn.Module) -> tuple[Counts, Counts]:
+        """Loss histograms of the final model on this node's training rows (members) and
+        held-out rows (non-members), exact: the gate noises them before anything leaves."""
+        train, test = self.split.train, self.split.test
+        members = record_losses(model, train.inputs, train.labels, device=self.device)
+        nonmembers = record_losses(model, test.inputs, test.labels, device=self.device)
+        return loss_histogram(members), loss_histogram(nonmembers)
 
     def epsilon(self, *, delta: float, accountant: str) -> float:
         """Epsilon of this dataset's whole recorded history (training and evaluation)."""

@@ -15,7 +15,7 @@ from client_node.trainer.inputs import as_tensor, model_inputs
 from lepton_fl.metrics import Confusion, classification_metrics
 from lepton_fl.models.weights import unwrap_model
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "record_losses"]
 
 _CHUNK = 8192
 
@@ -98,3 +98,24 @@ def evaluate(
         f1=m.f1,
         confusion=m.confusion,
     )
+
+
+def record_losses(
+    model: nn.Module,
+    inputs: Sequence[npt.NDArray[np.generic]] | npt.NDArray[np.generic],
+    y: npt.NDArray[np.integer],
+    *,
+    device: torch.device,
+) -> npt.NDArray[np.float64]:
+    """Each example's cross-entropy loss under ``model`` (the membership audit's score).
+    These are exact figures on private rows: they stay on the node. Same checks as
+    :func:`evaluate`; an empty set gives an empty array."""
+    arrays, raw_labels = model_inputs(inputs, y)
+    y_arr = np.asarray(raw_labels, dtype=np.int64)
+    if len(y_arr) == 0:
+        return np.zeros(0, dtype=np.float64)
+    logits = _logits(model, arrays, device=device)
+    if y_arr.min() < 0 or y_arr.max() >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}] for this model")
+    losses = nn.functional.cross_entropy(logits, torch.from_numpy(y_arr), reduction="none")
+    return np.asarray(losses.numpy(), dtype=np.float64)

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ValidationError
 from coordinator.fl.rounds import NodeStatus
 from lepton_fl.config import Member, SecureAggregationSpec
 from lepton_fl.metrics import AggregateMetrics
+from lepton_fl.privacy.membership import MembershipRelease
 from lepton_fl.wire import EvalMetrics, PrivacyCharge
 
 
@@ -188,6 +189,7 @@ class NodeEvaluation:
     epsilon: float | None = None
     epsilon_budget: float | None = None
     charge: PrivacyCharge | None = None
+    membership: MembershipRelease | None = None  # the membership audit's release, if asked
 
 
 @dataclass(frozen=True)

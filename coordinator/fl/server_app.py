@@ -265,6 +265,7 @@ def evaluate(
     )
     results: dict[str, NodeEvaluation] = {}
     metrics: dict[str, EvalMetrics] = {}
+    audit = instruction.federation.privacy.membership_audit
     for m in members:
         answer = replies.get(m.node_id)
         if answer is None:
@@ -290,6 +291,8 @@ def evaluate(
             epsilon=reply.epsilon,
             epsilon_budget=reply.epsilon_budget,
             charge=reply.charge,
+            # kept only when the spec asked for the audit (it was noised for it then)
+            membership=reply.membership if audit else None,
         )
     return results, metrics
 

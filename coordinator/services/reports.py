@@ -36,7 +36,7 @@ from coordinator.db.tables import (
     RunRound,
     Tenant,
 )
-from coordinator.fl.journal import JournalError, read_journal
+from coordinator.fl.journal import EvaluationRecord, JournalError, read_journal
 from coordinator.services import audit
 from coordinator.services.common import (
     Actor,
@@ -53,6 +53,13 @@ from coordinator.services.ledger import at_least_reported, history_epsilon, node
 from coordinator.services.runs import failure_as_seen
 from lepton_fl.crypto.detached import sign_detached
 from lepton_fl.crypto.release import public_key_fingerprint, public_key_pem
+from lepton_fl.privacy.membership import (
+    CONFIDENCE,
+    LOSS_BIN_EDGES,
+    MembershipRelease,
+    pool_releases,
+    result_fields,
+)
 from lepton_fl.report_schema import REPORT_FORMAT
 
 ScopeKind = Literal["platform", "tenant", "federation", "release"]
@@ -289,7 +296,7 @@ def _run_section(session: Session, run: Run, visible: set[str]) -> dict[str, Any
         "rounds_planned": run.rounds_planned,
         "rounds_completed": run.rounds_completed,
         "rounds": [_round_section(r, visible) for r in rounds],
-        "evaluation": _evaluation(run),
+        **_evaluation_sections(run, visible),
     }
 
 
@@ -307,15 +314,71 @@ def _round_section(row: RunRound, visible: set[str]) -> dict[str, Any]:
     }
 
 
-def _evaluation(run: Run) -> dict[str, Any] | None:
-    """The federation's DP evaluation release of the final model (from the run journal)."""
+def _evaluation_sections(run: Run, visible: set[str]) -> dict[str, Any]:
+    """The federation's DP evaluation release of the final model, and the membership audit
+    released with it when the spec asked for one (both from the run journal)."""
+    record = _evaluation_record(run)
+    evaluation = None
+    if record is not None and record.aggregate is not None:
+        evaluation = record.aggregate.as_dict()
+    return {"evaluation": evaluation, "membership_audit": _membership_audit(run, record, visible)}
+
+
+def _evaluation_record(run: Run) -> EvaluationRecord | None:
     path = Path(run.journal_path)
     if not path.is_file():
         return None
     try:
-        record = read_journal(path).evaluation
+        return read_journal(path).evaluation
     except (JournalError, OSError):
         return None
-    if record is None or record.aggregate is None:
+
+
+def _membership_audit(
+    run: Run, record: EvaluationRecord | None, visible: set[str]
+) -> dict[str, Any] | None:
+    """Each visible node's release with the attack's AUC and interval, a count of the other
+    members' releases, and every release pooled (a sum of DP releases, shown to all)."""
+    if record is None:
         return None
-    return record.aggregate.as_dict()
+    releases = {
+        name: node.membership for name, node in record.nodes.items() if node.membership is not None
+    }
+    if not releases:
+        return None
+    ids = {m["name"]: m.get("node_id", "") for m in json.loads(run.members)}
+
+    def entry(node_id: str, name: str, release: MembershipRelease) -> dict[str, Any]:
+        return {
+            "node_id": node_id,
+            "name": name,
+            "release": {
+                "members": list(release.members),
+                "nonmembers": list(release.nonmembers),
+                "noise_std": release.noise_std,
+            },
+            "result": result_fields(release),
+        }
+
+    pooled = pool_releases(list(releases.values()))
+    return {
+        "method": MEMBERSHIP_METHOD,
+        "loss_bin_edges": list(LOSS_BIN_EDGES),
+        "confidence": CONFIDENCE,
+        "nodes": [
+            entry(ids.get(name, ""), name, release)
+            for name, release in sorted(releases.items())
+            if ids.get(name) in visible
+        ],
+        "nodes_other": sum(ids.get(name) not in visible for name in releases),
+        "pooled": None if pooled is None else entry("", "all members", pooled),
+    }
+
+
+MEMBERSHIP_METHOD = (
+    "Loss-threshold membership inference on the final model: each node's training rows "
+    "(members) against its held-out rows (non-members). A node releases the two loss "
+    "histograms jointly with its evaluation counts (one Gaussian release, L2 sensitivity "
+    "sqrt(2), charged as its evaluate entry); AUC with ties in a bin counted half, interval "
+    "by seeded parametric bootstrap over sampling and the release's noise. 0.5: no signal."
+)

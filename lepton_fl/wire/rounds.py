@@ -22,6 +22,7 @@ from lepton_fl.metrics import (
     rates_from_confusion,
     validate_confusion,
 )
+from lepton_fl.privacy.membership import MembershipRelease
 from lepton_fl.wire.records import (
     WIRE_VERSION,
     WireError,
@@ -140,6 +141,9 @@ class EvaluateReply:
     epsilon: float | None = None
     epsilon_budget: float | None = None
     charge: PrivacyCharge | None = None
+    # the membership-inference audit's noised loss histograms, released jointly with the
+    # evaluation's counts when the spec asks for it (lepton_fl.privacy.membership)
+    membership: MembershipRelease | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,10 @@ def evaluate_reply_to_records(reply: EvaluateReply) -> RecordDict:
         metrics["epsilon"] = reply.epsilon
     if reply.epsilon_budget is not None:
         metrics["epsilon-budget"] = reply.epsilon_budget
+    if reply.membership is not None:
+        metrics["mia-members"] = list(reply.membership.members)
+        metrics["mia-nonmembers"] = list(reply.membership.nonmembers)
+        metrics["mia-noise-std"] = reply.membership.noise_std
     records[_METRICS] = MetricRecord(metrics)
     if reply.charge is not None:
         records[_CHARGE] = _charge_record(reply.charge)
@@ -258,7 +266,33 @@ def evaluate_reply_from_records(records: RecordDict) -> EvaluateReply:
         epsilon=None if epsilon is None else float(epsilon),
         epsilon_budget=None if budget is None else float(budget),
         charge=_charge(records) if _CHARGE in records else None,
+        membership=_membership_from(records),
     )
+
+
+_MEMBERSHIP = ("mia-members", "mia-nonmembers", "mia-noise-std")
+
+
+def _membership_from(records: RecordDict) -> MembershipRelease | None:
+    """Decode a node's membership-audit release (all three fields or none), checked."""
+    raw = records.get(_METRICS)
+    if not isinstance(raw, MetricRecord):
+        return None
+    present = [key for key in _MEMBERSHIP if key in raw]
+    if not present:
+        return None
+    if len(present) != len(_MEMBERSHIP):
+        missing = ", ".join(repr(k) for k in _MEMBERSHIP if k not in raw)
+        raise WireError(f"The membership-audit release is incomplete: {missing} missing.")
+    members, nonmembers, std = (raw[key] for key in _MEMBERSHIP)
+    if not isinstance(members, list) or not isinstance(nonmembers, list):
+        raise WireError("Fields 'mia-members' and 'mia-nonmembers' must be lists of counts.")
+    if isinstance(std, bool) or not isinstance(std, int | float):
+        raise WireError(f"Field 'mia-noise-std' must be a number, got {std!r}.")
+    try:
+        return MembershipRelease(tuple(members), tuple(nonmembers), float(std))  # type: ignore[arg-type]
+    except ValueError as err:
+        raise WireError(f"The membership-audit release is invalid: {err}.") from err
 
 
 # --- relay <-> trainer bytes --------------------------------------------------------------
