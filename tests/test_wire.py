@@ -6,10 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from lepton_fl import wire
 from lepton_fl.config import FederationSpec, PrivacySpec
+from lepton_fl.privacy.membership import MembershipRelease
 
 
 @pytest.fixture
@@ -128,6 +129,42 @@ def test_wire_evaluate_reply_carries_a_release_and_its_charge() -> None:
     assert "eval-roc-auc" not in records["metrics"]
     back = wire.evaluate_reply_from_records(wire.records_from_bytes(wire.records_to_bytes(records)))
     assert back == reply
+
+
+def test_wire_membership_release_roundtrips_and_a_malformed_one_is_refused() -> None:
+    """The audit's histograms travel beside the evaluation; whatever a node (or anyone on
+    the path) sends instead of whole non-negative counts of the fixed bins is refused."""
+    release = MembershipRelease(
+        members=(9, 14, 20, 18, 12, 9, 6, 4, 3, 2, 1),
+        nonmembers=(2, 4, 6, 8, 9, 8, 6, 5, 3, 2, 1),
+        noise_std=4.6,
+    )
+    reply = wire.EvaluateReply(status="ok", membership=release)
+    records = wire.evaluate_reply_to_records(reply)
+    back = wire.evaluate_reply_from_records(wire.records_from_bytes(wire.records_to_bytes(records)))
+    assert back.membership == release
+
+    def tampered(**fields: object) -> RecordDict:
+        changed = wire.evaluate_reply_to_records(reply)
+        metrics = changed["metrics"]
+        assert isinstance(metrics, MetricRecord)
+        for key, value in fields.items():
+            if value is None:
+                del metrics[key]
+            else:
+                metrics[key] = value  # type: ignore[assignment]
+        return changed
+
+    cases = {
+        "incomplete": tampered(**{"mia-noise-std": None}),
+        "invalid": tampered(**{"mia-members": [1.5] * 11}),
+        "bins": tampered(**{"mia-nonmembers": [1, 2, 3]}),
+        "whole numbers": tampered(**{"mia-members": [-1] + [0] * 10}),
+        "noise_std": tampered(**{"mia-noise-std": -1.0}),
+    }
+    for words, records in cases.items():
+        with pytest.raises(wire.WireError, match=words):
+            wire.evaluate_reply_from_records(records)
 
 
 def test_wire_release_noised_to_nothing_decodes() -> None:

@@ -334,6 +334,15 @@ def _evaluation_record(run: Run) -> EvaluationRecord | None:
         return None
 
 
+MEMBERSHIP_METHOD = (
+    "Loss-threshold membership inference on the final model: each node's training rows "
+    "(members) against its held-out rows (non-members). A node releases the two loss "
+    "histograms jointly with its evaluation counts (one Gaussian release, L2 sensitivity "
+    "sqrt(2), charged as its evaluate entry); AUC with ties in a bin counted half, interval "
+    "by seeded parametric bootstrap over sampling and the release's noise. 0.5: no signal."
+)
+
+
 def _membership_audit(
     run: Run, record: EvaluationRecord | None, visible: set[str]
 ) -> dict[str, Any] | None:
@@ -373,12 +382,3 @@ def _membership_audit(
         "nodes_other": sum(ids.get(name) not in visible for name in releases),
         "pooled": None if pooled is None else entry("", "all members", pooled),
     }
-
-
-MEMBERSHIP_METHOD = (
-    "Loss-threshold membership inference on the final model: each node's training rows "
-    "(members) against its held-out rows (non-members). A node releases the two loss "
-    "histograms jointly with its evaluation counts (one Gaussian release, L2 sensitivity "
-    "sqrt(2), charged as its evaluate entry); AUC with ties in a bin counted half, interval "
-    "by seeded parametric bootstrap over sampling and the release's noise. 0.5: no signal."
-)

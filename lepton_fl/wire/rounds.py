@@ -273,6 +273,11 @@ def evaluate_reply_from_records(records: RecordDict) -> EvaluateReply:
 _MEMBERSHIP = ("mia-members", "mia-nonmembers", "mia-noise-std")
 
 
+def _whole(value: object) -> bool:
+    """An int that is not a bool (a count as Flower carries it)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _membership_from(records: RecordDict) -> MembershipRelease | None:
     """Decode a node's membership-audit release (all three fields or none), checked."""
     raw = records.get(_METRICS)
@@ -290,7 +295,10 @@ def _membership_from(records: RecordDict) -> MembershipRelease | None:
     if isinstance(std, bool) or not isinstance(std, int | float):
         raise WireError(f"Field 'mia-noise-std' must be a number, got {std!r}.")
     try:
-        return MembershipRelease(tuple(members), tuple(nonmembers), float(std))  # type: ignore[arg-type]
+        counts = tuple(
+            tuple(int(c) if _whole(c) else -1 for c in side) for side in (members, nonmembers)
+        )
+        return MembershipRelease(counts[0], counts[1], float(std))
     except ValueError as err:
         raise WireError(f"The membership-audit release is invalid: {err}.") from err
 
