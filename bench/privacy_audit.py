@@ -34,7 +34,12 @@ Two attacks on that release, for target epsilon 1, 3, 8 and a non-private contro
   bound.
 - Membership inference on the hospital's own split: the loss-threshold attack's AUC between
   its training rows (members) and its held-out rows (non-members), with a DeLong 95% interval
-  (:func:`lepton_fl.privacy.empirical.membership_auc`).
+  (:func:`lepton_fl.privacy.empirical.membership_auc`). Beside it, for the DP arms, what a
+  node running the same attack as a federation's membership audit releases
+  (:mod:`lepton_fl.privacy.membership`: both loss histograms noised at sqrt(2) times the
+  evaluation's noise multiplier, which :func:`lepton_fl.privacy.evaluation.calibrate_run`
+  gives for this run with the default evaluation share) and the AUC and bootstrap interval
+  the report computes from it: how well the DP release recovers the exact figure.
 
 Each arm is audited ``--repeats`` times (seeds ``seed, seed+1, ...``; one seed gives every arm
 the same canaries and coin flips) and every run is its own one-run audit (the per-run table).
@@ -85,6 +90,8 @@ from lepton_fl.privacy import (
     epsilon_spent,
 )
 from lepton_fl.privacy.empirical import canary_guesses, epsilon_lower_bound, membership_auc
+from lepton_fl.privacy.evaluation import calibrate_run, evaluation_epsilon_share
+from lepton_fl.privacy.membership import audit_of, loss_histogram, release_histograms
 
 EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
 DELTA = 1e-5  # the federation default (lepton_fl.config.PrivacySpec), as the demo uses
@@ -130,6 +137,10 @@ class AuditResult:
     mia_auc: float
     mia_low: float
     mia_high: float
+    # the membership audit's DP release of the same attack (None for the control)
+    released_auc: float | None
+    released_low: float | None
+    released_high: float | None
     test_accuracy: float
     seed: int
     seconds: float
@@ -143,6 +154,9 @@ class AuditResult:
         for key in ("noise_multiplier", "lower_bound", "canary_auc", "mia_auc", "mia_low"):
             out[key] = round(out[key], 4)
         out["mia_high"] = round(self.mia_high, 4)
+        for key in ("released_auc", "released_low", "released_high"):
+            value = out[key]
+            out[key] = None if value is None else round(value, 4)
         out["test_accuracy"] = round(self.test_accuracy, 4)
         out["seconds"] = round(self.seconds, 2)
         out["accounted_epsilon"] = (
@@ -231,6 +245,7 @@ def audit_once(
         reproducible_noise=True,
         population=population,
     )
+    evaluation_sigma: float | None = None
     if epsilon is None:
         sigma, accounted = 0.0, math.inf
         for _ in range(config.rounds):
@@ -252,6 +267,15 @@ def audit_once(
             delta=config.delta,
             accountant=ACCOUNTANT,
         )
+        evaluation_sigma = calibrate_run(
+            sample_rate=trainer.sample_rate,
+            steps=trainer.steps_per_epoch() * config.local_epochs * config.rounds,
+            target_epsilon=epsilon,
+            evaluation_epsilon=evaluation_epsilon_share(epsilon, None),
+            evaluations=1,
+            delta=config.delta,
+            accountant=ACCOUNTANT,
+        ).evaluation_noise_multiplier
     released = trainer.model
     scores = before - _losses(released, canary_x, canary_y)  # loss drop: higher = "included"
     bound, correct, made = bound_from_scores(scores, included, config)
@@ -259,6 +283,15 @@ def audit_once(
     member = _losses(released, split.x_train, split.y_train)
     held_out = _losses(released, split.x_test, split.y_test)
     mia, mia_low, mia_high = membership_auc(member, held_out)
+    released_audit = None
+    if evaluation_sigma is not None:
+        release = release_histograms(
+            loss_histogram(member),
+            loss_histogram(held_out),
+            noise_multiplier=evaluation_sigma,
+            rng=np.random.default_rng([seed, 1]),
+        )
+        released_audit = audit_of(release)
     with torch.no_grad():
         logits = released(torch.as_tensor(split.x_test, device=device))
         accuracy = float((logits.argmax(1).cpu().numpy() == split.y_test).mean())
@@ -275,6 +308,9 @@ def audit_once(
         mia_auc=mia,
         mia_low=mia_low,
         mia_high=mia_high,
+        released_auc=None if released_audit is None else released_audit.auc,
+        released_low=None if released_audit is None else released_audit.low,
+        released_high=None if released_audit is None else released_audit.high,
         test_accuracy=accuracy,
         seed=seed,
         seconds=time.perf_counter() - start,
@@ -345,17 +381,22 @@ def _labels(target: float | None, accounted: float) -> tuple[str, str]:
 def _print_table(results: list[AuditResult]) -> None:
     header = (
         f"{'target eps':>10}{'seed':>6}{'sigma':>8}{'accounted eps':>15}{'lower bound':>13}"
-        f"{'correct/made':>14}{'canary AUC':>12}{'MIA AUC [95% CI]':>24}{'test acc':>10}{'s':>6}"
+        f"{'correct/made':>14}{'canary AUC':>12}{'MIA AUC [95% CI]':>24}"
+        f"{'released MIA AUC [95%]':>26}{'test acc':>10}{'s':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         target, accounted = _labels(r.target_epsilon, r.accounted_epsilon)
         mia = f"{r.mia_auc:.3f} [{r.mia_low:.3f}, {r.mia_high:.3f}]"
+        released = "-"
+        if r.released_auc is not None:
+            released = f"{r.released_auc:.3f} [{r.released_low:.3f}, {r.released_high:.3f}]"
         print(
             f"{target:>10}{r.seed:>6}{r.noise_multiplier:>8.3f}{accounted:>15}"
             f"{r.lower_bound:>13.3f}{f'{r.guesses_correct}/{r.guesses_made}':>14}"
-            f"{r.canary_auc:>12.3f}{mia:>24}{r.test_accuracy:>10.3f}{r.seconds:>6.1f}"
+            f"{r.canary_auc:>12.3f}{mia:>24}{released:>26}{r.test_accuracy:>10.3f}"
+            f"{r.seconds:>6.1f}"
         )
 
 
@@ -444,6 +485,17 @@ def main() -> None:
         f"{'yes' if within else 'NO (bug?)'}; control bound above every DP bound of its "
         f"seed: {'yes' if control_above else 'no'}, and pooled: "
         f"{'yes' if control_pooled else 'no'}"
+    )
+    audited = [r for r in results if r.released_low is not None and r.released_high is not None]
+    covered = sum(
+        r.released_low is not None
+        and r.released_high is not None
+        and r.released_low <= r.mia_auc <= r.released_high
+        for r in audited
+    )
+    print(
+        f"released membership audit: its interval holds the exact MIA AUC in {covered} of "
+        f"{len(audited)} DP runs"
     )
     seconds = time.perf_counter() - started
     print(f"total {seconds:.0f} s on {device}, torch {torch.__version__}, {args.threads} thread(s)")

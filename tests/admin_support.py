@@ -32,7 +32,7 @@ from coordinator.superlink import CONNECTION, SuperLink, SuperLinkSettings
 from lepton_fl.config import Member, SecureAggregationSpec
 from lepton_fl.crypto import create_node_key, create_pki
 from lepton_fl.privacy import AccountantStep, epsilon_spent
-from lepton_fl.privacy.membership import JOINT_SENSITIVITY, MembershipRelease
+from lepton_fl.privacy.membership import JOINT_SENSITIVITY, NUM_BINS, MembershipRelease
 from lepton_fl.processes import free_port
 from lepton_fl.wire import PrivacyCharge
 
@@ -276,11 +276,16 @@ def _played_evaluation(
             epsilon_budget=8.0,
             charge=charge,
             membership=MembershipRelease(
-                members=(9 + i, 14, 20, 18, 12, 9, 6, 4, 3, 2, 1),
-                nonmembers=(2, 4, 6, 8, 9, 8, 6, 5, 3, 2, 1 + i),
+                members=_counts(40 + i, 30, 12, 4, 1),
+                nonmembers=_counts(8, 9, 6, -2, 1 + i),  # noised counts may be negative
                 noise_std=4.0 * JOINT_SENSITIVITY,
             ),
         )
         for i, name in enumerate(members)
     }
     return EvaluationRecord(round=rnd, nodes=nodes)
+
+
+def _counts(*values: int) -> tuple[int, ...]:
+    """``values`` fitted to the membership audit's bins."""
+    return (values + (0,) * NUM_BINS)[:NUM_BINS]

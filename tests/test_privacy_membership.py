@@ -31,10 +31,12 @@ from lepton_fl.privacy.membership import (
 
 def test_losses_fall_in_fixed_bins() -> None:
     assert len(LOSS_BIN_EDGES) + 1 == NUM_BINS
-    counts = loss_histogram([0.0, 0.01, 0.011, 0.5, 2.5, 2.51, 100.0])
-    assert sum(counts) == 7
+    first, last = LOSS_BIN_EDGES[0], LOSS_BIN_EDGES[-1]
+    counts = loss_histogram([0.0, first, first + 1e-9, last, last + 1e-9, 100.0])
+    assert sum(counts) == 6
     assert counts[0] == 2  # 0 and the edge itself fall in the first bin
     assert counts[1] == 1
+    assert counts[-2] == 1  # the last edge, in the bin below it
     assert counts[-1] == 2  # above the last edge
     assert loss_histogram([]) == (0,) * NUM_BINS
     with pytest.raises(ValueError, match=">= 0"):
@@ -46,8 +48,11 @@ def test_losses_fall_in_fixed_bins() -> None:
 def test_binned_auc_is_the_exact_attack_auc_when_bins_separate_the_losses() -> None:
     rng = np.random.default_rng(0)
     # one loss per bin centre: every pair of records is in distinct bins or the same bin
-    centres = np.array([0.005, 0.02, 0.05, 0.15, 0.3, 0.4, 0.6, 0.8, 1.2, 2.0, 5.0])
-    members = rng.choice(centres, size=300, p=np.linspace(2, 0.2, NUM_BINS) / 12.1)
+    edges = np.array([0.0, *LOSS_BIN_EDGES, 2 * LOSS_BIN_EDGES[-1]])
+    centres = (edges[:-1] + edges[1:]) / 2
+    assert len(centres) == NUM_BINS
+    weights = np.linspace(2, 0.2, NUM_BINS)
+    members = rng.choice(centres, size=300, p=weights / weights.sum())
     nonmembers = rng.choice(centres, size=200)
     exact = membership_auc(members, nonmembers)[0]  # ties count half there too
     binned = histogram_auc(loss_histogram(members), loss_histogram(nonmembers))
@@ -57,10 +62,11 @@ def test_binned_auc_is_the_exact_attack_auc_when_bins_separate_the_losses() -> N
 
 
 def test_auc_edge_cases() -> None:
-    same = (3, 5, 0, 0, 2, 0, 0, 0, 0, 0, 1)
+    same = (3, 5, 0, 2, 1)[:NUM_BINS] + (0,) * (NUM_BINS - 5)
     assert histogram_auc(same, same) == pytest.approx(0.5)
     assert histogram_auc((0,) * NUM_BINS, same) is None
-    low, high = (4,) + (0,) * 10, (0,) * 10 + (4,)
+    zeros = (0,) * (NUM_BINS - 1)
+    low, high = (4, *zeros), (*zeros, 4)
     assert histogram_auc(low, high) == 1.0  # every member below every non-member
     assert histogram_auc(high, low) == 0.0
     assert auc_interval((0,) * NUM_BINS, same, noise_std=1.0) is None
@@ -79,7 +85,10 @@ def test_release_noise_has_the_joint_spread_and_counts_stay_whole() -> None:
     values = np.array([r.members[bin_] for r in draws], dtype=float)
     assert values.mean() == pytest.approx(500, abs=1.0)
     assert values.std() == pytest.approx(math.sqrt(2) * sigma, rel=0.15)
-    assert all(c >= 0 for r in draws for c in (*r.members, *r.nonmembers))
+    # an empty bin stays unbiased: counts are not clamped, so some come out negative
+    empty = np.array([r.nonmembers[0] for r in draws], dtype=float)
+    assert abs(empty.mean()) < 3 * math.sqrt(2) * sigma / math.sqrt(len(draws))
+    assert (empty < 0).any()
     with pytest.raises(ValueError, match="noise_multiplier"):
         release_histograms(members, nonmembers, noise_multiplier=0.0)
 
@@ -88,9 +97,9 @@ def test_a_release_refuses_what_no_node_could_release() -> None:
     with pytest.raises(ValueError, match="bins"):
         MembershipRelease((1, 2), (1,) * NUM_BINS, 1.0)
     with pytest.raises(ValueError, match="whole numbers"):
-        MembershipRelease((-1,) + (0,) * 10, (1,) * NUM_BINS, 1.0)
+        MembershipRelease((10**10,) + (0,) * (NUM_BINS - 1), (1,) * NUM_BINS, 1.0)
     with pytest.raises(ValueError, match="whole numbers"):
-        MembershipRelease((1.5,) + (0,) * 10, (1,) * NUM_BINS, 1.0)  # type: ignore[arg-type]
+        MembershipRelease((1.5,) + (0,) * (NUM_BINS - 1), (1,) * NUM_BINS, 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="noise_std"):
         MembershipRelease((1,) * NUM_BINS, (1,) * NUM_BINS, float("inf"))
 
@@ -131,3 +140,26 @@ def test_pooling_adds_counts_and_noise_variances() -> None:
     assert fields["auc"] == pytest.approx(0.5)
     assert fields["ci_low"] is not None
     assert fields["ci_low"] <= 0.5 <= (fields["ci_high"] or 0)
+
+
+def test_pooled_auc_of_a_model_that_learned_nothing_is_centred_on_one_half() -> None:
+    """Members and non-members with the same loss distribution (true AUC 0.5), few held-out
+    rows, sparse bins and the noise of a demo-sized release, four nodes pooled: the
+    released AUC averages 0.5. (Clamping noised counts at 0 gave about 0.56 here.)"""
+    rng = np.random.default_rng(11)
+    shape = np.zeros(NUM_BINS)
+    shape[:3] = (0.3, 0.5, 0.2)  # sparse: the high-loss bins are empty
+    aucs = []
+    for _ in range(300):
+        releases = []
+        for size in (230, 220, 150, 90):
+            members = tuple(int(c) for c in rng.multinomial(size, shape))
+            nonmembers = tuple(int(c) for c in rng.multinomial(size // 3, shape))
+            releases.append(release_histograms(members, nonmembers, noise_multiplier=5.0, rng=rng))
+        pooled = pool_releases(releases)
+        assert pooled is not None
+        auc = histogram_auc(pooled.members, pooled.nonmembers)
+        if auc is not None:
+            aucs.append(auc)
+    assert len(aucs) > 250
+    assert float(np.mean(aucs)) == pytest.approx(0.5, abs=0.015)

@@ -30,6 +30,7 @@ from lepton.cluster import lepton_command
 from lepton_fl.crypto.detached import sign_detached
 from lepton_fl.crypto.release import public_key_pem
 from lepton_fl.privacy import AccountantStep, epsilon_spent
+from lepton_fl.privacy.membership import NUM_BINS
 from lepton_fl.report_schema import json_schema
 
 REPORT = "lepton-privacy-report/1"
@@ -96,7 +97,7 @@ def test_release_report_holds_every_charge_and_verifies_offline(
     assert [n["name"] for n in audit["nodes"]] == ["a-0", "a-1", "b-0"]
     assert audit["nodes_other"] == 0
     assert audit["pooled"]["release"]["members"] == [
-        sum(n["release"]["members"][i] for n in audit["nodes"]) for i in range(11)
+        sum(n["release"]["members"][i] for n in audit["nodes"]) for i in range(NUM_BINS)
     ]
     for item in [*audit["nodes"], audit["pooled"]]:
         result = item["result"]

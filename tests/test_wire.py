@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from lepton_fl import wire
 from lepton_fl.config import FederationSpec, PrivacySpec
-from lepton_fl.privacy.membership import MembershipRelease
+from lepton_fl.privacy.membership import NUM_BINS, MembershipRelease
 
 
 @pytest.fixture
@@ -135,8 +135,8 @@ def test_wire_membership_release_roundtrips_and_a_malformed_one_is_refused() -> 
     """The audit's histograms travel beside the evaluation; whatever a node (or anyone on
     the path) sends instead of whole non-negative counts of the fixed bins is refused."""
     release = MembershipRelease(
-        members=(9, 14, 20, 18, 12, 9, 6, 4, 3, 2, 1),
-        nonmembers=(2, 4, 6, 8, 9, 8, 6, 5, 3, 2, 1),
+        members=(40, 30, 12, 4, 1)[:NUM_BINS] + (0,) * (NUM_BINS - 5),
+        nonmembers=(8, 9, 6, -2, 1)[:NUM_BINS] + (0,) * (NUM_BINS - 5),  # noised: may be < 0
         noise_std=4.6,
     )
     reply = wire.EvaluateReply(status="ok", membership=release)
@@ -157,9 +157,9 @@ def test_wire_membership_release_roundtrips_and_a_malformed_one_is_refused() -> 
 
     cases = {
         "incomplete": tampered(**{"mia-noise-std": None}),
-        "invalid": tampered(**{"mia-members": [1.5] * 11}),
+        "invalid": tampered(**{"mia-members": [1.5] * NUM_BINS}),
         "bins": tampered(**{"mia-nonmembers": [1, 2, 3]}),
-        "whole numbers": tampered(**{"mia-members": [-1] + [0] * 10}),
+        "whole numbers": tampered(**{"mia-members": [10**10] + [0] * (NUM_BINS - 1)}),
         "noise_std": tampered(**{"mia-noise-std": -1.0}),
     }
     for words, records in cases.items():

@@ -295,10 +295,11 @@ def _membership_from(records: RecordDict) -> MembershipRelease | None:
     if isinstance(std, bool) or not isinstance(std, int | float):
         raise WireError(f"Field 'mia-noise-std' must be a number, got {std!r}.")
     try:
-        counts = tuple(
-            tuple(int(c) if _whole(c) else -1 for c in side) for side in (members, nonmembers)
+        if not all(_whole(c) for c in (*members, *nonmembers)):
+            raise ValueError("the counts must be whole numbers")
+        return MembershipRelease(
+            tuple(int(c) for c in members), tuple(int(c) for c in nonmembers), float(std)
         )
-        return MembershipRelease(counts[0], counts[1], float(std))
     except ValueError as err:
         raise WireError(f"The membership-audit release is invalid: {err}.") from err
 
