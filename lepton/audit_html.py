@@ -355,8 +355,8 @@ def _membership_section(run: Mapping[str, Any]) -> str:
         shares = [
             Line(label, [c / max(sum(counts), 1) for c in counts])
             for label, counts in (
-                ("training rows (members)", release["members"]),
-                ("held-out rows (non-members)", release["nonmembers"]),
+                ("members", release["members"]),  # training rows; the legend is narrow
+                ("non-members", release["nonmembers"]),
             )
         ]
         chart = (
