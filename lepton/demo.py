@@ -53,7 +53,7 @@ from lepton.demo_admin import (
     verify_audit,
 )
 from lepton.ledger_report import NodeLedgerReport, read_node_ledger
-from lepton.sectors import Sector, resolve_sectors
+from lepton.sectors import Sector, majority_rates, resolve_sectors
 from lepton_fl.config import FederationSpec, Member
 from lepton_fl.privacy.evaluation import evaluation_epsilon_share
 from lepton_fl.processes import ProcessError
@@ -431,6 +431,9 @@ def build_summary(
     """
     last_evaluation = view.evaluation
     evaluation = last_evaluation.nodes if last_evaluation is not None else {}
+    # the baseline a useful model must beat: always answering the most frequent class of the
+    # held-out rows (the demo's own data, split as every node splits it)
+    majority = majority_rates(sector) if sector is not None else None
     names = {site.node.id: name for name, site in admin.sites.items()}
     nodes = []
     reconciliation: dict[str, Any] = {}
@@ -462,6 +465,7 @@ def build_summary(
                 "epsilon_reported_to_coordinator": check.ledger.epsilon_reported,
                 "history": ledger.history,
                 "local_only": base.metrics() if base else None,
+                "majority_rate": majority.per_site.get(m.name) if majority else None,
                 "federated": federated_figures(final.evaluation if final is not None else None),
             }
         )
@@ -487,6 +491,7 @@ def build_summary(
             fed.privacy.target_epsilon, fed.privacy.evaluation_epsilon
         ),
         "nodes": nodes,
+        "majority_rate": majority.rate if majority else None,
         "federation_metrics": (
             last_evaluation.aggregate.as_dict()
             if last_evaluation is not None and last_evaluation.aggregate is not None
@@ -623,6 +628,7 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
         "rows",
         "local-only acc",
         "federated acc",
+        "majority rate",
         "local-only AUC",
         "federated AUC",
         "fed precision",
@@ -640,6 +646,7 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
             str(node["num_examples"]),
             _fmt(local.get("accuracy")),
             _fmt(fed.get("accuracy")),
+            _fmt(node.get("majority_rate")),
             _fmt(local.get("roc_auc")),
             _fmt(fed.get("roc_auc")),
             *_metric_cells(fed),
@@ -653,6 +660,7 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
             "-",  # the rows column counts training rows; the evaluation's are held out
             "-",
             _fmt(agg["accuracy"]),
+            _fmt(summary.get("majority_rate")),
             "-",
             _fmt(agg["roc_auc"]),
             *_metric_cells(agg),
@@ -663,7 +671,9 @@ def _print_table(console: Console, summary: dict[str, Any]) -> None:
     for line in _federation_lines(summary):
         console.print(line)
     console.print(
-        f"local-only: the same model and DP-SGD settings trained on one {kind}'s rows alone. "
+        f"local-only: the same model and DP-SGD settings trained on one {kind}'s rows alone; "
+        "majority rate: the accuracy of always answering the most frequent class of the "
+        "held-out rows. "
         f"Wall time {summary['wall_seconds']:.0f} s."
     )
     for line in _epsilon_split_lines(summary):

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from lepton_fl.models.catalog import MODELS, ModelName, ModelOption
+
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 AccountantName = Literal["rdp", "prv"]
@@ -110,27 +112,41 @@ class TrainingSpec(_Frozen):
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.05
 
 
-ModelName = Literal["tabular_mlp", "cnn", "minilm", "tiny_bert"]
+# Every model's facts (data it takes, tokenizer, options, layers) live in one entry per model in
+# lepton_fl.models.catalog, which imports no torch.
+TEXT_MODEL_LAYERS = {n: m.transformer_layers for n, m in MODELS.items() if m.transformer_layers}
 
-# Transformer layers of each text model (lepton_fl.models checks the same numbers).
-TEXT_MODEL_LAYERS = {"minilm": 6, "tiny_bert": 2}
-_TEXT_MODELS = tuple(TEXT_MODEL_LAYERS)
+_OPTION_DEFAULTS: dict[ModelOption, object] = {
+    "hidden": (32,),
+    "dropout": 0.0,
+    "channels": None,
+    "activation": None,
+    "trainable_layers": None,
+}
 
 
 class ModelConfig(_Frozen):
     """Which registered model to build (see ``lepton_fl.models``), and its size.
 
-    ``tabular_mlp``: an MLP of widths ``hidden``. ``cnn``: convolution blocks of ``channels``
-    (default ``(16, 32)``, GroupNorm) then a head of widths ``hidden``. ``minilm`` (the packaged
-    all-MiniLM-L6-v2) and ``tiny_bert`` (a 2-layer BERT with a locally trained tokenizer):
-    ``trainable_layers`` top transformer layers plus the head are trained and exchanged, the rest
-    stays frozen as shipped (``None``: every layer is trained). ``dropout`` is the dropout of the
-    MLP and CNN heads. Options left unset are omitted from the canonical JSON, so specs written
-    before they existed keep their digest.
+    ``tabular_mlp``: an MLP of widths ``hidden``; ``hidden = ()`` is (multinomial) logistic
+    regression. ``cnn``: convolution blocks of ``channels`` (default ``(16, 32)``, GroupNorm)
+    then a head of widths ``hidden``, ReLU or (``activation = "tanh"``) tempered. ``minilm`` (the
+    packaged all-MiniLM-L6-v2) and ``tiny_bert`` (a 2-layer BERT with a locally trained
+    tokenizer): ``trainable_layers`` top transformer layers plus the head are trained and
+    exchanged, the rest stays frozen as shipped (``None``: every layer is trained).
+    ``minilm_embeddings``: frozen MiniLM sentence embeddings and a trained head of widths
+    ``hidden`` (``()``: a linear head). ``dropout`` is the dropout of the MLP heads. Options
+    left unset are omitted from the canonical JSON, so specs written before they existed keep
+    their digest; an option the model does not have is refused (``lepton_fl.models.catalog``
+    lists each model's options).
     """
 
     name: ModelName = "tabular_mlp"
-    hidden: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = (32,)
+    hidden: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        default=(32,),
+        max_length=16,
+        description="Hidden widths of the MLP (head); [] is a linear model (logistic regression).",
+    )
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     channels: tuple[Annotated[int, Field(ge=1, le=1024)], ...] | None = Field(
         default=None,
@@ -138,6 +154,14 @@ class ModelConfig(_Frozen):
         max_length=8,
         exclude_if=_is_none,
         description="cnn only: output channels of each convolution block (default (16, 32)).",
+    )
+    activation: Literal["relu", "tanh"] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description=(
+            "cnn only: relu (default: ReLU, max pooling) or tanh (tempered: tanh, average "
+            "pooling, a head on each channel's global mean and maximum), which suits DP-SGD."
+        ),
     )
     trainable_layers: Annotated[int, Field(ge=0, le=64)] | None = Field(
         default=None,
@@ -150,16 +174,15 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _options_fit_the_model(self) -> ModelConfig:
-        if self.channels is not None and self.name != "cnn":
-            raise ValueError(
-                f"model.channels applies to the 'cnn' model only, not {self.name!r}; remove it."
-            )
-        if self.trainable_layers is not None and self.name not in _TEXT_MODELS:
-            raise ValueError(
-                f"model.trainable_layers applies to {list(_TEXT_MODELS)} only, not "
-                f"{self.name!r}; remove it."
-            )
-        layers = TEXT_MODEL_LAYERS.get(self.name, 0)
+        info = MODELS[self.name]
+        for option, default in _OPTION_DEFAULTS.items():
+            if option not in info.options and getattr(self, option) != default:
+                takers = sorted(n for n, m in MODELS.items() if option in m.options)
+                which = f"the {takers[0]!r} model" if len(takers) == 1 else f"{takers}"
+                raise ValueError(
+                    f"model.{option} applies to {which} only, not {self.name!r}; remove it."
+                )
+        layers = info.transformer_layers
         if self.trainable_layers is not None and self.trainable_layers > layers:
             raise ValueError(
                 f"model.trainable_layers = {self.trainable_layers} but {self.name!r} has "

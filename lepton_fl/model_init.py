@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from lepton_fl.config import FederationSpec, ModelConfig
 from lepton_fl.datasets import TaskInfo, get_task
+from lepton_fl.models.catalog import MODELS
 
 Shapes = list[tuple[int, ...]]
 
@@ -52,10 +53,10 @@ def input_shape(info: TaskInfo) -> tuple[int, ...]:
     return (info.schema.num_features,)
 
 
-MODEL_MODALITY = {"tabular_mlp": "tabular", "cnn": "image", "minilm": "text", "tiny_bert": "text"}
-"""The kind of data each registered model takes."""
+MODEL_MODALITY = {name: info.modality for name, info in MODELS.items()}
+"""The kind of data each registered model takes (from ``lepton_fl.models.catalog``)."""
 
-MODEL_TOKENIZER = {"minilm": "minilm", "tiny_bert": "tiny"}
+MODEL_TOKENIZER = {name: info.tokenizer for name, info in MODELS.items() if info.tokenizer}
 """The tokenizer whose token ids a text model's embeddings were built for."""
 
 

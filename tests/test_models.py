@@ -180,6 +180,7 @@ def _image_inputs(n: int, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
 CASES = {
     "cnn-gray": (ModelSpec(name="cnn"), (1, 16, 16)),
     "cnn-rgb": (ModelSpec(name="cnn", channels=(4, 6), hidden=(), dropout=0.1), (3, 12, 12)),
+    "cnn-tanh": (ModelSpec(name="cnn", channels=(4, 8), activation="tanh", hidden=()), (1, 16, 16)),
     "tiny_bert": (ModelSpec(name="tiny_bert"), (TINY_LENGTH,)),
     "tiny_bert-top1": (ModelSpec(name="tiny_bert", trainable_layers=1), (TINY_LENGTH,)),
 }
@@ -515,3 +516,69 @@ def test_empty_poisson_batches_are_noise_only_steps(case: str) -> None:
     assert result.steps == n == len(sizes)
     assert 0 in sizes
     assert np.isfinite(result.train_loss)
+
+
+# -- logistic regression, the tempered CNN, frozen MiniLM sentence embeddings --------------
+
+
+def test_hidden_empty_is_logistic_regression_and_options_fit_their_models() -> None:
+    config = ModelConfig(name="tabular_mlp", hidden=())
+    assert json.loads(config.model_dump_json())["hidden"] == []
+    model = build_model(model_spec(config), input_shape=(7,), num_classes=3, seed=0)
+    assert [type(m) for m in model.modules()][1:] == [torch.nn.Linear]
+    assert [w.shape for w in get_weights(model)] == [(3, 7), (3,)]
+    fed = FederationSpec(name="f", task="breast_cancer", model=config,
+                         privacy=PrivacySpec(target_epsilon=1))  # fmt: skip
+    assert [w.shape for w in initial_weights(fed)] == [(2, 30), (2,)]
+    tanh = ModelConfig(name="cnn", activation="tanh", hidden=())
+    assert model_spec(tanh).activation == "tanh"
+    assert "activation" not in json.loads(ModelConfig(name="cnn").model_dump_json())
+    with pytest.raises(ValidationError, match="activation applies to the 'cnn' model only"):
+        ModelConfig(activation="tanh")
+    with pytest.raises(ValidationError, match="hidden applies to"):
+        ModelConfig(name="minilm", hidden=(8,))
+    with pytest.raises(ValidationError, match="trainable_layers applies to"):
+        ModelConfig(name="minilm_embeddings", trainable_layers=1)
+
+
+def test_minilm_embeddings_trains_only_its_head_under_dp() -> None:
+    """The frozen encoder is no submodule: Opacus wraps, clips and noises the head alone, only
+    the head travels, and each text is encoded once per process (cached)."""
+    import copy
+
+    from lepton_fl.models.sentence import SentenceEmbeddingClassifier, minilm_encoder
+
+    torch.set_num_threads(1)
+    length, n = 24, 12
+    model = build_model(
+        ModelSpec(name="minilm_embeddings", hidden=()), input_shape=(length,), num_classes=3,
+        seed=2,
+    )  # fmt: skip
+    assert isinstance(model, SentenceEmbeddingClassifier)
+    ModuleValidator.validate(model, strict=True)
+    assert list(trainable_parameters(model)) == ["head.0.weight", "head.0.bias"]
+    assert list(model.state_dict()) == ["head.0.weight", "head.0.bias"]
+    assert [w.shape for w in get_weights(model)] == [(3, 2 * 384), (3,)]
+    assert copy.deepcopy(model).encoder is model.encoder is minilm_encoder()
+    inputs, labels = _text_inputs(n, "minilm", length), np.arange(n) % 3
+    trainer = DPTrainer(
+        model=model, inputs=inputs, labels=labels, batch_size=6, learning_rate=0.5,
+        max_grad_norm=1.0, device=CPU, seed=0, reproducible_noise=True,
+    )  # fmt: skip
+    wrapped = [name for name, _ in trainer._gsm.named_parameters()]
+    assert wrapped == ["_module.head.0.weight", "_module.head.0.bias"]
+    optimised = [p for group in trainer._dp_optimizer.param_groups for p in group["params"]]
+    assert [tuple(p.shape) for p in optimised] == [(3, 768), (3,)]
+    initial = get_weights(model)
+    trainer.train(epochs=2, noise_multiplier=1.0)
+    assert all(not np.array_equal(a, b) for a, b in zip(initial, get_weights(model), strict=True))
+    tensors = [torch.as_tensor(a) for a in inputs]
+    features = model.encoder.features(*tensors[:3])
+    assert features.shape == (n, 768)
+    assert torch.allclose(features.norm(dim=1), torch.full((n,), 384**0.5), rtol=1e-4)
+    cached = len(model.encoder._cache)
+    model.encoder.features(*tensors[:3])
+    assert len(model.encoder._cache) == cached  # the same rows: no new encoding
+    # Features are those of each row alone (batch composition does not matter).
+    alone = model.encoder.features(*(t[:1] for t in tensors[:3]))
+    assert torch.equal(alone[0], features[0])

@@ -48,8 +48,9 @@ class ModelBody(ModelConfig):
     """Which registered model to build."""
 
     model_config = _STRICT
+    # () is logistic regression for tabular_mlp (and a head without hidden layers elsewhere)
     hidden: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
-        default=(32,), min_length=1, max_length=16
+        default=(32,), min_length=0, max_length=16
     )
 
 

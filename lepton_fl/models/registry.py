@@ -6,8 +6,11 @@ A model is called as ``model(*inputs)`` on the inputs of ``lepton_fl.datasets.Ex
 
 - ``tabular_mlp``: ``(features,)``, input shape ``(num_features,)``;
 - ``cnn``: ``(pixels,)``, input shape ``(channels, height, width)``;
-- ``minilm``, ``tiny_bert``: ``(input_ids, attention_mask, token_type_ids, position_ids)``,
-  input shape ``(max_length,)``.
+- ``minilm``, ``minilm_embeddings``, ``tiny_bert``: ``(input_ids, attention_mask,
+  token_type_ids, position_ids)``, input shape ``(max_length,)``.
+
+What each model takes, which tokenizer it reads and which options it has are facts of
+:mod:`lepton_fl.models.catalog` (one entry per model, no torch); this module only builds.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lepton_fl.models.cnn import ImageCNN
+from lepton_fl.models.catalog import MODELS
+from lepton_fl.models.cnn import Activation, ImageCNN
 from lepton_fl.models.tabular_mlp import TabularMLP
 
 if TYPE_CHECKING:
@@ -41,15 +45,17 @@ DEFAULT_CHANNELS = (16, 32)
 class ModelSpec:
     """Which architecture to build, and its size.
 
-    ``hidden``/``dropout``: the MLP (``tabular_mlp``) and the CNN's head. ``channels``: the CNN's
-    convolution blocks. ``trainable_layers``: text models, top transformer layers trained with
-    the head (``None``: all).
+    ``hidden``/``dropout``: the MLP (``tabular_mlp``; ``()`` is logistic regression) and the
+    heads of ``cnn`` and ``minilm_embeddings``. ``channels``/``activation``: the CNN's
+    convolution blocks. ``trainable_layers``: ``minilm``/``tiny_bert``, top transformer layers
+    trained with the head (``None``: all).
     """
 
     name: str = "tabular_mlp"
     hidden: tuple[int, ...] = (32,)
     dropout: float = 0.0
     channels: tuple[int, ...] = DEFAULT_CHANNELS
+    activation: Activation = "relu"
     trainable_layers: int | None = None
 
     def __post_init__(self) -> None:
@@ -65,6 +71,8 @@ class ModelSpec:
             not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels
         ):
             raise ValueError(f"channels must be one or more positive ints, got {channels!r}")
+        if self.activation not in ("relu", "tanh"):
+            raise ValueError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
         layers = self.trainable_layers
         if layers is not None and (not isinstance(layers, int) or layers < 0):
             raise ValueError(f"trainable_layers must be None or an int >= 0, got {layers!r}")
@@ -77,6 +85,7 @@ def model_spec(config: ModelConfig) -> ModelSpec:
         hidden=tuple(config.hidden),
         dropout=config.dropout,
         channels=tuple(config.channels) if config.channels is not None else DEFAULT_CHANNELS,
+        activation=config.activation or "relu",
         trainable_layers=config.trainable_layers,
     )
 
@@ -108,6 +117,17 @@ def _build_cnn(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) 
         channels=spec.channels,
         hidden=spec.hidden,
         dropout=spec.dropout,
+        activation=spec.activation,
+    )
+
+
+def _build_minilm_embeddings(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    from lepton_fl.models.sentence import build_minilm_embeddings
+
+    return build_minilm_embeddings(
+        input_shape=input_shape, num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout
     )
 
 
@@ -131,12 +151,19 @@ _REGISTRY: dict[str, ModelBuilder] = {
     "tabular_mlp": _build_tabular_mlp,
     "cnn": _build_cnn,
     "minilm": _build_minilm,
+    "minilm_embeddings": _build_minilm_embeddings,
     "tiny_bert": _build_tiny_bert,
 }
 
 
+if set(_REGISTRY) != set(MODELS):  # pragma: no cover - a guard for editors
+    raise RuntimeError("lepton_fl.models: every catalog entry needs a builder, and vice versa")
+
+
 def register_model(name: str, builder: ModelBuilder) -> None:
-    """Add an architecture; ``ValueError`` if ``name`` is taken."""
+    """Add an architecture (tests, extensions); ``ValueError`` if ``name`` is taken.
+
+    A federation can name only the models of :mod:`lepton_fl.models.catalog`."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = builder

@@ -69,7 +69,7 @@ class BertClassifier(nn.Module):
 
 
 @contextlib.contextmanager
-def _offline_and_quiet() -> Iterator[None]:
+def offline_and_quiet() -> Iterator[None]:
     """Never reach the hub; silence the load report (a new head is expected, not news)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -118,7 +118,7 @@ def build_minilm(
     """
     _check_length(input_shape, "minilm")
     path = minilm_path()
-    with _offline_and_quiet():
+    with offline_and_quiet():
         from transformers import BertForSequenceClassification
 
         model = BertForSequenceClassification.from_pretrained(
@@ -133,7 +133,7 @@ def build_tiny_bert(
     """A 2-layer, hidden-32 BERT over the ``"tiny"`` tokenizer's vocabulary, seeded init."""
     _check_length(input_shape, "tiny_bert")
     vocab_size = load_tokenizer("tiny", input_shape[0]).vocab_size
-    with _offline_and_quiet():
+    with offline_and_quiet():
         from transformers import BertConfig, BertForSequenceClassification
 
         hidden, layers, heads, feed_forward = TINY_BERT
