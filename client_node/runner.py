@@ -3,6 +3,7 @@
 Order matters: the installed Flower is checked first (the executor speaks its internal Runtime
 API); the data, the model engine and the ledger are loaded and checked next, so an
 unreadable ledger stops the node before it ever joins a federation; then the trainer serves its
+metrics endpoint on loopback (`client_node.metrics`, ``[metrics]``) and its
 readiness socket and starts its executor (`client_node.executor`: the thread that claims the
 SuperNode's tasks and answers them in this process); then the SuperNode connects to the
 SuperLink. A node killed and restarted simply starts claiming again.
@@ -31,6 +32,7 @@ import torch
 from client_node.connectors import ConnectorError, empty_split, load_node_data
 from client_node.executor import NodeExecutor
 from client_node.ledger import Ledger
+from client_node.metrics import MetricsServer, ReplyCounter
 from client_node.settings import NodeConfigError, NodeSettings
 from client_node.stale_session import end_previous_session, previous_node_id
 from client_node.supernode import (
@@ -74,11 +76,19 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     )
     secure = SecureAggregation(trainer)
     restarted = superexec_secret_path(settings).exists()  # this state dir ran a node before
+    replies = ReplyCounter()
     executor = NodeExecutor(
-        functools.partial(handle_message, trainer, secure),
+        replies.wrap(functools.partial(handle_message, trainer, secure)),
         runtime_address(settings),
         auth_secret=new_superexec_secret(settings),
     )
+    metrics = MetricsServer(settings, ledger, replies) if settings.metrics.enabled else None
+    if metrics is not None:
+        try:
+            metrics.start()  # before the SuperNode: a port in use stops the node at once
+        except BaseException:
+            ledger.close()
+            raise
     server = TrainerServer(settings.trainer_socket)
     server.start()
     log.info(
@@ -98,6 +108,8 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     finally:
         executor.stop()
         server.stop()
+        if metrics is not None:
+            metrics.stop()
         ledger.close()
 
 

@@ -7,6 +7,7 @@ that names the file and the field, so an institution's IT knows what to fix.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -242,6 +243,41 @@ class FlowerSection(_Section):
     trainer_timeout_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class MetricsSection(_Section):
+    """The trainer's Prometheus endpoint (`client_node.metrics`): the ledger's epsilon,
+    rounds trained, refusals and the last round's time, served without authentication, so on
+    the loopback interface unless the site chooses otherwise (``allow_remote``)."""
+
+    enabled: StrictBool = True
+    host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 9095
+    allow_remote: StrictBool = Field(
+        default=False,
+        description="Must be true to listen on anything but a loopback address: the "
+        "endpoint has no authentication, so exposing it is the site's explicit choice.",
+    )
+
+    @model_validator(mode="after")
+    def _loopback_unless_chosen(self) -> MetricsSection:
+        if self.enabled and not self.allow_remote and not is_loopback(self.host):
+            raise ValueError(
+                f"host = {self.host!r} is not a loopback address and the metrics endpoint has "
+                'no authentication: keep host = "127.0.0.1", or set allow_remote = true to '
+                "expose it on purpose (then restrict who can reach the port)"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine's loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve anywhere
+
+
 class ReleasesSection(_Section):
     """Signed model releases this node uses (``lepton node predict``)."""
 
@@ -270,6 +306,7 @@ class NodeSettings(_Section):
     superlink: SuperLinkSection
     auth: AuthSection
     flower: FlowerSection = FlowerSection()
+    metrics: MetricsSection = MetricsSection()
     releases: ReleasesSection | None = None
     coordinator: CoordinatorSection | None = None
 

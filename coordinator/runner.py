@@ -29,6 +29,7 @@ class ApiOptions:
     host: str = "127.0.0.1"
     port: int = 9080
     database_url: str | None = None  # None: sqlite:///<data-dir>/admin.db
+    metrics_node_labels: bool = True  # False: /metrics labels the ledger by tenant only
 
 
 def run_coordinator(
@@ -156,7 +157,10 @@ def _prepare_api(
     require_free_port(api.host, api.port, what="admin API")
     app = create_app(
         AdminSettings(
-            data_dir=Path(settings.data_dir), database_url=api.database_url, superlink=settings
+            data_dir=Path(settings.data_dir),
+            database_url=api.database_url,
+            superlink=settings,
+            metrics_node_labels=api.metrics_node_labels,
         )
     )
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning")

@@ -101,6 +101,14 @@ def coordinator_start(
         ),
     ] = None,
     api: Annotated[bool, typer.Option(help="Serve the admin API beside the SuperLink.")] = True,
+    metrics_node_labels: Annotated[
+        bool,
+        typer.Option(
+            envvar="LEPTON_METRICS_NODE_LABELS",
+            help="Label the privacy ledger's series of GET /metrics by node; off (an "
+            "auditor-facing deployment): by tenant only.",
+        ),
+    ] = True,
 ) -> None:
     """Start the SuperLink (TLS, SuperNode authentication, persistent state) on loopback, its
     public Fleet front (nginx: only Flower's Fleet API is reachable from outside), the
@@ -108,7 +116,12 @@ def coordinator_start(
     with Alembic on start)."""
     from coordinator.runner import ApiOptions, run_coordinator
 
-    options = ApiOptions(host=api_host, port=api_port, database_url=database_url)
+    options = ApiOptions(
+        host=api_host,
+        port=api_port,
+        database_url=database_url,
+        metrics_node_labels=metrics_node_labels,
+    )
     settings = _superlink_settings(data_dir, pki_dir, host, port, superlink_port)
     raise typer.Exit(run_coordinator(settings, api=options if api else None))
 

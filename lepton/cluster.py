@@ -98,7 +98,8 @@ def node_toml(
         f"root_certificates = {json.dumps(str(superlink.ca_certificate))}\n\n"
         f"[auth]\nprivate_key = {json.dumps(str(key))}\n\n"
         f"[coordinator]\npublic_key = {json.dumps(str(coordinator_key))}\n\n"
-        f"[flower]\nclientappio_port = {free_port()}\n"
+        f"[flower]\nclientappio_port = {free_port()}\n\n"
+        f"[metrics]\nport = {free_port()}\n"  # many nodes on one host: one port each
     )
 
 

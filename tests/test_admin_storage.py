@@ -107,7 +107,7 @@ def test_schema_upgrade_is_idempotent(db: Database) -> None:
 
     with db.read() as session:
         version = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0004"
+    assert version == "0005"
 
 
 def test_api_key_is_stored_only_as_a_slow_hash(db: Database) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from admin_support import AdminApi, Tenant, bearer, play_serverapp
 
@@ -24,6 +25,7 @@ from coordinator.superlink import SuperLink
 from lepton_fl.crypto.release import verify_signed_manifest
 
 PUBLIC = {"/health", "/signing-key", "/nodes/enroll"}
+ROOT = {"/metrics"}  # served at the root of the app, not under /api/v1
 
 
 @dataclass
@@ -107,10 +109,27 @@ def _url(template: str, ids: dict[str, str]) -> str:
     return template.format(**ids)
 
 
+def _call(
+    world: World,
+    method: str,
+    template: str,
+    ids: dict[str, str],
+    key: dict[str, str],
+    json: Any = None,
+) -> httpx.Response:
+    """Call a route of the table: under /api/v1, or at the root (`ROOT`, e.g. /metrics)."""
+    if template in ROOT:
+        return world.api.client.request(method, _url(template, ids), headers=key, json=json)
+    return world.api.call(method, _url(template, ids), key, json=json)
+
+
 def _app_routes(api: AdminApi) -> set[tuple[str, str]]:
+    paths = api.app.openapi()["paths"]
+    outside = {p for p in paths if not p.startswith("/api/v1/")}
+    assert outside <= ROOT, f"routes outside /api/v1 that ROOT does not name: {outside - ROOT}"
     return {
         (method.upper(), path.removeprefix("/api/v1"))
-        for path, operations in api.app.openapi()["paths"].items()
+        for path, operations in paths.items()
         if path.removeprefix("/api/v1") not in PUBLIC
         for method in operations
     }
@@ -158,6 +177,8 @@ READS: dict[tuple[str, str], Read] = {
     ("GET", "/audit/checkpoints"): Read(hides_theirs=False),
     ("GET", "/audit/checkpoints/latest"): Read(hides_theirs=False),
     ("GET", "/reports/privacy"): Read(hides_theirs=False),  # by query: see test_attack_*
+    # only its tenant's series (tests/test_metrics_endpoint.py checks them one by one)
+    ("GET", "/metrics"): Read(hides_theirs=False),
 }
 READ_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/ledger/nodes/{node_id}/reconcile"): {"entries": []},
@@ -214,7 +235,7 @@ def test_tenant_auditor_reads_its_own_and_nothing_of_another_tenant(
     case = READS[(method, template)]
     body = READ_BODIES.get((method, template))
 
-    own = world.api.call(method, _url(template, world.mine), world.auditor_a, json=body)
+    own = _call(world, method, template, world.mine, world.auditor_a, json=body)
 
     assert own.status_code == case.own, own.text
     _assert_no_secrets(world, own.text, f"{method} {template}")
@@ -229,8 +250,8 @@ def test_another_tenants_object_is_not_found_like_a_missing_one(
     body = READ_BODIES.get((method, template))
     missing = {k: str(uuid.uuid4()) for k in world.mine}
 
-    theirs = world.api.call(method, _url(template, world.theirs), world.auditor_a, json=body)
-    absent = world.api.call(method, _url(template, missing), world.auditor_a, json=body)
+    theirs = _call(world, method, template, world.theirs, world.auditor_a, json=body)
+    absent = _call(world, method, template, missing, world.auditor_a, json=body)
 
     assert theirs.status_code == 404, theirs.text
     assert absent.status_code == 404, absent.text
@@ -246,7 +267,7 @@ def test_the_platform_auditor_still_reads_everything(
     body = READ_BODIES.get((method, template))
 
     for ids in (world.mine, world.theirs):
-        response = world.api.call(method, _url(template, ids), world.platform_auditor, json=body)
+        response = _call(world, method, template, ids, world.platform_auditor, json=body)
         assert response.status_code == case.platform, (ids, response.text)
 
 
@@ -254,7 +275,7 @@ def test_the_platform_auditor_still_reads_everything(
 def test_tenant_auditor_writes_are_forbidden(world: World, method: str, template: str) -> None:
     for ids in (world.mine, world.theirs):
         body = _body(WRITES[(method, template)], ids)
-        response = world.api.call(method, _url(template, ids), world.auditor_a, json=body)
+        response = _call(world, method, template, ids, world.auditor_a, json=body)
 
         assert response.status_code == 403, response.text
         assert response.json()["code"] == "read_only_role"

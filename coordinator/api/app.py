@@ -10,10 +10,12 @@ from fastapi.openapi.utils import get_openapi
 
 from coordinator.api.deps import AppContext
 from coordinator.api.errors import install_error_handlers
+from coordinator.api.request_metrics import RequestTimer, RouteTemplates
 from coordinator.api.routes import (
     audit,
     federations,
     ledger,
+    metrics,
     nodes,
     releases,
     reports,
@@ -92,8 +94,14 @@ def create_app(
         """Liveness (no key needed)."""
         return HealthOut(status="ok")
 
+    templates = RouteTemplates()
     for module in (tenants, nodes, federations, runs, ledger, releases, reports, audit):
         app.include_router(module.router, prefix=API_PREFIX)
+        templates.add(module.router.routes, API_PREFIX)
+    app.include_router(metrics.router)  # /metrics, where Prometheus looks by default
+    templates.add(metrics.router.routes)
+    templates.add(app.routes)  # the app's own: health, the docs, the OpenAPI document
+    app.add_middleware(RequestTimer, metrics=app.state.context.request_metrics, templates=templates)
     _declare_bearer_auth(app)
     return app
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from coordinator.api.request_metrics import RequestMetrics
 from coordinator.api.settings import AdminSettings
 from coordinator.db import Database
 from coordinator.services import keys
@@ -27,6 +28,7 @@ class AppContext:
     signing_key: Ed25519PrivateKey
     registry: NodeRegistry | None
     launcher: RunLauncher | None
+    request_metrics: RequestMetrics = field(default_factory=RequestMetrics)
 
     @property
     def run_settings(self) -> RunSettings:

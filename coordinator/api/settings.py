@@ -18,6 +18,9 @@ class AdminSettings:
     superlink: SuperLinkSettings | None = None  # None: enrolment and runs answer 503
     round_timeout_s: float = 300.0
     connect_timeout_s: float = 120.0
+    # GET /metrics labels the ledger's series by node; False (an auditor-facing deployment):
+    # per tenant only (its nodes' largest spent and smallest remaining epsilon)
+    metrics_node_labels: bool = True
 
     @property
     def resolved_database_url(self) -> str:

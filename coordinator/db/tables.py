@@ -113,6 +113,9 @@ class RunRound(SQLModel, table=True):
     round: int = Field(primary_key=True)
     participants: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of node ids
     refusals: str = Field(sa_column=Column(Text, nullable=False))  # JSON {node id: reason}
+    # JSON {node id: [status, code]} of every member not in the aggregate (status refused,
+    # error or dropped; the stable code of its reply or of the ServerApp); NULL before 0005
+    outcomes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     num_examples: int = 0
     train_loss: float | None = None
     seconds: float | None = None

@@ -82,12 +82,18 @@ def record_round(db: Database, run_id: str, record: RoundRecord) -> bool:
         by_name = {m["name"]: m["node_id"] for m in json.loads(run.members)}
         participants = [by_name[n] for n in record.participants if n in by_name]
         refusals = {by_name.get(name, name): why for name, why in record.refusals.items()}
+        outcomes = {
+            by_name.get(name, name): [node.status, node.code]
+            for name, node in record.nodes.items()
+            if node.status != "ok"
+        }
         session.add(
             RunRound(
                 run_id=run_id,
                 round=rnd,
                 participants=json.dumps(participants),
                 refusals=json.dumps(refusals, sort_keys=True),
+                outcomes=json.dumps(outcomes, sort_keys=True),
                 num_examples=record.num_examples,
                 train_loss=None,  # the journal carries no loss: it stays at the nodes
                 seconds=_finite(record.seconds),
