@@ -1,25 +1,35 @@
 # syntax=docker/dockerfile:1.7
 # Lepton FL: the coordinator (flower-superlink with TLS, SuperNode authentication and a state
 # database, on loopback only; nginx as the public Fleet front on 9093, forwarding only the
-# Fleet API; the ServerApp runs from the installed `coordinator` package, never from a FAB).
+# Fleet API; the ServerApp runs from the installed `coordinator` package, never from a FAB;
+# the admin API on 9080).
 #
-# Build from the REPOSITORY ROOT (the context must be the repo, not deploy/):
+# Build from the REPOSITORY ROOT (the context must be the repo, not deploy/), with Docker
+# semantics (podman/buildah: `--format docker`, or the OCI format silently drops HEALTHCHECK):
 #   docker build -f deploy/coordinator.Dockerfile -t lepton-coordinator:0.1.0 .
-# BuildKit reads deploy/coordinator.Dockerfile.dockerignore for that context; a
-# deploy/.dockerignore would not be read (Docker only looks for .dockerignore at the root of
-# the context). The ignore file is an allow-list: no key or state file can enter the image.
+#   podman build --format docker -f deploy/coordinator.Dockerfile \
+#       --ignorefile deploy/coordinator.Dockerfile.dockerignore -t lepton-coordinator:0.1.0 .
+# BuildKit reads deploy/coordinator.Dockerfile.dockerignore for that context (podman needs
+# --ignorefile); a deploy/.dockerignore would not be read. The ignore file is an allow-list:
+# no key or state file can enter the image. deploy/ci/e2e.py builds it this way.
 #
-# torch: no package index is named here. The torch 2.13.0 CPU wheel must come from
+# torch: the coordinator never trains, but today it still imports torch: Opacus's
+# accountants (lepton_fl/privacy/accounting.py, for every ε the ledger and the run checks
+# compute) import the `opacus` package, whose __init__ imports torch; and the initial weights
+# of every model but tabular_mlp are a torch build (lepton_fl/model_init.py), transformers and
+# the MiniLM package included for text models. No package index is named here. The torch
+# 2.13.0 CPU wheel must come from
 #   * a wheel directory, given to pip as `--find-links /wheels`: drop the wheel into
 #     deploy/wheels/, or pass any directory with `--build-context wheels=/path/to/wheelhouse`;
-#   * and/or the build's pip configuration: a pip.conf passed as a BuildKit secret,
-#     `--secret id=pip.conf,src=/path/to/pip.conf`, mounted at /etc/pip.conf for the two
-#     install steps only (it never lands in a layer, so index credentials stay out).
-# The coordinator never trains, so the build refuses a CUDA torch build.
+#   * and/or the build's pip configuration: a pip.conf passed as a build secret,
+#     `--secret id=pip.conf,src=/path/to/pip.conf`, mounted at /etc/pip.conf for the install
+#     steps only (it never lands in a layer, so index credentials stay out).
+# The coordinator never trains, so the build refuses a CUDA torch build. It carries no demo
+# data (only nodes read data).
 #
 # Run (see deploy/README.md): state volume at /var/lib/lepton/coordinator, the PKI files
 # (ca.pem, server.pem, server.key; node *.pub only; never ca.key) read-only under
-# /etc/lepton/pki.
+# /etc/lepton/pki, read-only root file system with a tmpfs at /tmp.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -27,19 +37,67 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM scratch AS wheels
 COPY deploy/wheels/ /
 
+# The dependency list alone, from pyproject.toml: the slow layer below is keyed by its content,
+# so it is rebuilt only when the dependencies change (not the version, extras or tool config).
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /src/pyproject.toml
+RUN python -c "import tomllib; spec = tomllib.load(open('/src/pyproject.toml', 'rb')); open('/requirements.txt', 'w').write(''.join(d + chr(10) for d in spec['project']['dependencies']))"
+
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/lepton
+# Up to the sector data, this stage is the same text in node.Dockerfile and
+# coordinator.Dockerfile: the two builds share these layers (the slow ones) in the cache.
+# binutils: `strip` for the shared libraries below (build stage only).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m venv /opt/lepton
 ENV PATH=/opt/lepton/bin:$PATH
 # torch first, pinned, so that installing the project never resolves a different build.
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --find-links /wheels "${TORCH_SPEC}" \
- && python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else f'torch {torch.__version__} is a CUDA build: supply the CPU wheel')"
+    pip install --no-compile --find-links /wheels "${TORCH_SPEC}" \
+ && python -c "import sys, torch; cuda = torch.version.cuda; want = sys.argv[1]; sys.exit(0 if (cuda is None) == (want == 'cpu') else f'torch {torch.__version__} (CUDA {cuda}) does not match TORCH_VARIANT={want}: supply the matching wheel')" "${TORCH_VARIANT}"
 WORKDIR /src
+# The project's dependencies (see the requirements stage).
+COPY --from=requirements /requirements.txt ./requirements.txt
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    pip install --no-compile --find-links /wheels -r requirements.txt
+# What a runtime never uses: tests, headers, static libraries, debug symbols. Then bytecode
+# (unchecked-hash .pyc files stay valid on the read-only root file system), but not for
+# transformers and sympy (large; only text models and torch's compiler import them); a file
+# that does not compile (torch's Python 3.12-only test helpers) simply stays source-only.
+RUN SP=/opt/lepton/lib/python3.11/site-packages \
+ && find "$SP" -type d -name tests -prune -exec rm -rf {} + \
+ && rm -rf "$SP"/torch/test "$SP"/torch/include "$SP"/torch/share "$SP"/pyarrow/include \
+      "$SP"/pyarrow/src "$SP"/numpy/_core/include \
+ && find "$SP/torch/bin" -type f ! -name torch_shm_manager -delete \
+ && find "$SP" -type f \( -name '*.a' -o -name '*.pyi' -o -name '*.pxd' \) -delete \
+ && find "$SP/torch/lib" "$SP/pyarrow" -name '*.so*' -type f -exec strip --strip-unneeded {} + \
+ && python -c "import torch, opacus.accountants, flwr, fastapi, sqlalchemy, pyarrow.parquet, transformers, sklearn; m = torch.nn.Linear(3, 1); m(torch.ones(2, 3)).sum().backward()" \
+ && { python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+        -x '/site-packages/(transformers|sympy)/' "$SP" > /dev/null || true; }
+# Libraries that nothing here loads: Arrow Flight (only pyarrow.flight links it) and the
+# Hugging Face hub's download accelerator (the images are offline: HF_HUB_OFFLINE=1).
+RUN SP=/opt/lepton/lib/python3.11/site-packages \
+ && rm -rf "$SP"/pyarrow/libarrow_flight.so* "$SP"/pyarrow/libarrow_python_flight.so* \
+      "$SP"/pyarrow/_flight.*.so \
+      "$SP"/hf_xet "$SP"/hf_xet-*.dist-info \
+ && python -c "import pyarrow.parquet, pyarrow.dataset, datasets, flwr_datasets.partitioner, huggingface_hub"
+# The project's own code goes to /opt/lepton-app (the `app` stage below), its own small layer:
+# a .pth file puts it on this environment's path (for every process, whatever its
+# environment), and `lepton` on PATH points at its console script.
+RUN echo /opt/lepton-app > /opt/lepton/lib/python3.11/site-packages/lepton-app.pth \
+ && ln -s /opt/lepton-app/bin/lepton /opt/lepton/bin/lepton
+
+# The project itself, in its own stage and its own small runtime layer: a code change rebuilds
+# only this (seconds), never the environment above.
+FROM build AS app
 COPY pyproject.toml README.md ./
 COPY lepton ./lepton
 COPY lepton_fl ./lepton_fl
@@ -47,17 +105,19 @@ COPY coordinator ./coordinator
 COPY client_node ./client_node
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --find-links /wheels ".[demo]" \
+    pip install --no-compile --no-deps --find-links /wheels --target /opt/lepton-app . \
+ && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/lepton-app \
+ && python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 'the coordinator never trains: build it with the CPU torch wheel')" \
  && lepton coordinator start --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG LEPTON_UID=10001
 ARG LEPTON_GID=10001
-# The image must not run as root, whatever the build arguments say.
 # nginx-light: the public Fleet front (Debian's package; its config is generated at start).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+# The image must not run as root, whatever the build arguments say.
 RUN test "${LEPTON_UID}" != 0 && test "${LEPTON_GID}" != 0 \
  && groupadd --system --gid "${LEPTON_GID}" lepton \
  && useradd --system --uid "${LEPTON_UID}" --gid lepton --home-dir /var/lib/lepton/coordinator \
@@ -65,22 +125,34 @@ RUN test "${LEPTON_UID}" != 0 && test "${LEPTON_GID}" != 0 \
  && install -d -m 0700 -o lepton -g lepton /var/lib/lepton/coordinator \
  && install -d -m 0755 /etc/lepton /etc/lepton/pki
 COPY --from=build /opt/lepton /opt/lepton
+COPY --from=app /opt/lepton-app /opt/lepton-app
 # Nothing phones home: Flower telemetry and update checks are off (lepton sets them for its
-# children too; here they also cover `docker exec ... lepton coordinator register-node`).
+# children too; here they also cover `docker exec ... lepton coordinator create-admin-key`),
+# and the Hugging Face libraries never look for a hub.
 ENV PATH=/opt/lepton/bin:$PATH \
     FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    TRANSFORMERS_OFFLINE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/var/lib/lepton/coordinator \
-    LEPTON_HEALTH_PORT=9093
-# SuperLink state database, its FLWR_HOME, logs, run journals and model checkpoints.
+    LEPTON_HEALTH_PORT=9093 \
+    LEPTON_API_PORT=9080
+# SuperLink state database, its FLWR_HOME, logs, run journals, model checkpoints and the
+# admin database (admin.db, unless --database-url names a PostgreSQL).
 VOLUME ["/var/lib/lepton/coordinator"]
-EXPOSE 9093
+# 9093: the Fleet front (nodes). 9080: the admin API (plain HTTP, every call but enrollment
+# and the signing key authenticated by API key: publish it on 127.0.0.1 only, or behind a
+# TLS proxy of your own).
+EXPOSE 9093 9080
 USER ${LEPTON_UID}:${LEPTON_GID}
 WORKDIR /var/lib/lepton/coordinator
-# Healthy = the Fleet front's HTTPS port accepts TCP connections (no certificate needed).
+# Healthy = the Fleet front's HTTPS port and the admin API's port accept TCP connections.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['LEPTON_HEALTH_PORT'])), timeout=3).close()"]
+    CMD ["python", "-c", "import os, socket; [socket.create_connection(('127.0.0.1', int(os.environ[v])), timeout=3).close() for v in ('LEPTON_HEALTH_PORT', 'LEPTON_API_PORT')]"]
 ENTRYPOINT ["lepton"]
-CMD ["coordinator", "start", "--data-dir", "/var/lib/lepton/coordinator", "--pki-dir", "/etc/lepton/pki", "--host", "0.0.0.0", "--port", "9093"]
+# The admin API binds to the container's interface (--api-host 0.0.0.0) so that a port can be
+# published for it; publish it on 127.0.0.1 only (compose.yaml does).
+CMD ["coordinator", "start", "--data-dir", "/var/lib/lepton/coordinator", "--pki-dir", "/etc/lepton/pki", "--host", "0.0.0.0", "--port", "9093", "--api-host", "0.0.0.0", "--api-port", "9080"]

