@@ -12,6 +12,7 @@ learning (stuck at the majority class, ROC-AUC near 0.5) fails while seed noise 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,8 @@ def dp_train(key: str, *, seed: int, epochs: int, epsilon: float = EPSILON) -> L
     try:
         splits = [load_local(sector.task, site, seed=seed) for site in sector.sites]
     except DatasetError as err:  # pragma: no cover - the sectors extra is not installed
+        if os.environ.get("CI"):  # make test installs it: CI must run these
+            pytest.fail(f"CI must run the sector learning tests: {err}", pytrace=False)
         pytest.skip(str(err))
     train, test = _pool([s.train for s in splits]), _pool([s.test for s in splits])
     model = build_model(
