@@ -45,6 +45,7 @@ from stock_flower import (
 
 from coordinator.fl.journal import RoundRecord
 from lepton.cluster import LocalCluster, NodePlan
+from lepton_demo.heart_disease import HEART_DISEASE_SITES
 from lepton_fl.config import (
     FederationSpec,
     PrivacySpec,
@@ -52,7 +53,6 @@ from lepton_fl.config import (
     SecureAggregationSpec,
     TrainingSpec,
 )
-from lepton_fl.datasets import HEART_DISEASE_SITES
 
 GOAL_S = 1.0
 CURVE_GOAL_S = 3.0  # 20 nodes on one SuperLink

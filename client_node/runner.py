@@ -268,8 +268,18 @@ def _refusal_line(settings: NodeSettings, elapsed: float, *, restarted: bool) ->
     )
 
 
-CONFIG_ERRORS = frozenset({"unknown_task", "unknown_partition", "bad_argument", "schema_mismatch"})
-"""Connector failures that are node.toml's own mistakes: the node refuses to start with them.
+CONFIG_ERRORS = frozenset(
+    {
+        "unknown_task",
+        "unknown_partition",
+        "bad_argument",
+        "schema_mismatch",
+        "duplicate_task",  # two installed sources register one task name
+        "bad_task",  # a lepton_fl.tasks entry point fails to load
+    }
+)
+"""Connector failures that are node.toml's own mistakes (or the installed tasks'): the node
+refuses to start with them.
 
 Every other failure is about the data itself (a missing or broken file, a bad row): the trainer
 starts anyway and refuses every request with ``data_invalid``.

@@ -101,6 +101,7 @@ FROM build AS app
 COPY pyproject.toml README.md ./
 COPY lepton ./lepton
 COPY lepton_fl ./lepton_fl
+COPY lepton_demo ./lepton_demo
 COPY coordinator ./coordinator
 COPY client_node ./client_node
 RUN --mount=type=bind,from=wheels,target=/wheels \

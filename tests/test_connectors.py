@@ -41,8 +41,9 @@ from client_node.trainer.core import NodeTrainer, RequestRefusedError
 from client_node.trainer.secure import SecureAggregation
 from client_node.trainer.service import handle_request
 from lepton.cli import app
+from lepton_demo.heart_disease import HEART_DISEASE_SCHEMA
 from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
-from lepton_fl.datasets import HEART_DISEASE_SCHEMA, ImageSpec, TaskInfo, TextSpec, get_task
+from lepton_fl.datasets import ImageSpec, TaskInfo, TextSpec, get_task
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.tabular import stratified_split
 from lepton_fl.wire import (

@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lepton_demo.heart_disease import HEART_DISEASE_SCHEMA, HEART_DISEASE_SITES
 from lepton_fl.datasets import (
-    HEART_DISEASE_SCHEMA,
-    HEART_DISEASE_SITES,
     DatasetError,
     TabularSplit,
     list_partitions,

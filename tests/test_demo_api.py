@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lepton.demo import DemoOptions, run_demo
-from lepton_fl.datasets import HEART_DISEASE_SITES
+from lepton_demo.heart_disease import HEART_DISEASE_SITES
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import DPTrainer
 from client_node.trainer.evaluation import evaluate
 from lepton_fl.config import FederationSpec, ModelConfig, PrivacySpec, TrainingSpec
-from lepton_fl.datasets import TASKS, TaskInfo, load_local
+from lepton_fl.datasets import TaskInfo, load_local, register_task, unregister_task
 from lepton_fl.datasets.examples import Examples, ImageSpec, LocalSplit, TextSpec
 from lepton_fl.model_init import initial_weights, task_input_shape
 from lepton_fl.models import (
@@ -443,11 +443,12 @@ def _toy_task(modality: str, num_classes: int = 3) -> TaskInfo:
     ],
 )
 def test_node_and_coordinator_agree_and_the_node_trains_any_modality(
-    modality: str, model: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    modality: str, model: ModelConfig, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     torch.set_num_threads(1)
     info = _toy_task(modality)
-    monkeypatch.setitem(TASKS, info.name, info)  # type: ignore[index]
+    register_task(info)
+    request.addfinalizer(lambda: unregister_task(info.name))
     fed = FederationSpec(
         name="toy-fed",
         task=info.name,

@@ -29,11 +29,10 @@ from client_node.connectors import ConnectorError, load_prediction_inputs
 from client_node.predict import PredictionError, default_output_path, predict_file
 from client_node.settings import DataSection
 from coordinator.services.releases import load_checkpoint
+from lepton_demo.breast_cancer import BREAST_CANCER_SCHEMA
 from lepton_fl.config import FederationSpec, ModelConfig, PrivacySpec
 from lepton_fl.crypto.release import ReleaseError, public_key_pem, write_release
-from lepton_fl.datasets import ImageSpec, TaskInfo, get_task
-from lepton_fl.datasets import registry as task_registry
-from lepton_fl.datasets.breast_cancer import BREAST_CANCER_SCHEMA
+from lepton_fl.datasets import ImageSpec, TaskInfo, get_task, register_task, unregister_task
 from lepton_fl.models import build_model, get_weights, model_spec, trainable_parameters
 
 torch.set_num_threads(1)
@@ -533,8 +532,9 @@ def _no_partitions(partition: str, **_: Any) -> Any:
     raise AssertionError("the test task has no registered partitions")
 
 
-def _register(monkeypatch: pytest.MonkeyPatch, task: TaskInfo) -> None:
-    monkeypatch.setitem(task_registry.TASKS, task.name, task)
+def _register(request: pytest.FixtureRequest, task: TaskInfo) -> None:
+    register_task(task)
+    request.addfinalizer(lambda: unregister_task(task.name))
 
 
 def _released(
@@ -566,7 +566,7 @@ def _released(
 
 
 def test_image_folder_and_single_image_predictions(
-    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, key: Ed25519PrivateKey, request: pytest.FixtureRequest
 ) -> None:
     task = TaskInfo(
         name="tiny_defects",
@@ -579,7 +579,7 @@ def test_image_folder_and_single_image_predictions(
         labels=("ok", "crack", "dark"),
         image=ImageSpec(channels=1, size=8),
     )
-    _register(monkeypatch, task)
+    _register(request, task)
     release, model = _released(
         tmp_path, task, ModelConfig(name="cnn", channels=(4,), hidden=(8,)), key
     )

