@@ -203,3 +203,24 @@ def test_accounting_appending_never_decreases_epsilon(history: list[S], step: S)
     before = epsilon_spent(history, delta=DELTA, accountant="rdp")
     after = epsilon_spent([*history, step], delta=DELTA, accountant="rdp")
     assert after >= before
+
+
+def test_prv_epsilon_is_remembered_per_history_and_delta_but_failures_are_not() -> None:
+    """PRV composition takes seconds; ledger views and metrics scrapes ask again and again."""
+    from lepton_fl.privacy import accounting
+
+    cached = accounting._prv_epsilon_of
+    history = [S(1.3, 0.02, 300), S(2.1, 0.02, 100)]
+    first = epsilon_spent(history, delta=DELTA, accountant="prv")
+    before = cached.cache_info()
+    again = epsilon_spent(list(history), delta=DELTA, accountant="prv")
+    assert again == first
+    assert cached.cache_info().hits == before.hits + 1
+    # another delta or one more step is another question: computed, and larger where it must be
+    assert epsilon_spent(history, delta=DELTA / 10, accountant="prv") > first
+    assert epsilon_spent([*history, S(2.1, 0.02, 1)], delta=DELTA, accountant="prv") > first
+    assert cached.cache_info().misses == before.misses + 2
+    # a refused history is refused every time, never remembered as a number
+    for _ in range(2):
+        with pytest.raises(PrivacyAccountingError):
+            epsilon_spent([S(0.1, 0.5, 1000)], delta=DELTA, accountant="prv")
