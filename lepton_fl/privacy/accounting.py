@@ -6,8 +6,9 @@ Epsilon is always computed by Opacus's own accountants; this module validates in
 normalises the history the way Opacus itself does, and turns Opacus's failures into
 :class:`PrivacyAccountingError` with a message that says what to fix.
 
-Opacus (and so torch) is imported lazily, on the first computation, so that importing
-this module (for example from the node's ledger or a progress reporter) stays cheap.
+Opacus's accountant code is loaded lazily, on the first computation, and without torch
+(:mod:`lepton_fl.privacy.opacus_accountants`): the coordinator computes every epsilon with
+the same Opacus code as the nodes, and its image carries no torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from lepton_fl.privacy.opacus_accountants import (
+    OpacusAccountants,
+    OpacusUnavailableError,
+    opacus_accountants,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -177,8 +184,8 @@ def epsilon_spent(
 ) -> float:
     """Return the epsilon that ``history`` has spent at ``delta``, computed by Opacus.
 
-    Builds ``opacus.accountants.RDPAccountant`` or ``PRVAccountant``, sets its ``history``
-    (merged as in :func:`opacus_history`) and returns ``get_epsilon(delta=delta)``,
+    Builds Opacus's ``RDPAccountant`` or ``PRVAccountant`` (loaded without torch), sets its
+    ``history`` (merged as in :func:`opacus_history`) and returns ``get_epsilon(delta=delta)``,
     clamped below at 0. An empty history (or one with only zero-step entries) is 0.0.
     The result may be ``inf`` when the history gives no privacy at all.
 
@@ -228,31 +235,28 @@ def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
     the fractional orders cost ~0.1 s per curve, and a node evaluates its growing history
     every round.
     """
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    curve = compute_rdp(
+    opacus = _opacus()
+    curve = opacus.rdp_analysis.compute_rdp(
         q=sample_rate,
         noise_multiplier=noise_multiplier,
         steps=1,
-        orders=RDPAccountant.DEFAULT_ALPHAS,
+        orders=opacus.RDPAccountant.DEFAULT_ALPHAS,
     )
     return tuple(float(v) for v in curve)
 
 
 def _rdp_epsilon(entries: list[_OpacusEntry], *, delta: float) -> float:
     import numpy as np
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis.rdp import get_privacy_spent
 
+    opacus = _opacus()
     try:
         rdp = sum(np.asarray(_rdp_one_step(sigma, rate)) * steps for sigma, rate, steps in entries)
         with warnings.catch_warnings():
             # "Optimal order is the largest/smallest alpha": epsilon is still a valid
             # (conservative) bound; the warning only says a wider order range could be tighter.
             warnings.filterwarnings("ignore", message="Optimal order is the")
-            epsilon, _ = get_privacy_spent(
-                orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+            epsilon, _ = opacus.rdp_analysis.get_privacy_spent(
+                orders=opacus.RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
             )
         return float(epsilon)
     except (ValueError, ArithmeticError) as exc:
@@ -306,6 +310,13 @@ def _prv_epsilon_of(entries: tuple[_OpacusEntry, ...], delta: float) -> float:
         ) from exc
 
 
+def _opacus() -> OpacusAccountants:
+    try:
+        return opacus_accountants()
+    except OpacusUnavailableError as exc:
+        raise PrivacyAccountingError(str(exc), code="accountant_unavailable") from exc
+
+
 class _DomainTooLargeError(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
@@ -320,9 +331,8 @@ def _guarded_prv_accountant_class() -> type[Any]:
     the size there lets a history with very little noise raise instead of exhausting
     memory. Everything else is Opacus's own ``get_epsilon``.
     """
-    from opacus.accountants import PRVAccountant
 
-    class GuardedPRVAccountant(PRVAccountant):  # type: ignore[misc]
+    class GuardedPRVAccountant(_opacus().PRVAccountant):  # type: ignore[misc]
         def _get_domain(self, *args: Any, **kwargs: Any) -> Any:
             domain = super()._get_domain(*args, **kwargs)
             if int(domain.size) > PRV_MAX_DOMAIN_SIZE:
