@@ -1,23 +1,22 @@
-"""The initial global model of a federation, from its spec alone.
+"""The initial global model of a federation, from its spec alone, without torch.
 
-The coordinator owns the global model from round 1: it builds the initial weights here
-(numpy only, so the ServerApp never imports torch) and sends them with the first train
-instruction, as Flower strategies do with initial parameters. Secure aggregation needs
-this: nodes send masked *updates* relative to the model they received, and the coordinator
-adds the decoded mean update to the model it holds.
+The coordinator owns the global model from round 1: it builds the initial weights here and
+sends them with the first train instruction, as Flower strategies do with initial parameters.
+Secure aggregation needs this: nodes send masked *updates* relative to the model they received,
+and the coordinator adds the decoded mean update to the model it holds.
 
-Initialisation follows ``torch.nn.Linear``'s default (weights and biases uniform in
-``±1/sqrt(fan_in)``), drawn from a numpy generator seeded with the federation's public seed,
-so every party derives the same model from the same spec.
-
-Every other model (CNN, transformers) is built with torch exactly as a node builds it
-(``lepton_fl.models.build_model`` with the federation's seed; torch is imported only then) and
-its trainable parameters are the initial weights: bit-identical to a node's own build.
+Every catalog model is planned and drawn by :mod:`lepton_fl.models.plans` with numpy (and, for
+``minilm``, ``safetensors.numpy``): the node's trainable parameters in ``named_parameters``
+order, with the initialisation scheme of the node's torch build (uniform in ``±1/sqrt(fan_in)``
+for torch's Linear and Conv2d layers, BERT's ``N(0, 0.02)``, norms at one and zero, the
+package's pretrained tensors), random values drawn one after another from a numpy generator
+seeded with the federation's public seed. Same spec, same weights, on every machine; the
+ServerApp never imports torch, transformers or tokenizers (``tiny_bert`` alone needs
+tokenizers: its vocabulary is the tiny tokenizer's). The values are not a node's own torch
+build's: nodes load the weights they receive.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +24,8 @@ import numpy.typing as npt
 from lepton_fl.config import FederationSpec, ModelConfig
 from lepton_fl.datasets import TaskInfo, get_task
 from lepton_fl.models.catalog import MODELS
+from lepton_fl.models.plans import ModelPlan, draw_weights, model_plan
+from lepton_fl.models.spec import model_spec
 
 Shapes = list[tuple[int, ...]]
 
@@ -92,15 +93,8 @@ def task_input_shape(task: str) -> tuple[int, ...]:
     return input_shape(get_task(task))
 
 
-def _torch_weights(
-    model: ModelConfig, *, input_shape: tuple[int, ...], num_classes: int, seed: int
-) -> list[npt.NDArray[np.float32]]:
-    from lepton_fl.models import build_model, get_weights, model_spec
-
-    built = build_model(
-        model_spec(model), input_shape=input_shape, num_classes=num_classes, seed=seed
-    )
-    return get_weights(built)
+def _plan(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelPlan:
+    return model_plan(model_spec(model), input_shape=input_shape, num_classes=num_classes)
 
 
 def weight_shapes(
@@ -110,43 +104,18 @@ def weight_shapes(
     num_classes: int,
     input_shape: tuple[int, ...] | None = None,
 ) -> Shapes:
-    """Shapes of the exchanged tensors (the trainable parameters, in order).
-
-    ``tabular_mlp`` (``num_features`` or ``input_shape=(num_features,)``): each Linear's weight
-    ``(out, in)``, then its bias, without torch. Other models: from a torch build.
-    """
+    """Shapes of the exchanged tensors (the trainable parameters, in order), for inputs of
+    ``input_shape`` (``num_features=d``: ``input_shape=(d,)``), without torch."""
     if input_shape is None:
         if num_features is None:
             raise ValueError("give num_features or input_shape")
         input_shape = (num_features,)
-    if model.name != "tabular_mlp":
-        weights = _torch_weights(model, input_shape=input_shape, num_classes=num_classes, seed=0)
-        return [tuple(w.shape) for w in weights]
-    if len(input_shape) != 1:
-        raise ValueError(f"tabular_mlp takes (num_features,) inputs, got {input_shape}")
-    num_features = input_shape[0]
-    shapes: Shapes = []
-    width = num_features
-    for size in (*model.hidden, num_classes):
-        shapes.extend([(size, width), (size,)])
-        width = size
-    return shapes
+    return _plan(model, input_shape, num_classes).shapes
 
 
 def initial_weights(fed: FederationSpec) -> list[npt.NDArray[np.float32]]:
     """The federation's initial global model (same spec, same weights, on every machine)."""
     info = get_task(fed.task)
-    if fed.model.name != "tabular_mlp":
-        return _torch_weights(
-            fed.model, input_shape=input_shape(info), num_classes=info.num_classes, seed=fed.seed
-        )
-    num_features, num_classes = task_dimensions(fed.task)
-    shapes = weight_shapes(fed.model, num_features=num_features, num_classes=num_classes)
+    plan = _plan(fed.model, input_shape(info), info.num_classes)
     rng = np.random.default_rng(np.random.SeedSequence([fed.seed, 0x4C455054]))
-    weights: list[npt.NDArray[np.float32]] = []
-    for index in range(0, len(shapes), 2):
-        (out, fan_in), bias = shapes[index], shapes[index + 1]
-        bound = 1.0 / math.sqrt(fan_in)
-        weights.append(rng.uniform(-bound, bound, size=(out, fan_in)).astype(np.float32))
-        weights.append(rng.uniform(-bound, bound, size=bias).astype(np.float32))
-    return weights
+    return draw_weights(plan, rng)

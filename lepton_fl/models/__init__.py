@@ -1,7 +1,8 @@
 """Model registry and weight helpers shared by the coordinator and the nodes.
 
 The names below are imported on first use (PEP 562), so that the torch-free facts of
-:mod:`lepton_fl.models.catalog` can be read (by ``lepton_fl.config`` and the coordinator)
+:mod:`lepton_fl.models.catalog`, :mod:`lepton_fl.models.spec` and
+:mod:`lepton_fl.models.plans` can be read (by ``lepton_fl.config`` and the coordinator)
 without importing torch.
 """
 
@@ -11,14 +12,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lepton_fl.models.registry import (
-        ModelBuilder,
-        ModelSpec,
-        build_model,
-        list_models,
-        model_spec,
-        register_model,
-    )
+    from lepton_fl.models.registry import ModelBuilder, build_model, list_models, register_model
+    from lepton_fl.models.spec import ModelSpec, model_spec
     from lepton_fl.models.tabular_mlp import TabularMLP
     from lepton_fl.models.tokenization import TextTokenizer, list_tokenizers, load_tokenizer
     from lepton_fl.models.weights import (
@@ -31,10 +26,10 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "ModelBuilder": "registry",
-    "ModelSpec": "registry",
+    "ModelSpec": "spec",
     "build_model": "registry",
     "list_models": "registry",
-    "model_spec": "registry",
+    "model_spec": "spec",
     "register_model": "registry",
     "TabularMLP": "tabular_mlp",
     "TextTokenizer": "tokenization",

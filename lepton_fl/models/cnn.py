@@ -20,16 +20,13 @@ Two activations (``ModelConfig.activation``):
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
+from lepton_fl.models.spec import Activation, check_image_input
 from lepton_fl.models.tabular_mlp import TabularMLP
 
 __all__ = ["Activation", "ImageCNN"]
-
-Activation = Literal["relu", "tanh"]
 
 
 def _groups(width: int, most: int = 8) -> int:
@@ -80,23 +77,10 @@ class ImageCNN(nn.Module):
         activation: Activation = "relu",
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"the cnn model needs images of shape (channels, height, width), got {input_shape}"
-            )
-        in_channels, height, width = input_shape
-        if in_channels < 1:
-            raise ValueError(f"images need at least one channel, got {in_channels}")
-        if not channels:
-            raise ValueError("the cnn model needs at least one convolution block (channels)")
+        check_image_input(input_shape, channels)
         if activation not in ("relu", "tanh"):
             raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
-        smallest = 2 ** len(channels)
-        if min(height, width) < smallest:
-            raise ValueError(
-                f"images of {height}x{width} pixels are too small for {len(channels)} pooling "
-                f"blocks; use images of at least {smallest}x{smallest} or fewer channels"
-            )
+        in_channels = input_shape[0]
         self.activation: Activation = activation
         blocks = _tanh_blocks if activation == "tanh" else _relu_blocks
         self.features = nn.Sequential(*blocks(in_channels, channels))

@@ -10,24 +10,21 @@ A model is called as ``model(*inputs)`` on the inputs of ``lepton_fl.datasets.Ex
   token_type_ids, position_ids)``, input shape ``(max_length,)``.
 
 What each model takes, which tokenizer it reads and which options it has are facts of
-:mod:`lepton_fl.models.catalog` (one entry per model, no torch); this module only builds.
+:mod:`lepton_fl.models.catalog` (one entry per model, no torch); :class:`ModelSpec` and its sizes
+live in :mod:`lepton_fl.models.spec` (no torch, re-exported here); this module only builds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lepton_fl.models.catalog import MODELS
-from lepton_fl.models.cnn import Activation, ImageCNN
+from lepton_fl.models.cnn import ImageCNN
+from lepton_fl.models.spec import ModelSpec, model_spec
 from lepton_fl.models.tabular_mlp import TabularMLP
-
-if TYPE_CHECKING:
-    from lepton_fl.config import ModelConfig
 
 __all__ = [
     "ModelBuilder",
@@ -37,58 +34,6 @@ __all__ = [
     "model_spec",
     "register_model",
 ]
-
-DEFAULT_CHANNELS = (16, 32)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which architecture to build, and its size.
-
-    ``hidden``/``dropout``: the MLP (``tabular_mlp``; ``()`` is logistic regression) and the
-    heads of ``cnn`` and ``minilm_embeddings``. ``channels``/``activation``: the CNN's
-    convolution blocks. ``trainable_layers``: ``minilm``/``tiny_bert``, top transformer layers
-    trained with the head (``None``: all).
-    """
-
-    name: str = "tabular_mlp"
-    hidden: tuple[int, ...] = (32,)
-    dropout: float = 0.0
-    channels: tuple[int, ...] = DEFAULT_CHANNELS
-    activation: Activation = "relu"
-    trainable_layers: int | None = None
-
-    def __post_init__(self) -> None:
-        hidden = tuple(self.hidden)  # accept lists from JSON, store a tuple
-        object.__setattr__(self, "hidden", hidden)
-        if any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-            raise ValueError(f"hidden widths must be positive ints, got {hidden!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        channels = tuple(self.channels)
-        object.__setattr__(self, "channels", channels)
-        if not channels or any(
-            not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels
-        ):
-            raise ValueError(f"channels must be one or more positive ints, got {channels!r}")
-        if self.activation not in ("relu", "tanh"):
-            raise ValueError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
-        layers = self.trainable_layers
-        if layers is not None and (not isinstance(layers, int) or layers < 0):
-            raise ValueError(f"trainable_layers must be None or an int >= 0, got {layers!r}")
-
-
-def model_spec(config: ModelConfig) -> ModelSpec:
-    """The :class:`ModelSpec` of a federation's ``ModelConfig`` (unset options: defaults)."""
-    return ModelSpec(
-        name=config.name,
-        hidden=tuple(config.hidden),
-        dropout=config.dropout,
-        channels=tuple(config.channels) if config.channels is not None else DEFAULT_CHANNELS,
-        activation=config.activation or "relu",
-        trainable_layers=config.trainable_layers,
-    )
-
 
 ModelBuilder = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
 """``(spec, input_shape, num_classes) -> module``; called under a seeded RNG."""

@@ -6,7 +6,8 @@ a :class:`SentenceEncoder` turns each row of tokens into a fixed feature vector 
 :class:`~lepton_fl.models.tabular_mlp.TabularMLP` head (``hidden = ()``: linear) maps it to the
 class logits.
 
-Features: the hidden states of the encoder layers :data:`EMBEDDING_LAYERS`, each averaged over
+Features: the hidden states of the encoder layers :data:`EMBEDDING_LAYERS` (defined, with the
+encoder's width, in the torch-free :mod:`lepton_fl.models.spec`), each averaged over
 the row's real tokens (mean pooling, as sentence-transformers pools all-MiniLM-L6-v2) and
 L2-normalised, concatenated and scaled to norm ``sqrt(384)``, a fixed constant: about unit size
 per coordinate, whatever the data. Layers 3 and 4 rather than the last layer: on the drug reviews'
@@ -37,8 +38,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from lepton_fl.models.spec import EMBEDDING_LAYERS, MINILM_WIDTH, check_text_input
 from lepton_fl.models.tabular_mlp import TabularMLP
-from lepton_fl.models.tokenization import MAX_POSITIONS, minilm_path
+from lepton_fl.models.tokenization import minilm_path, require_text_stack
 
 if TYPE_CHECKING:
     from transformers import BertModel
@@ -51,10 +53,6 @@ __all__ = [
     "minilm_encoder",
 ]
 
-EMBEDDING_LAYERS: tuple[int, ...] = (3, 4)
-"""Encoder layers (1-6; 0 is the token embeddings) whose mean-pooled states are the features."""
-MINILM_WIDTH = 384
-"""all-MiniLM-L6-v2's hidden size."""
 _CACHE_LIMIT = 100_000  # rows; about 300 MB of float32 features at 2 x 384 per row
 _CHUNK = 64  # rows encoded per forward pass of the encoder
 
@@ -186,12 +184,10 @@ def build_minilm_embeddings(
 ) -> SentenceEmbeddingClassifier:
     """The frozen-MiniLM model with a head drawn from the current torch RNG (``build_model``
     seeds it). Checks that the package is installed; loads the encoder only when first used."""
-    if len(input_shape) != 1 or not 2 <= input_shape[0] <= MAX_POSITIONS:
-        raise ValueError(
-            f"the minilm_embeddings model takes token sequences of shape (max_length,) with "
-            f"max_length in [2, {MAX_POSITIONS}], got {input_shape}"
-        )
-    minilm_path()  # fail at build time, not at the first batch, if the package is missing
+    check_text_input(input_shape, "minilm_embeddings")
+    # fail at build time, not at the first batch, if the text extra is missing
+    require_text_stack("the 'minilm_embeddings' model")
+    minilm_path()
     encoder = minilm_encoder()
     head = TabularMLP(
         num_features=encoder.width, num_classes=num_classes, hidden=hidden, dropout=dropout

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lepton_fl.models.tokenization import MAX_POSITIONS, load_tokenizer, minilm_path
+from lepton_fl.models.spec import MAX_POSITIONS, TINY_BERT, check_text_input
+from lepton_fl.models.tokenization import load_tokenizer, minilm_path, require_text_stack
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["TEXT_INPUTS", "BertClassifier", "build_minilm", "build_tiny_bert"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-
-# tiny_bert: hidden size, transformer layers, attention heads, feed-forward size.
-TINY_BERT = (32, 2, 2, 64)
 
 
 class BertClassifier(nn.Module):
@@ -87,14 +85,6 @@ def offline_and_quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _check_length(input_shape: tuple[int, ...], model: str) -> None:
-    if len(input_shape) != 1 or not 2 <= input_shape[0] <= MAX_POSITIONS:
-        raise ValueError(
-            f"the {model} model takes token sequences of shape (max_length,) with max_length in "
-            f"[2, {MAX_POSITIONS}], got {input_shape}"
-        )
-
-
 def _freeze_below(classifier: BertClassifier, trainable_layers: int | None) -> BertClassifier:
     if trainable_layers is None:
         return classifier
@@ -116,7 +106,8 @@ def build_minilm(
 
     Call under a seeded torch RNG (``build_model`` does): the head is drawn from it.
     """
-    _check_length(input_shape, "minilm")
+    check_text_input(input_shape, "minilm")
+    require_text_stack("the 'minilm' model")
     path = minilm_path()
     with offline_and_quiet():
         from transformers import BertForSequenceClassification
@@ -131,7 +122,8 @@ def build_tiny_bert(
     *, input_shape: tuple[int, ...], num_classes: int, trainable_layers: int | None
 ) -> BertClassifier:
     """A 2-layer, hidden-32 BERT over the ``"tiny"`` tokenizer's vocabulary, seeded init."""
-    _check_length(input_shape, "tiny_bert")
+    check_text_input(input_shape, "tiny_bert")
+    require_text_stack("the 'tiny_bert' model")
     vocab_size = load_tokenizer("tiny", input_shape[0]).vocab_size
     with offline_and_quiet():
         from transformers import BertConfig, BertForSequenceClassification

