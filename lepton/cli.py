@@ -190,10 +190,38 @@ def node_start(
     from client_node.settings import load_node_settings
 
     settings = load_node_settings(config)  # fail fast, before torch is imported
+    _require_node_extra()
     from client_node.runner import run_node
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     raise typer.Exit(run_node(settings))
+
+
+NODE_PACKAGES = ("torch", "opacus")
+"""What a node trains with: the `node` extra (a coordinator installs without it; text models
+add the `text` extra, checked when a text task or model is loaded)."""
+
+
+def _require_node_extra() -> None:
+    """Refuse, with what to install, on an installation without the node's training stack."""
+    import importlib.util
+
+    from lepton_fl.config import SpecError
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or blocked installation
+            return False
+
+    missing = [name for name in NODE_PACKAGES if not installed(name)]
+    if missing:
+        raise SpecError(
+            f"This installation has no {', '.join(missing)}: a node trains with the `node` "
+            "extra. Install torch==2.13.0 first (the CPU build), then "
+            "pip install 'lepton-fl[node]' (or use the node image).",
+            code="node_extra_missing",
+        )
 
 
 EXIT_DATA_WARNINGS = 3

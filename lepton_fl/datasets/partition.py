@@ -42,10 +42,10 @@ def _flwr_partitioners() -> tuple[Any, Any]:
     try:
         import datasets
         from flwr_datasets import partitioner
-    except ImportError as exc:  # pragma: no cover - a core dependency
+    except ImportError as exc:  # pragma: no cover - installed by `make setup`
         raise DatasetError(
-            "partitioning needs the packages 'flwr-datasets' and 'datasets': "
-            "pip install 'flwr-datasets>=0.6,<0.7'",
+            "partitioning needs the packages 'flwr-datasets' and 'datasets' (the demo's "
+            "sectors extra): pip install 'lepton-fl[sectors]' or 'flwr-datasets>=0.6,<0.7'",
             code="missing_dependency",
         ) from exc
     return datasets, partitioner
