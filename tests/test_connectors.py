@@ -42,7 +42,7 @@ from client_node.trainer.secure import SecureAggregation
 from client_node.trainer.service import handle_request
 from lepton.cli import app
 from lepton_demo.heart_disease import HEART_DISEASE_SCHEMA
-from lepton_fl.config import FederationSpec, PrivacySpec, TrainingSpec
+from lepton_fl.config import FederationSpec, ModelConfig, PrivacySpec, TrainingSpec
 from lepton_fl.datasets import ImageSpec, TaskInfo, TextSpec, get_task
 from lepton_fl.datasets.examples import LocalSplit
 from lepton_fl.datasets.tabular import stratified_split
@@ -1231,6 +1231,24 @@ def test_trainer_with_invalid_data_stays_up_and_refuses_every_request(
     # The site policy is checked first: a federation the node does not accept learns nothing.
     other = signed(FED.model_copy(update={"name": "other"}), 1)
     assert broken_node.train(envelope, other).code == "federation_not_accepted"
+
+
+def test_a_model_the_node_cannot_build_is_refused_before_any_charge(tmp_path: Path) -> None:
+    """A text model for a tabular node's data: a refusal with the reason, not a crash."""
+    data = CSV_DATA.replace("seed = 3", 'seed = 3\ndataset_id = "cleveland-heart"')
+    (tmp_path / "data").mkdir()
+    _write_csv(tmp_path / "data" / "cleveland.csv", HEADER, _heart_rows(40))
+    trainer = _csv_trainer(tmp_path, data, "cleveland.csv")
+    envelope = Envelope(kind="train", run_id=1, message_id="m", node_id=9)
+    fed = FED.model_copy(update={"model": ModelConfig(name="tiny_bert")})
+
+    reply = trainer.train(envelope, signed(fed, 1))
+
+    assert (reply.status, reply.code) == ("refused", "model_unavailable")
+    assert "'tiny_bert'" in reply.reason
+    assert reply.weights == []
+    assert trainer.ledger.entries() == []
+    trainer.ledger.close()
 
 
 def test_runner_loads_valid_csv_for_the_trainer(tmp_path: Path) -> None:

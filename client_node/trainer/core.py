@@ -38,6 +38,7 @@ from lepton_fl.crypto.run_authorization import (
     verify_run_authorization,
 )
 from lepton_fl.datasets import LocalSplit, TabularSplit
+from lepton_fl.model_init import model_task_problem
 from lepton_fl.models import ModelSpec, build_model, get_weights, model_spec, set_weights
 from lepton_fl.privacy.membership import Counts, loss_histogram
 from lepton_fl.secagg.fedavg import size_bucket
@@ -297,12 +298,27 @@ class NodeTrainer:
             population=population,
         )
         if key not in self._engines:
-            model = build_model(
-                spec,
-                input_shape=self.split.input_shape,
-                num_classes=self.split.num_classes,
-                seed=fed.seed,
-            )
+            # what the coordinator checks when a federation is created, checked again here: a
+            # spec that bends it is refused before admission, never trained into a crash
+            problem = model_task_problem(fed.model, fed.task)
+            if problem is not None:
+                raise RequestRefusedError(
+                    "model_unavailable",
+                    f"Node {self.settings.node.name!r} refuses the model: {problem[1]}",
+                )
+            try:
+                model = build_model(
+                    spec,
+                    input_shape=self.split.input_shape,
+                    num_classes=self.split.num_classes,
+                    seed=fed.seed,
+                )
+            except ValueError as err:  # before admission: nothing is charged
+                raise RequestRefusedError(
+                    "model_unavailable",
+                    f"Node {self.settings.node.name!r} cannot build the model "
+                    f"{spec.name!r} for its data: {err}",
+                ) from err
             initial = get_weights(model)
             engine = DPTrainer(
                 model=model,
