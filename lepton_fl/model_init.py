@@ -65,8 +65,10 @@ def model_task_problem(model: ModelConfig, task: str) -> tuple[str, str] | None:
     """Why ``model`` cannot train ``task``, as ``(field, message)``; None when it can.
 
     The task must be registered (every site and the coordinator must know its encoding), the
-    model must take the task's kind of data, and a text model must read the token ids of the
-    tokenizer the task's sites use.
+    model must take the task's kind of data, a text model must read the token ids of the
+    tokenizer the task's sites use, and this installation must be able to plan the model's
+    tensors (``minilm`` needs the MiniLM package, ``tiny_bert`` the tokenizers library: the
+    `text` extra, which the coordinator image leaves out).
     """
     try:
         info = get_task(task)
@@ -85,6 +87,10 @@ def model_task_problem(model: ModelConfig, task: str) -> tuple[str, str] | None:
             f"model {model.name!r} reads {wanted!r} token ids but task {task!r} is tokenised "
             f"with {info.text.tokenizer!r}; choose the task variant for this model"
         )
+    try:
+        _plan(model, input_shape(info), info.num_classes)
+    except ValueError as err:
+        return "model.name", f"model {model.name!r} cannot be planned here: {err}"
     return None
 
 

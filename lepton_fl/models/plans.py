@@ -246,13 +246,9 @@ def _trainable(
 
 
 def _tiny_vocab_size(max_length: int) -> int:
-    try:
-        return load_tokenizer("tiny", max_length).vocab_size
-    except ImportError as err:
-        raise RuntimeError(
-            "the tiny_bert model's vocabulary is the tiny tokenizer's, which is trained with the "
-            "tokenizers library: install it (pip install 'tokenizers>=0.22')"
-        ) from err
+    """The tiny tokenizer's vocabulary (trained with the tokenizers library: ``ValueError``
+    naming the `text` extra where it is missing)."""
+    return load_tokenizer("tiny", max_length).vocab_size
 
 
 def _plan_tiny_bert(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> ModelPlan:

@@ -65,11 +65,18 @@ TEXT_EXTRA = (
 )
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
+
+
 def require_text_stack(
     what: str, *, packages: Sequence[str] = ("transformers", "tokenizers")
 ) -> None:
     """Raise ``ValueError`` naming the ``text`` extra when ``packages`` are not installed."""
-    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    missing = [name for name in packages if not _installed(name)]
     if missing:
         raise ValueError(
             f"{what} needs {', '.join(missing)}, which this installation lacks: {TEXT_EXTRA}"
