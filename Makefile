@@ -119,8 +119,9 @@ clean:
 # and node images (podman, --format docker), runs the coordinator and two nodes from
 # deploy/compose.yaml with podman-compose through a two-round federation (enrolled through
 # the admin API from the host), verifies the release and the audit chain, removes what it
-# started (the images stay as the build cache), and lints, renders and schema-validates the
-# Helm charts. Needs root: installs Debian's podman and friends when they are missing.
+# started (the images stay as the build cache), builds the node's text variant and runs its
+# text models inside it, and lints, renders and schema-validates the Helm charts. Needs root:
+# installs Debian's podman and friends when they are missing.
 CONTAINER_PACKAGES = podman buildah runc fuse-overlayfs uidmap slirp4netns \
 	containernetworking-plugins golang-github-containernetworking-plugin-dnsname debootstrap iptables
 CONTAINERS_FOUND = command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \

@@ -20,6 +20,9 @@ Steps (each timed; the figures are printed and written as JSON with --summary):
    checks are run by hand (`podman healthcheck run`: podman 4.3 schedules them with systemd).
 4. teardown: `podman-compose down -v` (containers, network, volumes), then any CNI bridge
    or iptables chain that was not there before is removed. The images stay for reruns.
+5. text: the node image's text variant (NODE_EXTRAS=node,text, SECTOR_DATA=text) is built,
+   and deploy/ci/text_check.py runs inside it with no network and a read-only root: each
+   text model builds and runs, and a text demo partition loads.
 
 Run as root (rootful podman). Network traffic: the package index during builds (through
 the host's pip configuration), 127.0.0.1 and the containers' bridge network.
@@ -56,6 +59,9 @@ IMAGES = {
     "coordinator": f"localhost/lepton-coordinator:{VERSION}",
     "node": f"localhost/lepton-node:{VERSION}",
 }
+# The node image's text variant: the text extra and the text demo's data (deploy/README.md)
+TEXT_NODE = f"localhost/lepton-node-text:{VERSION}"
+TEXT_BUILD_ARGS = ("--build-arg", "NODE_EXTRAS=node,text", "--build-arg", "SECTOR_DATA=text")
 # Issue 13's size goals (MB, as podman counts them): reported beside each image's size, and a
 # miss is printed loudly; not a failure, as the sizes move with the wheels the index serves.
 SIZE_GOALS_MB = {"coordinator": 450, "node": 1300}
@@ -243,10 +249,13 @@ def torch_wheel() -> None:
     run([pip, "download", "--no-deps", "--dest", WHEELS, TORCH_CPU])
 
 
-def build_image(kind: str, pip_dir: Path, extra: Sequence[str] = ()) -> float:
+def build_image(
+    kind: str, pip_dir: Path, extra: Sequence[str] = (), tag: str | None = None
+) -> float:
     dockerfile = DEPLOY / f"{kind}.Dockerfile"
+    tag = tag or IMAGES[kind]
     started = time.monotonic()
-    log(f"building {IMAGES[kind]} from {dockerfile.relative_to(ROOT)}")
+    log(f"building {tag} from {dockerfile.relative_to(ROOT)}")
     run(
         nice(
             [
@@ -256,13 +265,34 @@ def build_image(kind: str, pip_dir: Path, extra: Sequence[str] = ()) -> float:
                 "--secret", f"id=pip.conf,src={pip_dir / 'pip.conf'}",
                 "--build-arg", f"PYTHON_IMAGE={PYTHON_IMAGE}",
                 *extra,
-                "-t", IMAGES[kind], ROOT,
+                "-t", tag, ROOT,
             ]
         )
     )  # fmt: skip
     seconds = time.monotonic() - started
-    log(f"{IMAGES[kind]}: built in {seconds:.0f} s, {image_mb(IMAGES[kind]):.0f} MB")
+    log(f"{tag}: built in {seconds:.0f} s, {image_mb(tag):.0f} MB")
     return seconds
+
+
+def text_node(pip_dir: Path, extra: Sequence[str]) -> dict[str, Any]:
+    """Build the node's text variant and run deploy/ci/text_check.py in it (read-only root, no
+    network): each text model builds and runs, and a text demo partition loads."""
+    seconds = build_image("node", pip_dir, [*extra, *TEXT_BUILD_ARGS], tag=TEXT_NODE)
+    with (CI / "text_check.py").open(encoding="utf-8") as script:
+        out = run(
+            [
+                "podman", "run", "--rm", "-i", "--read-only", "--tmpfs", "/tmp",  # noqa: S108
+                "--network", "none", "--entrypoint", "python", TEXT_NODE, "-",
+            ],
+            capture=True, stdin=script, timeout=600,
+        )  # fmt: skip
+    checked = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"{TEXT_NODE}: text models and demo data work inside it: {checked}")
+    return {
+        "node_text_build_s": round(seconds, 1),
+        "node_text_image_mb": round(image_mb(TEXT_NODE)),
+        "node_text_check": checked,
+    }
 
 
 def image_mb(name: str) -> float:
@@ -546,7 +576,7 @@ def teardown(deployment: Deployment, before: NetworkState) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("steps", nargs="*", default=["base", "images", "compose"])
+    parser.add_argument("steps", nargs="*", default=["base", "images", "compose", "text"])
     parser.add_argument("--rebuild-base", action="store_true", help="debootstrap again")
     parser.add_argument("--no-cache", action="store_true", help="build the images cold")
     parser.add_argument("--summary", type=Path, help="write the figures here as JSON")
@@ -590,6 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     teardown(deployment, before)
         figures["compose_wall_s"] = round(time.monotonic() - started, 1)
+    if "text" in args.steps:
+        torch_wheel()
+        with pip_inputs() as pip_dir:
+            figures.update(text_node(pip_dir, ["--no-cache"] if args.no_cache else []))
     figures["total_s"] = round(time.monotonic() - total, 1)
     print(json.dumps(figures, indent=2))
     if args.summary:
