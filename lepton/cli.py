@@ -204,15 +204,8 @@ add the `text` extra, checked when a text task or model is loaded)."""
 
 def _require_node_extra() -> None:
     """Refuse, with what to install, on an installation without the node's training stack."""
-    import importlib.util
-
     from lepton_fl.config import SpecError
-
-    def installed(name: str) -> bool:
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a broken or blocked installation
-            return False
+    from lepton_fl.installed import installed
 
     missing = [name for name in NODE_PACKAGES if not installed(name)]
     if missing:

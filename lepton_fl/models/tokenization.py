@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from lepton_fl.installed import installed
 from lepton_fl.models.spec import MAX_POSITIONS
 
 if TYPE_CHECKING:
@@ -65,18 +65,11 @@ TEXT_EXTRA = (
 )
 
 
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a broken or blocked installation
-        return False
-
-
 def require_text_stack(
     what: str, *, packages: Sequence[str] = ("transformers", "tokenizers")
 ) -> None:
     """Raise ``ValueError`` naming the ``text`` extra when ``packages`` are not installed."""
-    missing = [name for name in packages if not _installed(name)]
+    missing = [name for name in packages if not installed(name)]
     if missing:
         raise ValueError(
             f"{what} needs {', '.join(missing)}, which this installation lacks: {TEXT_EXTRA}"

@@ -82,7 +82,7 @@ def _accountants_dir() -> Path:
         raise OpacusUnavailableError(
             "Privacy accounting needs the opacus package (its accountants compute every "
             "epsilon); install the project's dependencies (make setup), or on a coordinator "
-            "without torch `pip install --no-deps 'opacus>=1.6,<1.7' scipy`."
+            "without torch `pip install --no-deps 'opacus>=1.6,<1.7'`."
         ) from None
     if not version.startswith(OPACUS_SERIES):
         raise OpacusUnavailableError(
