@@ -4,12 +4,13 @@ Four measurements in one run, side by side:
 
 (a) End-to-end round time. For each node count (3 and 10) ONE ``LocalCluster`` is started
     (real SuperLink with TLS and node authentication, real SuperNodes and trainer daemons on
-    127.0.0.1) and two runs of the same federation are submitted to it: one with
-    ``secure_aggregation.enabled=False`` (one train wave per round) and one with SecAgg+
-    (one session for the whole run: two setup waves in round 1, then wave A train + masked
-    input and wave B unmask every round). Same task (``breast_cancer``, partitions
-    ``site-i-of-n``), same ``tabular_mlp`` (default hidden (1000, 970): 1,003,912 params),
-    same training (1 local epoch, batch 32, lr 0.05, target epsilon 3, node budgets 1000).
+    127.0.0.1) and three runs of the same federation are submitted to it: ``plain``, with
+    ``secure_aggregation.enabled=False`` (one train wave per round); ``secure``, SecAgg+ as
+    the default configures it (one session for the whole run: two setup waves in round 1,
+    then wave A train + masked input and wave B unmask every round); and ``one-wave``, with
+    ``dropout_recovery=False`` (the same setup, then only wave A: pair masks, no unmask).
+    Same task (``breast_cancer``, partitions ``site-i-of-n``), same ``tabular_mlp`` (default
+    hidden (1000, 970): 1,003,912 params), same training (1 local epoch, batch 32, lr 0.05, target epsilon 3, node budgets 1000).
     From the run journal's round records: round 1 seconds (the secure one includes the
     session setup), the median of rounds 2..R (steady state), the mean of all rounds (setup
     amortised over the run), and, for the plain run only, the median over rounds 2..R of
@@ -19,9 +20,9 @@ Four measurements in one run, side by side:
     the masked sum hides), so the journal records none for the secure run and its node,
     train and rest columns show '-' (``None`` in the JSON), never zeros: the plain run's
     figures on the same cluster and data stand for the training share of a round. Ratios
-    are secure / plain and use round seconds only. The order of the two runs alternates
-    (plain first at 3 nodes, secure first at 10; ``--pairs`` > 1 repeats in ABBA order) to
-    spread the noise of a shared machine. The run that goes first on a cluster also pays the
+    are secure / plain and one-wave / plain and use round seconds only. The order of the runs
+    alternates (plain first at 3 nodes, one-wave first at 10; ``--pairs`` > 1 repeats in ABBA
+    order) to spread the noise of a shared machine. The run that goes first on a cluster also pays the
     trainers' first use of the model (the DP engine is built once per trainer) in its round 1:
     plain's inside ``node_seconds``, secure's in the setup waves; rounds 2..R are unaffected.
     SIGTERM (e.g. ``timeout``) stops the clusters and prints what was measured.
@@ -128,8 +129,14 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise InterruptedBenchError(f"interrupted by signal {signum} (time limit?)")
 
 
-def federation(hidden: tuple[int, ...], rounds: int, *, secure: bool) -> FederationSpec:
-    """The benchmark federation; only ``secure_aggregation.enabled`` differs between runs."""
+KINDS = ("plain", "secure", "one-wave")
+"""The runs a cluster measures: plain FedAvg; SecAgg+ with dropout recovery (two waves a
+round, the default); SecAgg with ``dropout_recovery=False`` (one wave a round)."""
+SECURE_KINDS = ("secure", "one-wave")
+
+
+def federation(hidden: tuple[int, ...], rounds: int, *, kind: str) -> FederationSpec:
+    """The benchmark federation; only ``secure_aggregation`` differs between runs."""
     return FederationSpec(
         name=FED_NAME,
         task=TASK,
@@ -138,7 +145,9 @@ def federation(hidden: tuple[int, ...], rounds: int, *, secure: bool) -> Federat
         min_participants=3,
         privacy=PrivacySpec(target_epsilon=3.0),
         training=TrainingSpec(local_epochs=1, batch_size=32, learning_rate=0.05),
-        secure_aggregation=SecureAggregationSpec(enabled=secure),
+        secure_aggregation=SecureAggregationSpec(
+            enabled=kind != "plain", dropout_recovery=kind != "one-wave"
+        ),
     )
 
 
@@ -152,12 +161,12 @@ def param_count(fed: FederationSpec) -> int:
 # -- (a) end-to-end rounds on a real local federation ----------------------------------------
 
 
-def run_order(secure_first: bool, pairs: int) -> list[bool]:
-    """``secure`` flags of the runs: one pair, or ABBA repeats of it."""
-    first, second = (True, False) if secure_first else (False, True)
-    order: list[bool] = []
+def run_order(secure_first: bool, pairs: int) -> list[str]:
+    """The kinds of the runs, in order: one of each (`KINDS`, or reversed), or ABBA repeats."""
+    one = list(reversed(KINDS)) if secure_first else list(KINDS)
+    order: list[str] = []
     for p in range(pairs):
-        order.extend([first, second] if p % 2 == 0 else [second, first])
+        order.extend(one if p % 2 == 0 else list(reversed(one)))
     return order
 
 
@@ -235,7 +244,7 @@ def measure_cluster(
     secure_first: bool,
     pairs: int,
     cluster_class: type[LocalCluster] = LocalCluster,
-    kinds: Sequence[bool] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Start one n-node cluster, submit the plain and secure runs to it (``kinds``: which,
     in order; default `run_order`), read the journals."""
@@ -258,10 +267,9 @@ def measure_cluster(
     ):
         cluster.start(node_ready_timeout=300.0)
         cluster_start_s = time.perf_counter() - started
-        for index, secure in enumerate(kinds or run_order(secure_first, pairs), start=1):
-            kind = "secure" if secure else "plain"
+        for index, kind in enumerate(kinds or run_order(secure_first, pairs), start=1):
             journal = cluster.journal_path(f"{kind}-{index}")
-            fed = federation(hidden, rounds, secure=secure)
+            fed = federation(hidden, rounds, kind=kind)
             run_started = time.perf_counter()
             entry: dict[str, Any] = {"kind": kind, "order": index}
             try:
@@ -304,17 +312,29 @@ def compare(runs: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
         if r.get("rounds"):
             pooled[r["kind"]].extend(r["rounds"])
     summary = {kind: summarise(rows, complete=complete[kind]) for kind, rows in pooled.items()}
-    out: dict[str, Any] = {"summary": summary, "steady_ratio": None, "mean_ratio": None}
-    plain_s, secure_s = summary.get("plain"), summary.get("secure")
+    out: dict[str, Any] = {"summary": summary}
+    for kind in SECURE_KINDS:
+        out.update(_ratios(kind, summary.get("plain"), summary.get(kind)))
+    return out
+
+
+def _ratios(
+    kind: str, plain_s: dict[str, Any] | None, secure_s: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``{prefix}steady_ratio`` and ``{prefix}mean_ratio`` of a secure kind over plain (the
+    prefix is empty for "secure", ``one_wave_`` for "one-wave"), or why there is none."""
+    prefix = "" if kind == "secure" else kind.replace("-", "_") + "_"
+    out: dict[str, Any] = {f"{prefix}steady_ratio": None, f"{prefix}mean_ratio": None}
     if plain_s is None or secure_s is None:
-        out["ratio_note"] = "no ratio: only one kind of run on this cluster"
+        out[f"{prefix}ratio_note"] = f"no {kind} ratio: not both runs on this cluster"
         return out
     if not (plain_s["complete"] and secure_s["complete"]):
-        out["ratio_note"] = "no ratio: a run did not complete all its rounds"
+        out[f"{prefix}ratio_note"] = f"no {kind} ratio: a run did not complete all its rounds"
         return out
     if plain_s["steady_median_s"] and secure_s["steady_median_s"]:
-        out["steady_ratio"] = round(secure_s["steady_median_s"] / plain_s["steady_median_s"], 3)
-    out["mean_ratio"] = round(secure_s["mean_s"] / plain_s["mean_s"], 3)
+        steady = secure_s["steady_median_s"] / plain_s["steady_median_s"]
+        out[f"{prefix}steady_ratio"] = round(steady, 3)
+    out[f"{prefix}mean_ratio"] = round(secure_s["mean_s"] / plain_s["mean_s"], 3)
     return out
 
 
@@ -475,7 +495,7 @@ def print_report(
     ref: dict[str, Any],
 ) -> None:
     print(f"\nModel: tabular_mlp, {params:,} parameters (SecAgg+ vector {d:,}); {rounds} rounds")
-    print("(a) end-to-end round seconds, one LocalCluster per node count, both runs on it")
+    print("(a) end-to-end round seconds, one LocalCluster per node count, all runs on it")
     head = (
         f"{'n':>3} {'run':<7} {'order':<5} {'round1 s':>9} {'steady med s':>13} {'mean s':>8} "
         f"{'slowest node s':>15} {'slowest train s':>16} {'rest s':>7}"
@@ -490,7 +510,7 @@ def print_report(
         orders = {
             k: ",".join(str(i + 1) for i, o in enumerate(c["order"]) if o == k) for k in c["order"]
         }
-        for kind in ("plain", "secure"):
+        for kind in KINDS:
             s = c["summary"].get(kind)
             if s is None:
                 print(f"{c['nodes']:>3} {kind:<7} no completed run")
@@ -501,16 +521,20 @@ def print_report(
                 f"{fmt(s['steady_slowest_node_s']):>15} {fmt(s['steady_slowest_train_s']):>16} "
                 f"{fmt(s['steady_transport_s']):>7}"
             )
-        if c.get("mean_ratio") is not None:
-            steady = c.get("steady_ratio")
+        for kind in SECURE_KINDS:
+            prefix = "" if kind == "secure" else "one_wave_"
+            mean = c.get(f"{prefix}mean_ratio")
+            if mean is None:
+                note = c.get(f"{prefix}ratio_note", "no ratio")
+                print(f"{c['nodes']:>3} {kind}/plain: {note}")
+                continue
+            steady = c.get(f"{prefix}steady_ratio")
             met = "-" if steady is None else "met" if steady <= ROUND_GOAL else "NOT met"
-            met_mean = "met" if c["mean_ratio"] <= ROUND_GOAL else "NOT met"
+            met_mean = "met" if mean <= ROUND_GOAL else "NOT met"
             print(
-                f"{c['nodes']:>3} secure/plain: steady {fmt(steady)}x ({met}), whole-run "
-                f"mean {c['mean_ratio']:.2f}x ({met_mean}); goal <= {ROUND_GOAL}x"
+                f"{c['nodes']:>3} {kind}/plain: steady {fmt(steady)}x ({met}), whole-run "
+                f"mean {mean:.2f}x ({met_mean}); goal <= {ROUND_GOAL}x"
             )
-        else:
-            print(f"{c['nodes']:>3} secure/plain: {c.get('ratio_note', 'no ratio')}")
         for run in c["runs"]:
             for r in run.get("rounds", []):
                 notes = []
@@ -529,11 +553,11 @@ def print_report(
                     f"{fmt(r['slowest_train_s'])} s"
                     if r["slowest_node_s"] is not None
                     else "node timings withheld"
-                    if run["kind"] == "secure"
+                    if run["kind"] in SECURE_KINDS
                     else "no node timings"
                 )
                 print(
-                    f"    n={c['nodes']} {run['kind']:<6} round {r['round']}: {r['seconds']:.2f} s"
+                    f"    n={c['nodes']} {run['kind']:<8} round {r['round']}: {r['seconds']:.2f} s"
                     f" ({timings}, {r['ok']} ok)" + (f" [{'; '.join(notes)}]" if notes else "")
                 )
             if run.get("failure"):
@@ -600,7 +624,7 @@ def stock_comparison(
     if ours is None or not stock_s:
         print(f"    stock plain steady median: {fmt(stock_s)} s; no run of ours to compare")
         return out
-    for kind in ("plain", "secure"):
+    for kind in KINDS:
         mine = ours["summary"].get(kind, {}).get("steady_median_s")
         ratio = round(stock_s / mine, 2) if mine else None
         out[f"stock_plain_over_ours_{kind}"] = ratio
@@ -631,7 +655,7 @@ def main() -> None:
     hidden = tuple(args.hidden)
     rounds = args.rounds
     started = time.perf_counter()
-    secure_fed = federation(hidden, rounds, secure=True)
+    secure_fed = federation(hidden, rounds, kind="secure")
     params = param_count(secure_fed)
     features, classes = task_dimensions(TASK)
     d = vector_length(weight_shapes(secure_fed.model, num_features=features, num_classes=classes))
@@ -669,7 +693,7 @@ def main() -> None:
             secure_first=False,
             pairs=1,
             cluster_class=StockCluster,
-            kinds=[False],
+            kinds=["plain"],
         )
     print_report(params, d, rounds, clusters, crypto, sizes, ref)
     default_path = stock_comparison(stock, clusters)
@@ -696,6 +720,8 @@ def main() -> None:
         # None: not every node count has a ratio from complete runs, and none misses the goal
         "meets_round_goal_steady": _all_within(clusters, "steady_ratio"),
         "meets_round_goal_mean": _all_within(clusters, "mean_ratio"),
+        "one_wave_meets_round_goal_steady": _all_within(clusters, "one_wave_steady_ratio"),
+        "one_wave_meets_round_goal_mean": _all_within(clusters, "one_wave_mean_ratio"),
         "meets_node_crypto_goal": all(c["round_node_ms"] <= NODE_GOAL_MS for c in crypto),
         "meets_node_crypto_goal_cpu": all(c["round_node_cpu_ms"] <= NODE_GOAL_MS for c in crypto),
         "meets_upload_goal": all(s["amortised_ratio"] <= UPLOAD_GOAL for s in sizes),

@@ -262,10 +262,12 @@ class LocalCluster:
 
     def restart_node(self, name: str) -> RunningNode:
         """Kill a node as `kill_node` does, then start it again at once with the same command
-        line, node.toml and state directory, as a service manager would after a crash."""
+        line, node.toml and state directory, as a service manager would after a crash (a node
+        already killed is only started)."""
         node = self.nodes[name]
         old = node.process
-        self.kill_node(name)
+        if old in self._processes:
+            self.kill_node(name)
         node.process = self._track(
             ManagedProcess(name=old.name, argv=old.argv, log_path=old.log_path, env=old.env)
         )

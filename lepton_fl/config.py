@@ -198,7 +198,9 @@ class SecureAggregationSpec(_Frozen):
     safe values chosen per round from the number of participants (a strict majority of each
     node's k + 1 share holders; the complete graph up to 32 nodes); see
     docs/secagg-threat-model.md. ``session_rounds``: rounds that share one key setup (None:
-    the whole run); every round still uses its own mask keys.
+    the whole run); every round still uses its own mask keys. ``dropout_recovery``: True,
+    two message waves per round and a round survives dropouts; False, one-wave rounds (pair
+    masks only, no share is ever revealed) in which a dropout voids the round.
     """
 
     enabled: bool = True
@@ -206,6 +208,15 @@ class SecureAggregationSpec(_Frozen):
     neighbours: Annotated[int, Field(ge=2)] | None = None
     session_rounds: Annotated[int, Field(ge=1, le=1000)] | None = None
     modulus_bits: Annotated[int, Field(ge=24, le=64)] = 32
+    dropout_recovery: bool = Field(
+        default=True,
+        description=(
+            "True: SecAgg+ with an unmask wave every round, and a round survives dropouts. "
+            "False: one-wave rounds; nodes mask with pair masks only and never reveal a share; "
+            "a round that an active node drops out of aggregates nothing (the nodes that sent "
+            "their masked input are still charged) and the run goes on without that node."
+        ),
+    )
     update_headroom: Annotated[float, Field(ge=1, le=1000)] = Field(
         default=2.0,
         description=(

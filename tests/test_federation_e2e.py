@@ -27,7 +27,13 @@ from coordinator.fl.journal import JournalView, read_journal
 from coordinator.fl.launcher import CA_ENV, PASSED_THROUGH, RUNTIME_ENV, TOKEN_ENV
 from coordinator.superlink import CONNECTION, fab_directory
 from lepton.cluster import LocalCluster, NodePlan, lepton_command
-from lepton_fl.config import FederationSpec, PrivacySpec, RunSpec, TrainingSpec
+from lepton_fl.config import (
+    FederationSpec,
+    PrivacySpec,
+    RunSpec,
+    SecureAggregationSpec,
+    TrainingSpec,
+)
 from lepton_fl.crypto import create_node_key
 from lepton_fl.datasets import load_partition
 from lepton_fl.models import build_model, model_spec, set_weights
@@ -463,6 +469,63 @@ def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
     assert final.aggregate.metrics.nodes == survivors
     # Two DP rounds: 0.79 to 0.93 over 100 simulated runs, chance about 0.63.
     assert _global_accuracy(journal, PARTS) > 0.7
+
+
+def test_a_node_killed_in_a_one_wave_round_voids_it_and_the_run_goes_on(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    """One-wave secure rounds (``dropout_recovery`` off): no unmask wave, so a node that dies
+    after round 2 started leaves masks nobody can remove. Round 2 aggregates nothing (the
+    nodes whose masked input came are still charged); round 3 goes on without the node, in
+    the same session, and the run completes."""
+    cluster.restart_node("doomed")  # killed by the test above, or still running
+    journal = cluster.journal_path("one-wave-killed")
+    spec = _spec(rounds=3)
+    spec = spec.model_copy(
+        update={"secure_aggregation": SecureAggregationSpec(dropout_recovery=False)}
+    )
+    members = cluster.members(["site-a", "site-b", "site-c", "doomed"])
+    cluster.submit(
+        RunSpec(federation=spec, members=members, journal_path=str(journal), round_timeout_s=150)
+    )
+
+    def round_two_started() -> bool:
+        cluster.check_alive()
+        return any(e.round == 2 for e in read_journal(journal).round_starts)
+
+    deadline = time.monotonic() + 300
+    while not round_two_started():
+        assert time.monotonic() < deadline, "round 2 did not start within 300 s"
+        time.sleep(0.02)
+    cluster.kill_node("doomed")
+    view = cluster.wait_for_run(journal, timeout=400)
+
+    assert view.failure is None
+    first, second, third = view.rounds
+    assert sorted(first.participants) == ["doomed", "site-a", "site-b", "site-c"]
+    assert first.secagg is not None
+    assert first.secagg.setup is not None
+    assert first.secagg.setup.dropout_recovery is False
+    assert second.participants == ()
+    assert second.secagg is not None
+    assert second.secagg.failure is not None
+    assert second.secagg.failure.code == "round_void"
+    assert second.secagg.dropouts == ("doomed",)
+    assert second.nodes["doomed"].status == "dropped"
+    assert second.nodes["doomed"].charge is None
+    for name in ("site-a", "site-b", "site-c"):
+        node = second.nodes[name]
+        assert (node.status, node.code) == ("error", "secagg_round_void"), node
+        assert node.charge is not None  # its masked input left it: charged, not aggregated
+        own = [e for e in _ledger_entries(cluster.nodes[name].ledger_path) if e.round == 2]
+        assert own
+        assert own[-1].epsilon_after == pytest.approx(node.charge.epsilon)
+    assert sorted(third.participants) == ["site-a", "site-b", "site-c"]
+    assert third.secagg is not None
+    assert third.secagg.session == first.secagg.session
+    assert third.secagg.examples == _train_size(PARTS)
+    assert view.ended is not None
+    assert view.ended.rounds_completed == 3
 
 
 def test_running_nodes_survive_a_coordinator_restart(

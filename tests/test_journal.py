@@ -273,19 +273,27 @@ class _Protocol:
 
     name = "fake"
 
-    def __init__(self, *, fail_at: int | None = None, short_at: int | None = None) -> None:
-        self.fail_at, self.short_at = fail_at, short_at
+    def __init__(
+        self, *, fail_at: int | None = None, short_at: int | None = None, void_at: int | None = None
+    ) -> None:
+        self.fail_at, self.short_at, self.void_at = fail_at, short_at, void_at
+        self.received: list[list[np.ndarray]] = []  # the model each round was sent
 
     def run_round(
         self, grid: Any, members: Sequence[Member], instruction: RoundInstruction, *, timeout: float
     ) -> RoundOutcome:
+        self.received.append(list(instruction.weights))
         if instruction.round == self.fail_at:
             raise ConnectionError("the SuperLink went away")
         reply = TrainReply(status="ok", num_examples=10, charge=CHARGE)
+        if instruction.round == self.void_at:  # a one-wave secure round a node dropped out of
+            void = [NodeOutcome(m, "error", "secagg_round_void", reply=reply) for m in members]
+            return RoundOutcome(instruction.round, None, void, 0.1, voided=True)
         ok = [NodeOutcome(m, "ok", reply=reply) for m in members]
         if instruction.round == self.short_at:
             ok[1] = NodeOutcome(members[1], "refused", "budget_exhausted", "over budget")
-        return RoundOutcome(instruction.round, list(instruction.weights), ok, 0.1)
+        moved = [w + instruction.round for w in instruction.weights]
+        return RoundOutcome(instruction.round, moved, ok, 0.1)
 
 
 def _run(tmp_path: Path, *, evaluate: bool = False) -> RunSpec:
@@ -312,6 +320,22 @@ def test_serve_run_writes_one_finished_end(tmp_path: Path) -> None:
 
     assert _ends(run) == [RunEnded(state="finished", rounds_completed=3)]
     assert np.load(Path(run.journal_path).with_name("checkpoint.npz"))["round"] == 3
+
+
+def test_a_voided_round_keeps_the_model_and_the_run_goes_on(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    protocol = _Protocol(void_at=2)
+
+    serve_run(_Grid(), run, RunJournal(Path(run.journal_path)), protocol=protocol)  # type: ignore[arg-type]
+
+    assert _ends(run) == [RunEnded(state="finished", rounds_completed=3)]
+    first, second, third = protocol.received
+    for sent_in_2, sent_in_3 in zip(second, third, strict=True):
+        np.testing.assert_array_equal(sent_in_2, sent_in_3)  # round 2 moved nothing
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    rounds = read_journal(Path(run.journal_path)).rounds
+    assert [r.participants for r in rounds][1] == ()
+    assert rounds[1].nodes["site-a"].code == "secagg_round_void"
 
 
 @pytest.mark.parametrize(

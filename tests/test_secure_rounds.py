@@ -24,9 +24,16 @@ from client_node.trainer.service import handle_request
 from coordinator.fl.rounds import RoundOutcome
 from coordinator.fl.secure_rounds import Answer, SecAggFedAvg
 from coordinator.fl.server_app import round_record
-from lepton_fl.config import FederationSpec, Member, PrivacySpec, TrainingSpec
+from lepton_fl.config import (
+    FederationSpec,
+    Member,
+    PrivacySpec,
+    SecureAggregationSpec,
+    TrainingSpec,
+)
 from lepton_fl.datasets import load_partition
 from lepton_fl.model_init import initial_weights
+from lepton_fl.secagg import Binding, Stage, UnmaskRequest
 from lepton_fl.secagg.fedavg import size_bucket
 from lepton_fl.wire import (
     Envelope,
@@ -34,7 +41,11 @@ from lepton_fl.wire import (
     records_from_bytes,
     records_to_bytes,
 )
-from lepton_fl.wire.secagg import secagg_request_from_records
+from lepton_fl.wire.secagg import (
+    is_secagg,
+    secagg_request_from_records,
+    secagg_request_to_records,
+)
 
 FED = FederationSpec(
     name="clinic-fed",
@@ -130,10 +141,14 @@ def _expected(
 
 
 def _run_round(
-    fed: Federation, protocol: SecAggFedAvg, rnd: int, weights: list[np.ndarray]
+    fed: Federation,
+    protocol: SecAggFedAvg,
+    rnd: int,
+    weights: list[np.ndarray],
+    spec: FederationSpec = FED,
 ) -> RoundOutcome:
     members = [s.member for s in fed.sites.values()]
-    instruction = signed(FED, rnd, weights, node_ids=fed.sites)
+    instruction = signed(spec, rnd, weights, node_ids=fed.sites)
     return protocol.run_round(None, members, instruction, timeout=60)
 
 
@@ -279,3 +294,91 @@ def test_a_round_failing_after_masked_inputs_keeps_every_nodes_charge(
         )
         assert charge.epsilon == pytest.approx(own[0].epsilon_after)
         assert "not aggregated" in node.reason
+
+
+ONE_WAVE = FED.model_copy(
+    update={"secure_aggregation": SecureAggregationSpec(dropout_recovery=False)}
+)
+
+
+def test_one_wave_rounds_equal_plain_fedavg_with_no_unmask_wave(federation: Federation) -> None:
+    protocol = _protocol(federation, ONE_WAVE)
+    weights = initial_weights(ONE_WAVE)
+    for rnd in (1, 2, 3):
+        outcome = _run_round(federation, protocol, rnd, weights, ONE_WAVE)
+        assert outcome.weights is not None, outcome
+        assert not outcome.voided
+        assert len(outcome.participants) == 4
+        expected = _expected(federation, outcome, weights)
+        bound = outcome.details["quantization_error_bound"]
+        for got, want in zip(outcome.weights, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=50 * bound + 1e-7)
+        assert outcome.details["session"] == 1
+        weights = outcome.weights
+    # two setup waves, then one wave per round
+    assert federation.seen == ["1.setup-1", "1.setup-2", "1", "2", "3"]
+    for site in federation.sites.values():
+        assert [e.round for e in site.trainer.ledger.entries()] == [1, 2, 3]
+
+
+def test_a_dropout_voids_a_one_wave_round_and_the_next_goes_on_without_the_node(
+    federation: Federation,
+) -> None:
+    protocol = _protocol(federation, ONE_WAVE)
+    first = _run_round(federation, protocol, 1, initial_weights(ONE_WAVE), ONE_WAVE)
+    assert first.weights is not None
+    gone = 1007
+    federation.silent_from[gone] = "2"
+    second = _run_round(federation, protocol, 2, first.weights, ONE_WAVE)
+
+    assert second.voided
+    assert second.weights is None
+    assert second.details["failure"]["code"] == "round_void"
+    assert second.details["dropouts"] == ["site1"]
+    record = round_record(second)
+    assert record.participants == ()
+    for site in federation.sites.values():
+        node = record.nodes[site.member.name]
+        if site.member.node_id == gone:
+            assert node.status == "dropped"
+            assert node.charge is None
+            assert [e.round for e in site.trainer.ledger.entries()] == [1]
+            continue
+        own = site.trainer.ledger.entries()
+        assert [e.round for e in own] == [1, 2]  # the masked input left: charged
+        assert node.status == "error"
+        assert node.code == "secagg_round_void"
+        assert node.charge is not None
+        assert "not aggregated" in node.reason
+        assert node.charge.epsilon == pytest.approx(own[-1].epsilon_after)
+
+    third = _run_round(federation, protocol, 3, first.weights, ONE_WAVE)
+    assert third.weights is not None
+    assert not third.voided
+    assert third.details["session"] == 1  # same session, no re-keying
+    assert [o.member.name for o in third.participants] == ["site0", "site2", "site3"]
+    expected = _expected(federation, third, first.weights)
+    for got, want in zip(third.weights, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_an_unmask_request_to_a_one_wave_node_is_refused_and_reveals_nothing(
+    federation: Federation,
+) -> None:
+    """A coordinator bending the protocol: after a one-wave round it asks a node for the
+    shares that would remove another node's masks, as if that node had dropped."""
+    protocol = _protocol(federation, ONE_WAVE)
+    outcome = _run_round(federation, protocol, 1, initial_weights(ONE_WAVE), ONE_WAVE)
+    assert outcome.weights is not None
+    asked, victim = 1000, 1007
+    others = tuple(n for n in sorted(federation.sites) if n != victim)
+    request = UnmaskRequest(Binding(str(RUN), 1, 1, Stage.UNMASK), asked, others, (victim,))
+    envelope = Envelope(kind="secagg", run_id=RUN, message_id="1.unmask", node_id=asked)
+    data = envelope_request(envelope, secagg_request_to_records(request))
+    site = federation.sites[asked]
+    answer = records_from_bytes(handle_request(site.trainer, site.secure, data))
+
+    status = answer["status"]
+    assert status["status"] == "refused"  # type: ignore[index]
+    assert status["code"] == "secagg_no_unmask"  # type: ignore[index]
+    assert not is_secagg(answer)  # no share of any kind in the answer

@@ -82,8 +82,12 @@ def _packed_as(stype: str) -> RecordDict:
 
 @pytest.mark.parametrize(
     ("records", "version"),
-    [(_old_sender(), "2"), (_packed_as("lepton.recorddict.v4"), "4")],
-    ids=["unpacked-v2", "packed-v4"],
+    [
+        (_old_sender(), "2"),
+        (_packed_as("lepton.recorddict.v3"), "3"),
+        (_packed_as(f"lepton.recorddict.v{wire.WIRE_VERSION + 1}"), str(wire.WIRE_VERSION + 1)),
+    ],
+    ids=["unpacked-v2", "packed-v3", "packed-newer"],
 )
 def test_another_wire_version_is_refused_naming_both(records: RecordDict, version: str) -> None:
     with pytest.raises(wire.WireVersionError) as refused:

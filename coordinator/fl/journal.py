@@ -108,6 +108,7 @@ class SecAggSetup:
     neighbours: int
     modulus_bits: int
     vector_length: int
+    dropout_recovery: bool = True  # False: one-wave rounds, a dropout voids the round
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,17 @@ class NodeOutcome:
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """The result of one round: the new global model (None if no update was usable)."""
+    """The result of one round: the new global model (None if no update was usable).
+
+    ``voided``: the round aggregated nothing, but the run may go on with the model it had (a
+    one-wave secure round that an active node dropped out of)."""
 
     round: int
     weights: list[np.ndarray] | None
     outcomes: list[NodeOutcome] = field(default_factory=list)
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)  # protocol-specific, for the journal
+    voided: bool = False
 
     @property
     def participants(self) -> list[NodeOutcome]:

@@ -11,6 +11,9 @@
   and sends ``[w_i * (W_i - W) / scale, w_i]`` masked, ``w_i = n_i / n_max`` with ``n_max``
   the largest bucket of the round's active nodes), then wave B, *unmask* (survivors reveal
   the shares that remove the masks; the mask keys of nodes that dropped are reconstructed).
+  With ``secure_aggregation.dropout_recovery`` off there is no wave B: the pair masks cancel
+  in the sum of the whole active set; a round an active node dropped out of is *voided*
+  (no sum; the model stays as it was, the run goes on, and the session without that node).
 
 The new model is ``W + scale * S / W_sum`` from the decoded sum ``[S, W_sum]``: the
 example-weighted mean update of exactly the nodes whose input entered the sum. The
@@ -43,6 +46,7 @@ from lepton_fl.secagg import (
     MaskedInputReply,
     Reply,
     Request,
+    RoundVoidedError,
     SecAggError,
     SecAggServer,
 )
@@ -158,13 +162,24 @@ class SecAggFedAvg:
                 session, by_id, instruction, outcomes, timeout, charged, in_round
             )
         except SecAggError as err:
-            self._session = None  # the session is over; the next round re-keys
+            voided = isinstance(err, RoundVoidedError)
+            server = self._session.server if self._session is not None else None
+            if not voided or server is None or server.failed or server.done:
+                self._session = None  # the session is over; the next round re-keys
             details["failure"] = {"code": err.code.value, "reason": err.message}
+            if isinstance(err, RoundVoidedError):  # the session goes on without them
+                details["dropouts"] = [_name(by_id, n) for n in err.dropped]
+                _mark_dropped(outcomes, by_id, err.dropped)
             for m in members:
                 outcomes.setdefault(m.node_id, _failed(m, err, in_round=m.node_id in in_round))
             failed = [_keep_charge(outcomes[m.node_id], charged) for m in members]
             return RoundOutcome(
-                instruction.round, None, failed, time.monotonic() - started, details
+                instruction.round,
+                None,
+                failed,
+                time.monotonic() - started,
+                details,
+                voided=voided,
             )
         replies = charged
         scale = self._scale(session, result.active)
@@ -172,22 +187,7 @@ class SecAggFedAvg:
         weights, weight_sum = apply_sum(instruction.weights, result.values, scale=scale)
         for node_id in result.survivors:
             outcomes[node_id] = NodeOutcome(by_id[node_id], "ok", reply=replies[node_id])
-        for node_id in result.dropped:
-            earlier = outcomes.get(node_id)
-            if earlier is not None and (
-                earlier.status == "refused"
-                or earlier.code.startswith("secagg_")
-                or earlier.code == "node_offline"
-            ):
-                continue  # the reason it gave, or why its message was rejected, says more
-            why = f" ({earlier.reason})" if earlier is not None and earlier.reason else ""
-            outcomes[node_id] = NodeOutcome(
-                by_id[node_id],
-                "dropped",
-                "secagg_dropped",
-                f"The node sent no masked input this round{why}; its update is not in the sum "
-                "and the coordinator does not charge it.",
-            )
+        _mark_dropped(outcomes, by_id, result.dropped)
         details.update(
             participants=[by_id[n].name for n in result.survivors],
             dropouts=[by_id[n].name for n in result.dropped],
@@ -287,6 +287,7 @@ class SecAggFedAvg:
                 "neighbours": params.neighbours,
                 "modulus_bits": params.modulus_bits,
                 "vector_length": params.vector_length,
+                "dropout_recovery": not server.one_wave,
             },
         )
         session.absent = dict(outcomes)
@@ -321,7 +322,8 @@ class SecAggFedAvg:
 
         wave = _Waves(self.transport, server, by_id, outcomes, timeout)
         wave.send(requests, "train", str(instruction.round), base, trained)
-        wave.send(server.unmask_requests(), "query", f"{instruction.round}.unmask")
+        if not server.one_wave:
+            wave.send(server.unmask_requests(), "query", f"{instruction.round}.unmask")
         return server.finalize()
 
     @staticmethod
@@ -395,6 +397,29 @@ class _Waves:
                 self.outcomes[node_id] = NodeOutcome(
                     member, "error", f"secagg_{rejection.code.value}", rejection.message
                 )
+
+
+def _mark_dropped(
+    outcomes: dict[int, NodeOutcome], by_id: Mapping[int, Member], dropped: Sequence[int]
+) -> None:
+    """Record the round's active nodes whose masked input did not come as dropped, unless
+    what they answered says more."""
+    for node_id in dropped:
+        earlier = outcomes.get(node_id)
+        if earlier is not None and (
+            earlier.status == "refused"
+            or earlier.code.startswith("secagg_")
+            or earlier.code == "node_offline"
+        ):
+            continue  # the reason it gave, or why its message was rejected, says more
+        why = f" ({earlier.reason})" if earlier is not None and earlier.reason else ""
+        outcomes[node_id] = NodeOutcome(
+            by_id[node_id],
+            "dropped",
+            "secagg_dropped",
+            f"The node sent no masked input this round{why}; its update is not in the sum "
+            "and the coordinator does not charge it.",
+        )
 
 
 def _offline(grid: Grid, members: Sequence[Member]) -> dict[int, NodeOutcome]:

@@ -142,6 +142,9 @@ def drive_run(
         instruction = RoundInstruction(fed, rnd, weights, authorization=run.authorization)
         outcome = protocol.run_round(grid, members, instruction, timeout=run.round_timeout_s)
         journal.append(round_record(outcome))
+        if outcome.voided:  # nothing aggregated; the model stays, the next round goes on
+            progress.rounds_completed = rnd
+            continue
         if len(outcome.participants) < fed.min_participants or outcome.weights is None:
             raise RunAbortedError(
                 f"Round {rnd} had {len(outcome.participants)} usable updates, fewer than the "

@@ -7,12 +7,14 @@ Server side: :class:`SecAggServer`; node side: :class:`SecAggNode`; both configu
 :class:`SecAggConfig` shared by the federation.  One session of
 ``SecAggConfig.session_rounds`` (R) rounds runs a two-wave setup once (advertise keys,
 share keys), then two waves per round (masked input, unmask).  With ``session_rounds=1``
-this is the classic four-wave SecAgg+ round with fresh keys.
+this is the classic four-wave SecAgg+ round with fresh keys.  With
+``SecAggConfig.dropout_recovery=False`` a round is one wave (masked input, pair masks only)
+and a dropout voids it.
 """
 
 from lepton_fl.secagg.config import RoundParams, SecAggConfig, masking_graph, resolve_round_params
 from lepton_fl.secagg.encoding import EncodingStats, flatten, unflatten
-from lepton_fl.secagg.errors import ErrorCode, Rejection, SecAggError
+from lepton_fl.secagg.errors import ErrorCode, Rejection, RoundVoidedError, SecAggError
 from lepton_fl.secagg.identity import NodeIdentity
 from lepton_fl.secagg.messages import (
     SETUP,
@@ -52,6 +54,7 @@ __all__ = [
     "Reply",
     "Request",
     "RoundParams",
+    "RoundVoidedError",
     "SecAggConfig",
     "SecAggError",
     "SecAggNode",

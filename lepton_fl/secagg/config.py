@@ -18,6 +18,12 @@ Defaults (see docs/secagg-threat-model.md):
 * ``session_rounds`` (R): rounds planned per session (``SecAggServer`` /
   ``SecAggNode``): one two-wave setup, then two waves per round; 1 gives fresh keys
   every round.
+* ``dropout_recovery``: True (the default) is SecAgg+ as above, two waves per round, and a
+  round survives dropouts.  False gives *one-wave rounds*: a node masks with its pair masks
+  only (no self mask), so the masks of a round cancel in the sum of the whole active set and
+  nothing is ever revealed to unmask it; no unmask wave.  A round any active node drops out
+  of aggregates nothing (its masks cannot be removed), and the session goes on with the
+  rest.  See docs/secagg-threat-model.md, "One-wave rounds".
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class SecAggConfig:
     min_quantization_levels: int = 1024
     complete_graph_up_to: int = 32
     session_rounds: int = 1  # rounds R planned per session (1: fresh keys every round)
+    dropout_recovery: bool = True  # False: one-wave rounds, a dropout voids the round
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clipping_range) and self.clipping_range > 0):

@@ -33,6 +33,8 @@ class ErrorCode(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     ROUND_ALREADY_ANSWERED = "round_already_answered"
     NO_IDENTITY = "no_identity"
+    NO_UNMASK = "no_unmask"
+    ROUND_VOID = "round_void"
 
 
 class SecAggError(Exception):
@@ -42,6 +44,16 @@ class SecAggError(Exception):
         super().__init__(f"[{code.value}] {message}")
         self.code = code
         self.message = message
+
+
+class RoundVoidedError(SecAggError):
+    """A one-wave round (no dropout recovery) lost an active node's masked input: its masks
+    cannot be removed, so nothing is aggregated. The session itself goes on without the
+    nodes named in ``dropped``."""
+
+    def __init__(self, message: str, *, dropped: tuple[int, ...]) -> None:
+        super().__init__(ErrorCode.ROUND_VOID, message)
+        self.dropped = dropped
 
 
 @dataclass(frozen=True, slots=True)

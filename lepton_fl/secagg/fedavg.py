@@ -136,4 +136,5 @@ def session_config(fed: FederationSpec, *, first_round: int) -> SecAggConfig:
         modulus_bits=spec.modulus_bits,
         min_participants=max(3, fed.min_participants),
         session_rounds=rounds,
+        dropout_recovery=spec.dropout_recovery,
     )

@@ -67,10 +67,12 @@ class Binding:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionParams:
-    """Public parameters of a session: the round parameters (fixed for the session) and R."""
+    """Public parameters of a session: the round parameters (fixed for the session), R, and
+    whether a round can be unmasked after dropouts (False: one-wave rounds, no unmask)."""
 
     params: RoundParams
     rounds: int
+    dropout_recovery: bool = True
 
 
 def resolve_session_params(
@@ -89,7 +91,9 @@ def resolve_session_params(
     params = resolve_round_params(
         config, participants=participants, vector_length=vector_length, graph_seed=graph_seed
     )
-    return SessionParams(params=params, rounds=config.session_rounds)
+    return SessionParams(
+        params=params, rounds=config.session_rounds, dropout_recovery=config.dropout_recovery
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -438,10 +438,34 @@ class SecAggNode:
         self._enc_sk = None  # shares are only ever sent at setup: c is no longer needed
         return rejected
 
+    def _recoverable_partners(self, r: int, active: frozenset[int]) -> frozenset[int]:
+        """The active neighbours this node masks with when dropouts are recoverable: those
+        holding valid shares of its secrets, at least ``threshold - 1`` of them."""
+        params = self.session_params.params
+        if r == 1:
+            partners = self._partners & active
+        else:
+            partners = self._graph[self.node_id] & active
+            strangers = partners - self._partners
+            if strangers:
+                raise self._fail(
+                    ErrorCode.UNKNOWN_SENDER,
+                    f"Node {self.node_id} holds no valid shares of active neighbours "
+                    f"{sorted(strangers)}; it will not mask with them.",
+                )
+        if len(partners) + 1 < params.threshold:
+            raise self._fail(
+                ErrorCode.TOO_FEW_HOLDERS,
+                f"Node {self.node_id} has only {len(partners)} active neighbours holding its "
+                f"shares; round {r} cannot reach the threshold {params.threshold}.",
+            )
+        return partners
+
     def masked_input(
         self, request: MaskedInputRequest, update: NDArray[np.floating[Any]]
     ) -> MaskedInputReply:
-        """Wave A of round r: check the active set; send encode(x) + self mask + pair masks."""
+        """Wave A of round r: check the active set; send encode(x) + self mask + pair masks
+        (one-wave sessions: encode(x) + pair masks, and the round is over)."""
         r = self._round + 1
         self._enter(
             (_State.READY, _State.MASKED),
@@ -466,26 +490,14 @@ class SecAggNode:
         rejected: list[int] = []
         if r == 1:
             rejected = self._open_inbox(request, active)
-            partners = self._partners & active
+        elif request.encrypted_shares:
+            raise self._fail(ErrorCode.MALFORMED, "Shares are forwarded in the first round only.")
+        if sp.dropout_recovery:
+            partners = self._recoverable_partners(r, active)
         else:
-            if request.encrypted_shares:
-                raise self._fail(
-                    ErrorCode.MALFORMED, "Shares are forwarded in the first round only."
-                )
+            # One-wave: the pair masks must cancel over the whole active set, and no share is
+            # ever revealed, so every active neighbour is a partner, whatever its shares.
             partners = self._graph[self.node_id] & active
-            strangers = partners - self._partners
-            if strangers:
-                raise self._fail(
-                    ErrorCode.UNKNOWN_SENDER,
-                    f"Node {self.node_id} holds no valid shares of active neighbours "
-                    f"{sorted(strangers)}; it will not mask with them.",
-                )
-        if len(partners) + 1 < params.threshold:
-            raise self._fail(
-                ErrorCode.TOO_FEW_HOLDERS,
-                f"Node {self.node_id} has only {len(partners)} active neighbours holding its "
-                f"shares; round {r} cannot reach the threshold {params.threshold}.",
-            )
         try:
             words, self._stats = encode(
                 vec,
@@ -508,11 +520,12 @@ class SecAggNode:
                 seeds.append((peer, seed))
         except SecAggError as exc:
             raise self._fail(exc.code, exc.message) from exc
-        words += expand_mask(
-            self_seed(secret_b, context=context, node=self.node_id),
-            length=length,
-            modulus_bits=bits,
-        )
+        if sp.dropout_recovery:  # one-wave rounds have no self mask: nothing to reveal
+            words += expand_mask(
+                self_seed(secret_b, context=context, node=self.node_id),
+                length=length,
+                modulus_bits=bits,
+            )
         for peer, seed in seeds:
             mask = expand_mask(seed, length=length, modulus_bits=bits)
             if self.node_id < peer:
@@ -526,6 +539,10 @@ class SecAggNode:
         self._round = r
         self._active = active
         self._state = _State.MASKED
+        if not sp.dropout_recovery:  # one wave: the round is over for this node
+            self._b_shares.pop(r, None)
+            self._sk_shares.pop(r, None)
+            self._state = _State.DONE if r == sp.rounds else _State.READY
         return MaskedInputReply(
             self._binding(r, Stage.MASKED_INPUT), self.node_id, words, tuple(rejected)
         )
@@ -537,6 +554,12 @@ class SecAggNode:
         earlier round of the session.
         """
         r = self._round
+        if not self.session_params.dropout_recovery:
+            raise self._fail(
+                ErrorCode.NO_UNMASK,
+                f"Node {self.node_id} is in a one-wave session (no dropout recovery): it "
+                "reveals no share of any kind, so an unmask request is refused.",
+            )
         self._enter((_State.MASKED,), Stage.UNMASK, request.binding, request.recipient, r)
         params = self.session_params.params
         survivors, dropped = set(request.survivors), set(request.dropped)

@@ -7,7 +7,13 @@ setup shares), ``unmask_requests()`` (wave B) and ``finalize()``.  Feed every re
 by then has dropped out.  A node dropped in a round (its mask key s^(r) is reconstructed)
 or rejected is excluded from the rest of the session; it must re-key in a new session.
 
-Any server-side :class:`SecAggError` ends the session (start a new one).
+Any server-side :class:`SecAggError` ends the session (start a new one), except
+:class:`RoundVoidedError`.
+
+One-wave sessions (``SecAggConfig.dropout_recovery=False``): per round only
+``masked_input_requests()``, then ``finalize()``, which sums the masked inputs (the pair
+masks cancel over the active set) or, when an active node's input is missing, raises
+:class:`RoundVoidedError`: nothing is aggregated and the session goes on without it.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from lepton_fl.secagg.derive import (
     self_seed,
 )
 from lepton_fl.secagg.encoding import decode_sum, error_bound, reduce, ring_mask
-from lepton_fl.secagg.errors import ErrorCode, Rejection, SecAggError
+from lepton_fl.secagg.errors import ErrorCode, Rejection, RoundVoidedError, SecAggError
 from lepton_fl.secagg.messages import (
     REPLY_STAGE,
     SETUP,
@@ -481,8 +487,18 @@ class SecAggServer:
             requests[node] = MaskedInputRequest(binding, node, self._active, excluded, inbox)
         return requests
 
+    @property
+    def one_wave(self) -> bool:
+        """Whether rounds are one wave (no dropout recovery, no unmask)."""
+        return not self.session_params.dropout_recovery
+
     def unmask_requests(self) -> dict[int, UnmaskRequest]:
         """Wave B: close masked input; ask survivors for this round's shares."""
+        if self.one_wave:
+            raise SecAggError(
+                ErrorCode.NO_UNMASK,
+                "A one-wave session has no unmask wave: finalize() sums the masked inputs.",
+            )
         self._move((_Phase.MASKED_INPUT,), _Phase.UNMASK, "start unmasking")
         if self._round == 1:
             refused = {r for reply in self._masked.values() for r in reply.rejected_senders}
@@ -532,14 +548,44 @@ class SecAggServer:
         return out
 
     def finalize(self) -> AggregateResult:
-        """Close unmasking; reconstruct this round's secrets, remove the masks, decode."""
+        """Close unmasking; reconstruct this round's secrets, remove the masks, decode.
+
+        One-wave sessions: close masked input and sum it (see `RoundVoidedError`)."""
         last = self._round >= self.rounds
-        self._move((_Phase.UNMASK,), _Phase.DONE if last else _Phase.BETWEEN_ROUNDS, "finalize")
+        after = _Phase.DONE if last else _Phase.BETWEEN_ROUNDS
+        if self.one_wave:
+            self._move((_Phase.MASKED_INPUT,), after, "finalize")
+            return self._finalize_one_wave()
+        self._move((_Phase.UNMASK,), after, "finalize")
         try:
             return self._finalize()
         except SecAggError:
             self._phase = _Phase.FAILED
             raise
+
+    def _finalize_one_wave(self) -> AggregateResult:
+        """The sum of the whole active set's masked inputs, in which every pair mask cancels;
+        `RoundVoidedError` (the session goes on without them) when some are missing."""
+        params = self.params
+        missing = tuple(n for n in self._active if n not in self._masked)
+        if missing:
+            self._excluded |= set(missing)
+            if self._phase is _Phase.BETWEEN_ROUNDS:
+                alive = [n for n in self._active if n not in self._excluded]
+                if len(alive) < params.min_survivors:
+                    self._phase = _Phase.FAILED
+            raise RoundVoidedError(
+                f"Nodes {list(missing)} sent no valid masked input in round {self._round}; "
+                "in a one-wave session their pair masks cannot be removed, so the round "
+                "aggregates nothing. The session goes on without them.",
+                dropped=missing,
+            )
+        bits = params.modulus_bits
+        total = np.zeros(params.vector_length + 1, dtype=ring_dtype(bits))
+        for u in self._active:
+            total += self._masked[u].masked
+        reduce(total, modulus_bits=bits)
+        return self._result(total)
 
     def _finalize(self) -> AggregateResult:
         params = self.params
@@ -581,8 +627,13 @@ class SecAggServer:
                 else:
                     total += mask
         reduce(total, modulus_bits=bits)
+        return self._result(total)
+
+    def _result(self, total: NDArray[Any]) -> AggregateResult:
+        params = self.params
+        bits = params.modulus_bits
+        survivors = set(self._survivors) if not self.one_wave else set(self._active)
         data = total[:-1]
-        survivors = set(self._survivors)
         return AggregateResult(
             values=decode_sum(
                 data,
@@ -591,7 +642,7 @@ class SecAggServer:
                 modulus_bits=bits,
             ),
             encoded_sum=data,
-            survivors=self._survivors,
+            survivors=tuple(sorted(survivors)),
             dropped=tuple(n for n in self._active if n not in survivors),
             clipped_total=int(total[-1]),
             error_bound=error_bound(
@@ -599,7 +650,7 @@ class SecAggServer:
             ),
             rejections=tuple(self.rejections),
             params=params,
-            round=r,
+            round=self._round,
             active=self._active,
             excluded=tuple(sorted(self._excluded)),
         )

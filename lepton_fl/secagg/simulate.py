@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lepton_fl.secagg.config import SecAggConfig
-from lepton_fl.secagg.errors import SecAggError
+from lepton_fl.secagg.errors import RoundVoidedError, SecAggError
 from lepton_fl.secagg.messages import (
     SETUP,
     Reply,
@@ -36,6 +36,7 @@ class LocalSession:
     requests: dict[tuple[SetupOrRound, Stage], dict[int, Request]] = field(default_factory=dict)
     replies: list[Reply] = field(default_factory=list)
     node_errors: dict[int, SecAggError] = field(default_factory=dict)
+    voided: dict[int, RoundVoidedError] = field(default_factory=dict)  # one-wave rounds
 
 
 def _silent_from(point: DropPoint | None, when: SetupOrRound, stage: Stage) -> bool:
@@ -64,6 +65,7 @@ def run_local_session(
     Node ``i`` stops answering for good at ``drop_at[i]``.  A node that refuses a request
     (raises :class:`SecAggError`) leaves the session, as it would in a deployment.  A
     server-side error ends the session: it is returned in ``error`` with the rounds done.
+    A voided one-wave round is recorded in ``voided`` and the session goes on.
     """
     drops = dict(drop_at or {})
     ids = sorted(updates[0])
@@ -107,8 +109,14 @@ def run_local_session(
         answer(SETUP, Stage.SHARE_KEYS, server.share_keys_requests())
         for r in range(1, len(updates) + 1):
             answer(r, Stage.MASKED_INPUT, server.masked_input_requests())
-            answer(r, Stage.UNMASK, server.unmask_requests())
-            state.results.append(server.finalize())
+            if not server.one_wave:
+                answer(r, Stage.UNMASK, server.unmask_requests())
+            try:
+                state.results.append(server.finalize())
+            except RoundVoidedError as exc:
+                state.voided[r] = exc
+                if server.failed or server.done:
+                    break
     except SecAggError as exc:
         state.error = exc
     return state

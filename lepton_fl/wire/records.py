@@ -9,9 +9,10 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 """2: train replies carry no loss or evaluation, evaluations are DP releases; 3: every message
-travels packed (`lepton_fl.wire.packing`)."""
+travels packed (`lepton_fl.wire.packing`); 4: SecAgg session parameters carry
+``dropout-recovery`` (False: one-wave rounds)."""
 
 T = TypeVar("T")
 

@@ -235,6 +235,7 @@ def _binding_from(config: ConfigRecord) -> Binding:
 def _put_session_params(config: ConfigRecord, session: SessionParams) -> None:
     params = session.params
     config["session-rounds"] = int(session.rounds)
+    config["dropout-recovery"] = bool(session.dropout_recovery)
     config["participants"] = _id_list(params.participants)
     config["neighbours"] = int(params.neighbours)
     config["threshold"] = int(params.threshold)
@@ -258,7 +259,11 @@ def _session_params_from(config: ConfigRecord) -> SessionParams:
         graph_seed=_get(config, "graph-seed", bytes),
         min_participants=_int(config, "min-participants"),
     )
-    return SessionParams(params=params, rounds=_int(config, "session-rounds"))
+    return SessionParams(
+        params=params,
+        rounds=_int(config, "session-rounds"),
+        dropout_recovery=_get(config, "dropout-recovery", bool),
+    )
 
 
 def _put_blobs(config: ConfigRecord, name: str, blobs: Mapping[int, bytes]) -> None:
