@@ -10,7 +10,8 @@ Four measurements in one run, side by side:
     then wave A train + masked input and wave B unmask every round); and ``one-wave``, with
     ``dropout_recovery=False`` (the same setup, then only wave A: pair masks, no unmask).
     Same task (``breast_cancer``, partitions ``site-i-of-n``), same ``tabular_mlp`` (default
-    hidden (1000, 970): 1,003,912 params), same training (1 local epoch, batch 32, lr 0.05, target epsilon 3, node budgets 1000).
+    hidden (1000, 970): 1,003,912 params), same training (1 local epoch, batch 32, lr 0.05,
+    target epsilon 3, node budgets 1000).
     From the run journal's round records: round 1 seconds (the secure one includes the
     session setup), the median of rounds 2..R (steady state), the mean of all rounds (setup
     amortised over the run), and, for the plain run only, the median over rounds 2..R of
@@ -22,8 +23,8 @@ Four measurements in one run, side by side:
     figures on the same cluster and data stand for the training share of a round. Ratios
     are secure / plain and one-wave / plain and use round seconds only. The order of the runs
     alternates (plain first at 3 nodes, one-wave first at 10; ``--pairs`` > 1 repeats in ABBA
-    order) to spread the noise of a shared machine. The run that goes first on a cluster also pays the
-    trainers' first use of the model (the DP engine is built once per trainer) in its round 1:
+    order) to spread the noise of a shared machine. The run that goes first on a cluster also
+    pays the trainers' first use of the model (the DP engine is built once per trainer) in its round 1:
     plain's inside ``node_seconds``, secure's in the setup waves; rounds 2..R are unaffected.
     SIGTERM (e.g. ``timeout``) stops the clusters and prints what was measured.
 (b) Node-side SecAgg+ crypto per round, in process, with bench/secagg_crypto.py's session
