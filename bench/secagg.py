@@ -24,8 +24,9 @@ Four measurements in one run, side by side:
     are secure / plain and one-wave / plain and use round seconds only. The order of the runs
     alternates (plain first at 3 nodes, one-wave first at 10; ``--pairs`` > 1 repeats in ABBA
     order) to spread the noise of a shared machine. The run that goes first on a cluster also
-    pays the trainers' first use of the model (the DP engine is built once per trainer) in its round 1:
-    plain's inside ``node_seconds``, secure's in the setup waves; rounds 2..R are unaffected.
+    pays the trainers' first use of the model (the DP engine is built once per trainer) in its
+    round 1: plain's inside ``node_seconds``, secure's in the setup waves; rounds 2..R are
+    unaffected.
     SIGTERM (e.g. ``timeout``) stops the clusters and prints what was measured.
 (b) Node-side SecAgg+ crypto per round, in process, with bench/secagg_crypto.py's session
     measurement (imported, not copied) for the same vector (model parameters + weight) and
