@@ -17,7 +17,9 @@ the same Runtime API protocol as flower-superexec + flwr-clientapp on loopback:
    FAILED.
 
 A failure while handling one task is answered (an error reply and a FAILED output) and the
-loop goes on. The loop polls every `PollSchedule.busy_s` while tasks keep coming and every
+loop goes on. The loop asks for the next task as soon as the SuperNode signals one
+(`client_node.wake`), and otherwise only every `PollSchedule.woken_s`; without the wake-up
+socket it polls every `PollSchedule.busy_s` while tasks keep coming and every
 `PollSchedule.idle_s` otherwise, so an idle node costs almost nothing. This relies on Flower
 internals (Runtime API protobufs, `RuntimeHttpClient`, interceptors), hence
 `check_flower_version` at node start.
@@ -61,6 +63,7 @@ from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client_node.fab_check import FabChecker
+from client_node.wake import WakeReceiver
 from lepton_fl.flower_pins import shorten_object_pull_backoff
 from lepton_fl.wire import Envelope, MessageKind, WireError, pack, unpack
 
@@ -103,9 +106,13 @@ class PollSchedule:
     busy_s: float = 0.1
     idle_s: float = 1.0
     busy_window_s: float = 10.0  # a round's next wave usually follows within a few seconds
+    woken_s: float = 1.0  # with the SuperNode's wake-ups: a fallback poll, should one be lost
 
-    def wait_after(self, since_last_task_s: float) -> float:
-        """Seconds to wait before the next poll, given the time since the last task."""
+    def wait_after(self, since_last_task_s: float, *, woken: bool = False) -> float:
+        """Seconds to wait before the next poll, given the time since the last task (and
+        whether the SuperNode wakes the executor when a task comes)."""
+        if woken:
+            return self.woken_s
         return self.busy_s if since_last_task_s < self.busy_window_s else self.idle_s
 
 
@@ -141,11 +148,13 @@ class NodeExecutor:
         *,
         auth_secret: bytes | None,
         schedule: PollSchedule | None = None,
+        wake: WakeReceiver | None = None,
     ) -> None:
         self.handler = handler
         self.runtime_address = runtime_address
         self.auth_secret = auth_secret
         self.schedule = schedule or PollSchedule()
+        self.wake = wake
         self.check_fab = FabChecker()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lepton-executor", daemon=True)
@@ -165,6 +174,8 @@ class NodeExecutor:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the task in hand (if any); wait at most `timeout` seconds."""
         self._stop.set()
+        if self.wake is not None:
+            self.wake.wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -217,9 +228,18 @@ class NodeExecutor:
                     self.run_task(answer.token, answer.task)
                     last_task = time.monotonic()
                     continue  # another message may already be waiting
-                self._stop.wait(self.schedule.wait_after(time.monotonic() - last_task))
+                since = time.monotonic() - last_task
+                self._pause(self.schedule.wait_after(since, woken=self.wake is not None))
         finally:
             client.close()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before the next poll: until the SuperNode signals a task, `stop`, or
+        `seconds`."""
+        if self.wake is None:
+            self._stop.wait(seconds)
+        else:
+            self.wake.wait(seconds)
 
     # -- one task -------------------------------------------------------------------------
 

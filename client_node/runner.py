@@ -47,6 +47,7 @@ from client_node.trainer.core import NodeTrainer
 from client_node.trainer.dp_sgd import resolve_device
 from client_node.trainer.secure import SecureAggregation
 from client_node.trainer.service import TrainerServer, handle_message
+from client_node.wake import open_receiver, wake_socket_path
 from lepton_fl.datasets import LocalSplit, get_task
 from lepton_fl.flower_pins import check_flower_version
 from lepton_fl.processes import ProcessError
@@ -77,10 +78,12 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
     secure = SecureAggregation(trainer)
     restarted = superexec_secret_path(settings).exists()  # this state dir ran a node before
     replies = ReplyCounter()
+    wake = open_receiver(wake_socket_path(settings.node.state_dir))  # before the SuperNode
     executor = NodeExecutor(
         replies.wrap(functools.partial(handle_message, trainer, secure)),
         runtime_address(settings),
         auth_secret=new_superexec_secret(settings),
+        wake=wake,
     )
     metrics = MetricsServer(settings, ledger, replies) if settings.metrics.enabled else None
     if metrics is not None:
@@ -107,6 +110,8 @@ def run_node(settings: NodeSettings, *, stop: threading.Event | None = None) -> 
         return 0
     finally:
         executor.stop()
+        if wake is not None:
+            wake.close()
         server.stop()
         if metrics is not None:
             metrics.stop()

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from client_node.settings import NodeSettings
+from client_node.wake import WAKE_ENV, wake_socket_path
 from lepton_fl.processes import ManagedProcess, flower_env, require_free_port
 
 RUNTIME_HOST = "127.0.0.1"
@@ -93,7 +94,10 @@ def start_supernode(settings: NodeSettings, *, check_port: bool = True) -> Manag
         name=f"flower-supernode ({settings.node.name})",
         argv=supernode_command(settings),
         log_path=supernode_log_path(settings),
-        env=flower_env(settings.flwr_home),
+        env={
+            **flower_env(settings.flwr_home),
+            WAKE_ENV: str(wake_socket_path(settings.node.state_dir)),
+        },
         cwd=settings.node.state_dir,
         die_with_parent=True,
         pid_file=settings.node.state_dir / PID_FILE,

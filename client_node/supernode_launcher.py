@@ -15,6 +15,10 @@ runs Flower's own `flower_supernode()` entry point, unchanged:
 * a wait for a reply or an object sleeps ``ACTIVE_S`` instead of 0.5 s, and counts as
   activity.
 
+Once a pulled message is stored with all its objects, it wakes the node's executor
+(`client_node.wake`, the socket named by ``LEPTON_EXECUTOR_WAKE``), which then claims the task
+at once instead of polling the Runtime API for it.
+
 It also shortens the object-pull backoff (`lepton_fl.flower_pins`), and the SuperNode's
 heartbeat interval (`shorten_heartbeat`): Flower 1.42 asks the SuperLink for a 30 s interval
 (``HEARTBEAT_DEFAULT_INTERVAL``, imported by name into the Fleet connection and the heartbeat
@@ -33,6 +37,7 @@ for object pulls.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
@@ -43,6 +48,7 @@ from typing import Any
 from flwr.common.constant import HEARTBEAT_PATIENCE  # the SuperLink's: 2 intervals
 from flwr.supercore.run import RunNotRunningException
 
+from client_node.wake import WAKE_ENV, send_wake
 from lepton_fl.flower_pins import (
     FlowerVersionError,
     check_flower_version,
@@ -196,9 +202,11 @@ def _ended_run_is_a_failed_pull(call: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def pull_or_push(module: ModuleType) -> None:
+def pull_or_push(module: ModuleType, *, on_message: Callable[[], None] | None = None) -> None:
     """Make Flower's SuperNode loop go on to its push stage whenever a reply waits, also
-    after a pull that found no message; and drop a message whose run ended mid-pull.
+    after a pull that found no message; drop a message whose run ended mid-pull; and call
+    `on_message` once a message is stored with all its objects (`client_node.wake`: the
+    executor claims it at once instead of polling for it).
 
     Flower 1.42's loop skips the push stage after an empty pull, so a reply that comes after
     the push that followed its own message was taken (a stale reply of a dead run took it)
@@ -226,14 +234,17 @@ def pull_or_push(module: ModuleType) -> None:
         run_id: int | None = base(**kwargs)
         if run_id is None and pending_replies(kwargs["state"]):
             return 0
+        if run_id and on_message is not None:  # a message stored (0: our "a reply waits")
+            on_message()
         return run_id
 
     module._pull_and_store_message = pull  # type: ignore[attr-defined]
 
 
-def install() -> AdaptiveWaits:
+def install(wake_path: str | None = None) -> AdaptiveWaits:
     """Put `AdaptiveWaits`, a short object-pull backoff and a short heartbeat interval into
-    Flower's SuperNode; return the waits."""
+    Flower's SuperNode, and the executor's wake-up (`client_node.wake`) where `wake_path`
+    names its socket; return the waits."""
     check_flower_version(who="The SuperNode launcher")
     from flwr.supernode import start_client_internal
 
@@ -242,14 +253,15 @@ def install() -> AdaptiveWaits:
     shorten_object_pull_backoff(start_client_internal)
     shorten_heartbeat()
     push_every_reply(start_client_internal)
-    pull_or_push(start_client_internal)
+    on_message = functools.partial(send_wake, wake_path) if wake_path else None
+    pull_or_push(start_client_internal, on_message=on_message)
     return waits
 
 
 def main() -> None:
     """Run `flower-supernode` with the given arguments and the adaptive waits."""
     try:
-        install()
+        install(os.environ.get(WAKE_ENV))
     except FlowerVersionError as err:
         print(f"error [flower_version]: {err}", file=sys.stderr)
         sys.exit(2)
