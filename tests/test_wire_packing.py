@@ -1,4 +1,5 @@
-"""Packed messages: one array per message, and a clear refusal for another wire version.
+"""Packed messages: one ConfigRecord per message, and a clear refusal for another wire
+version.
 
 What Flower moves is counted with Flower's own object walk (`get_all_nested_objects`, what
 `push_message` pushes one request per object); the executor's refusals run through the real
@@ -60,8 +61,19 @@ def test_packing_cuts_the_objects_flower_moves_per_message() -> None:
     plain, packed = _objects(_instruction()), _objects(wire.pack(_instruction()))
 
     # plain: message, record dict, array record, config record, 4 arrays, 4 chunks;
-    # packed: message, record dict, one array record, one array, one chunk
-    assert (plain, packed) == (12, 5)
+    # packed: message, record dict, one config record
+    assert (plain, packed) == (12, 3)
+
+
+def test_a_large_model_still_travels_as_three_objects() -> None:
+    """Flower cuts an array into 5 MB chunks, one object each; a packed message does not grow
+    in objects with the model (a MiniLM top layer is 7.7 MB)."""
+    big = [np.arange(3_000_000, dtype=np.float32)]  # 12 MB
+    content = wire.instruction_to_records(wire.RoundInstruction(SPEC, 2, big))
+    assert _objects(content) > 5
+    assert _objects(wire.pack(content)) == 3
+    got = wire.instruction_from_records(wire.unpack(wire.pack(content)))
+    assert np.array_equal(got.weights[0], big[0])
 
 
 def _old_sender() -> RecordDict:
@@ -73,21 +85,25 @@ def _old_sender() -> RecordDict:
 
 def _packed_as(stype: str) -> RecordDict:
     packed = wire.pack(_instruction())
-    array = packed[PACKED_RECORD]["records"]
-    packed[PACKED_RECORD]["records"] = Array(
-        dtype=array.dtype, shape=tuple(array.shape), stype=stype, data=array.data
-    )
+    packed[PACKED_RECORD]["wire"] = stype
     return packed
+
+
+def _packed_in_an_array(stype: str = "lepton.recorddict.v3") -> RecordDict:
+    """What a wire-version-3 coordinator or node sends: its records packed into one array."""
+    data = wire.records_to_bytes(_instruction())
+    array = Array(dtype="bytes", shape=(len(data),), stype=stype, data=data)
+    return RecordDict({PACKED_RECORD: ArrayRecord(array_dict={"records": array})})
 
 
 @pytest.mark.parametrize(
     ("records", "version"),
     [
         (_old_sender(), "2"),
-        (_packed_as("lepton.recorddict.v3"), "3"),
+        (_packed_in_an_array(), "3"),
         (_packed_as(f"lepton.recorddict.v{wire.WIRE_VERSION + 1}"), str(wire.WIRE_VERSION + 1)),
     ],
-    ids=["unpacked-v2", "packed-v3", "packed-newer"],
+    ids=["unpacked-v2", "array-packed-v3", "packed-newer"],
 )
 def test_another_wire_version_is_refused_naming_both(records: RecordDict, version: str) -> None:
     with pytest.raises(wire.WireVersionError) as refused:
@@ -106,15 +122,19 @@ def _with_extra_record() -> RecordDict:
 
 
 def _with_bad_bytes() -> RecordDict:
-    data = b"\xff\x00garbage"
-    array = Array(dtype="bytes", shape=(len(data),), stype=PACKED_STYPE, data=data)
-    return RecordDict({PACKED_RECORD: ArrayRecord(array_dict={"records": array})})
+    return RecordDict(
+        {PACKED_RECORD: ConfigRecord({"wire": PACKED_STYPE, "records": b"\xff\x00garbage"})}
+    )
 
 
-def _with_wrong_shape() -> RecordDict:
-    data = wire.records_to_bytes(_instruction())
-    array = Array(dtype="bytes", shape=(len(data) + 1,), stype=PACKED_STYPE, data=data)
-    return RecordDict({PACKED_RECORD: ArrayRecord(array_dict={"records": array})})
+def _with_text_for_bytes() -> RecordDict:
+    return RecordDict({PACKED_RECORD: ConfigRecord({"wire": PACKED_STYPE, "records": "text"})})
+
+
+def _with_extra_value() -> RecordDict:
+    packed = wire.pack(_instruction())
+    packed[PACKED_RECORD]["smuggled"] = 1
+    return packed
 
 
 @pytest.mark.parametrize(
@@ -122,11 +142,21 @@ def _with_wrong_shape() -> RecordDict:
     [
         (RecordDict(), "not a packed Lepton message"),
         (_with_extra_record(), "exactly one record"),
+        (_with_extra_value(), "exactly one record"),
         (_packed_as("numpy.ndarray"), "is not 'lepton.recorddict"),
+        (_packed_in_an_array("numpy.ndarray"), "array record, not a packed message"),
         (_with_bad_bytes(), "Could not decode"),
-        (_with_wrong_shape(), "must be"),
+        (_with_text_for_bytes(), "must be bytes"),
     ],
-    ids=["empty", "extra-record", "foreign-stype", "garbage", "wrong-shape"],
+    ids=[
+        "empty",
+        "extra-record",
+        "extra-value",
+        "foreign-stype",
+        "foreign-array",
+        "garbage",
+        "text-not-bytes",
+    ],
 )
 def test_what_is_not_a_packed_message_is_a_wire_error(records: RecordDict, why: str) -> None:
     with pytest.raises(wire.WireError, match=why) as refused:

@@ -1,14 +1,14 @@
 """The one place that converts Lepton's typed messages to and from Flower records.
 
 Everything else passes typed dataclasses. Between the ServerApp and a node's executor the
-records travel packed into one array (`lepton_fl.wire.packing`: fewer objects for Flower to
+records travel packed into one ConfigRecord (`lepton_fl.wire.packing`: fewer objects for Flower to
 move); the trainer's local socket service carries the same records as protobuf bytes.
 
 - `lepton_fl.wire.rounds`: train/evaluate instructions and replies, the relay envelope
   (re-exported here);
 - `lepton_fl.wire.secagg`: SecAgg+ session messages (import it explicitly);
 - `lepton_fl.wire.records`: bytes and the shared decoding checks;
-- `lepton_fl.wire.packing`: one array per message, and the wire-version check on arrival.
+- `lepton_fl.wire.packing`: one ConfigRecord per message, and the wire-version check on arrival.
 """
 
 from lepton_fl.wire.packing import WireVersionError, pack, unpack

@@ -1,32 +1,37 @@
-"""One object per message: a Lepton message's records travel as one protobuf-bytes `Array`.
+"""Three objects per message: a Lepton message's records travel as the bytes of one
+ConfigRecord.
 
 Flower moves every object of a message (the message, its RecordDict, each record, each array
 and each array chunk) in its own request through the SuperLink and the SuperNode, at most two
-at a time. A train instruction or reply is 12 to 14 objects; packed, it is 5 (message, record
-dict, one ArrayRecord, one Array, one chunk for models under Flower's chunk size). The packed
-bytes are the content's own Flower protobuf (`records_to_bytes`), so nothing is lost or
-re-encoded by hand.
+at a time. A train instruction or reply is 12 to 14 objects. Packed into one array (wire
+version 3) it was 5: message, record dict, array record, array and one chunk per 5 MB.
+Packed into one ConfigRecord (wire version 4) it is 3 whatever its size: message, record dict
+and the record, one bytes value. With 20 nodes on one SuperLink, each object is a request the
+SuperLink's one Python process serves, so the two saved per message and direction show in the
+round time (bench/round_overhead.py). The packed bytes are the content's own Flower protobuf
+(`records_to_bytes`), so nothing is lost or re-encoded by hand.
 
 Packing is the transport's business: the coordinator's `exchange` packs what it sends and
 unpacks what comes back, the node's executor unpacks what it receives and packs its reply.
-Decoders and handlers see the same RecordDicts as before. The array's ``stype`` names the wire
-version, so a sender of another version (packed or not) is refused with a message saying
+Decoders and handlers see the same RecordDicts as before. The record's ``wire`` value names the
+wire version, so a sender of another version (packed or not) is refused with a message saying
 which side to upgrade, before any field is read.
 """
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from lepton_fl.wire.records import WIRE_VERSION, WireError, records_from_bytes, records_to_bytes
 
 PACKED_RECORD = "lepton"
 """The one record of a packed message."""
 
-_PACKED_ARRAY = "records"
+_WIRE_KEY = "wire"
+_RECORDS_KEY = "records"
 _STYPE_PREFIX = "lepton.recorddict.v"
 PACKED_STYPE = f"{_STYPE_PREFIX}{WIRE_VERSION}"
-"""What the packed array's ``stype`` says: the records inside follow this wire version."""
+"""What the packed record's ``wire`` value says: the records inside follow this wire version."""
 
 
 class WireVersionError(WireError):
@@ -36,36 +41,44 @@ class WireVersionError(WireError):
 
 
 def pack(records: RecordDict) -> RecordDict:
-    """``records`` as one RecordDict holding one array of their protobuf bytes."""
-    data = records_to_bytes(records)
-    array = Array(dtype="bytes", shape=(len(data),), stype=PACKED_STYPE, data=data)
-    return RecordDict({PACKED_RECORD: ArrayRecord(array_dict={_PACKED_ARRAY: array})})
+    """``records`` as one RecordDict holding one ConfigRecord with their protobuf bytes."""
+    packed = ConfigRecord({_WIRE_KEY: PACKED_STYPE, _RECORDS_KEY: records_to_bytes(records)})
+    return RecordDict({PACKED_RECORD: packed})
 
 
 def unpack(records: RecordDict) -> RecordDict:
     """The records `pack` packed; a `WireVersionError` for another version's message and a
     `WireError` for anything else that is not a packed Lepton message."""
     record = records.get(PACKED_RECORD)
-    if not isinstance(record, ArrayRecord):
+    if isinstance(record, ArrayRecord):  # wire version 3 packed into one array
+        raise _array_packed_sender(record)
+    if not isinstance(record, ConfigRecord):
         raise _unpacked_sender(records)
-    if len(records) != 1 or list(record.keys()) != [_PACKED_ARRAY]:
+    if len(records) != 1 or sorted(record.keys()) != sorted((_WIRE_KEY, _RECORDS_KEY)):
         raise WireError(
-            f"A packed Lepton message holds exactly one record {PACKED_RECORD!r} with one array "
-            f"{_PACKED_ARRAY!r}; this one holds records {sorted(records)} and arrays "
-            f"{sorted(record.keys())}."
+            f"A packed Lepton message holds exactly one record {PACKED_RECORD!r} with the "
+            f"values {_WIRE_KEY!r} and {_RECORDS_KEY!r}; this one holds records "
+            f"{sorted(records)} and values {sorted(record.keys())}."
         )
-    array = record[_PACKED_ARRAY]
-    if array.stype != PACKED_STYPE:
+    stype = record[_WIRE_KEY]
+    if stype != PACKED_STYPE:
+        version = str(stype).removeprefix(_STYPE_PREFIX)
+        if isinstance(stype, str) and stype.startswith(_STYPE_PREFIX) and version.isdigit():
+            raise _mismatch(version)
+        raise WireError(f"The packed record's wire type {stype!r} is not {PACKED_STYPE!r}.")
+    data = record[_RECORDS_KEY]
+    if not isinstance(data, bytes):
+        raise WireError(f"The packed record's {_RECORDS_KEY!r} must be bytes, not {type(data)}.")
+    return records_from_bytes(data)
+
+
+def _array_packed_sender(record: ArrayRecord) -> WireError:
+    """Why a message packed into one array (wire version 3) is refused."""
+    for array in record.values():
         version = array.stype.removeprefix(_STYPE_PREFIX)
         if array.stype.startswith(_STYPE_PREFIX) and version.isdigit():
-            raise _mismatch(version)
-        raise WireError(f"The packed array's type {array.stype!r} is not {PACKED_STYPE!r}.")
-    if array.dtype != "bytes" or tuple(array.shape) != (len(array.data),):
-        raise WireError(
-            f"The packed array must be {len(array.data)} bytes (dtype 'bytes'), not dtype "
-            f"{array.dtype!r} of shape {tuple(array.shape)}."
-        )
-    return records_from_bytes(array.data)
+            return _mismatch(version)
+    return WireError(f"The record {PACKED_RECORD!r} is an array record, not a packed message.")
 
 
 def _unpacked_sender(records: RecordDict) -> WireError:

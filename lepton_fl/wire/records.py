@@ -12,7 +12,8 @@ from google.protobuf.message import DecodeError
 WIRE_VERSION = 4
 """2: train replies carry no loss or evaluation, evaluations are DP releases; 3: every message
 travels packed (`lepton_fl.wire.packing`); 4: SecAgg session parameters carry
-``dropout-recovery`` (False: one-wave rounds)."""
+``dropout-recovery`` (False: one-wave rounds), and a message packs into one ConfigRecord
+(three Flower objects) instead of one array (five)."""
 
 T = TypeVar("T")
 
