@@ -35,6 +35,7 @@ from client_node.runner import (
 )
 from client_node.settings import load_node_settings
 from client_node.supernode_launcher import (
+    BUSY_MAX_S,
     HEARTBEAT_INTERVAL_S,
     IDLE_MAX_S,
     IDLE_MIN_S,
@@ -168,9 +169,14 @@ def test_empty_pulls_back_off_to_a_second_and_activity_resets() -> None:
     waits.sleep(0.5)  # waiting for a reply: a run is active
 
     assert waits.idle_s == IDLE_MIN_S
-    # While the run is active, empty pulls stay short: the next round's message is not kept
-    # waiting behind a wait that grew while the slowest node trained.
-    assert [waits.delay_for(3) for _ in range(20)] == [IDLE_MIN_S] * 20
+    # While the run is active, empty pulls start short and grow only to half a second: the
+    # next round's message is not kept waiting behind a wait grown while the slowest trained.
+    busy = [waits.delay_for(3) for _ in range(20)]
+    assert busy[0] == IDLE_MIN_S
+    assert busy == sorted(busy)
+    assert busy[-1] == BUSY_MAX_S < IDLE_MAX_S
+    waits.delay_for(0.5)  # the next message came: the node waits for its reply
+    assert waits.delay_for(3) == IDLE_MIN_S  # and polls fast again after answering
     time.sleep(0.3)  # the busy window has passed: back off again
     assert waits.delay_for(3) < waits.delay_for(3) < waits.delay_for(3)
 
