@@ -11,8 +11,8 @@ the same Runtime API protocol as flower-superexec + flwr-clientapp on loopback:
    a task and a token;
 2. with the token: ``PullTaskInput`` + ``PullMessages`` (Flower's own `pull_task_input`), task
    heartbeats in a thread, the FAB check (`client_node.fab_check`: nothing is ever installed,
-   imported or run from the bundle), the content unpacked (`lepton_fl.wire.packing`: one record
-   per message, and the wire-version check), the trainer's handler called in this process, the
+   imported or run from the bundle), the content unpacked (`lepton_fl.wire.packing`: one object
+   per record, and the wire-version check), the trainer's handler called in this process, the
    reply packed and pushed with Flower's `push_message`, and ``PushTaskOutput`` COMPLETED or
    FAILED.
 

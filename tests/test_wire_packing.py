@@ -1,5 +1,5 @@
-"""Packed messages: one ConfigRecord per message, and a clear refusal for another wire
-version.
+"""Packed messages: one ConfigRecord per record, a model shared by several messages moved
+once, and a clear refusal for another wire version.
 
 What Flower moves is counted with Flower's own object walk (`get_all_nested_objects`, what
 `push_message` pushes one request per object); the executor's refusals run through the real
@@ -22,7 +22,7 @@ from coordinator.fl.messaging import NodeFailure, read_reply
 from coordinator.superlink import fab_directory
 from lepton_fl import wire
 from lepton_fl.config import FederationSpec, PrivacySpec
-from lepton_fl.wire.packing import PACKED_RECORD, PACKED_STYPE
+from lepton_fl.wire.packing import PACKED_RECORD, PACKED_STYPE, PackCache
 
 SPEC = FederationSpec(name="heart", task="heart_disease", privacy=PrivacySpec(target_epsilon=1))
 
@@ -61,19 +61,46 @@ def test_packing_cuts_the_objects_flower_moves_per_message() -> None:
     plain, packed = _objects(_instruction()), _objects(wire.pack(_instruction()))
 
     # plain: message, record dict, array record, config record, 4 arrays, 4 chunks;
-    # packed: message, record dict, one config record
-    assert (plain, packed) == (12, 3)
+    # packed: message, record dict, one config record per record (2)
+    assert (plain, packed) == (12, 4)
 
 
-def test_a_large_model_still_travels_as_three_objects() -> None:
+def test_a_large_model_still_travels_as_one_object() -> None:
     """Flower cuts an array into 5 MB chunks, one object each; a packed message does not grow
     in objects with the model (a MiniLM top layer is 7.7 MB)."""
     big = [np.arange(3_000_000, dtype=np.float32)]  # 12 MB
     content = wire.instruction_to_records(wire.RoundInstruction(SPEC, 2, big))
     assert _objects(content) > 5
-    assert _objects(wire.pack(content)) == 3
+    assert _objects(wire.pack(content)) == 4
     got = wire.instruction_from_records(wire.unpack(wire.pack(content)))
     assert np.array_equal(got.weights[0], big[0])
+
+
+def _object_ids(content: RecordDict, node_id: int) -> set[str]:
+    message = Message(content, dst_node_id=node_id, message_type="train")
+    return set(get_all_nested_objects(message))
+
+
+def test_a_model_every_node_is_sent_is_one_object_across_their_messages() -> None:
+    """A secure wave sends each node the same model beside its own SecAgg request: Flower
+    names objects by their content and moves a shared one once, so the packed model must be
+    the same object in every node's message (wire version 3 packed each whole message into
+    one array: the model went up once per node)."""
+    base = _instruction()
+    cache: PackCache = {}
+    messages = {}
+    for node in (7, 8, 9):
+        content = RecordDict(dict(base.items()))
+        content["secagg"] = ConfigRecord({"recipient": node})
+        messages[node] = _object_ids(wire.pack(content, cache=cache), node)
+    shared = set.intersection(*messages.values())
+    model = wire.pack(RecordDict({"arrays": base["arrays"]}))["lepton-arrays"]
+    assert model.object_id in shared
+    assert all(len(ids - shared) == 3 for ids in messages.values())  # message, dict, request
+    assert len(cache) == 2 + 3  # the shared arrays and config once, and each node's request
+    # without the cache the bytes are the same, so the objects are too
+    alone = _object_ids(wire.pack(RecordDict(dict(base.items()))), 7)
+    assert model.object_id in alone
 
 
 def _old_sender() -> RecordDict:
@@ -85,7 +112,7 @@ def _old_sender() -> RecordDict:
 
 def _packed_as(stype: str) -> RecordDict:
     packed = wire.pack(_instruction())
-    packed[PACKED_RECORD]["wire"] = stype
+    packed["lepton-config"]["wire"] = stype
     return packed
 
 
@@ -123,17 +150,24 @@ def _with_extra_record() -> RecordDict:
 
 def _with_bad_bytes() -> RecordDict:
     return RecordDict(
-        {PACKED_RECORD: ConfigRecord({"wire": PACKED_STYPE, "records": b"\xff\x00garbage"})}
+        {"lepton-x": ConfigRecord({"wire": PACKED_STYPE, "records": b"\xff\x00garbage"})}
     )
 
 
 def _with_text_for_bytes() -> RecordDict:
-    return RecordDict({PACKED_RECORD: ConfigRecord({"wire": PACKED_STYPE, "records": "text"})})
+    return RecordDict({"lepton-x": ConfigRecord({"wire": PACKED_STYPE, "records": "text"})})
 
 
 def _with_extra_value() -> RecordDict:
     packed = wire.pack(_instruction())
-    packed[PACKED_RECORD]["smuggled"] = 1
+    packed["lepton-config"]["smuggled"] = 1
+    return packed
+
+
+def _renamed() -> RecordDict:
+    """A packed record whose bytes hold another record than its name says."""
+    packed = wire.pack(_instruction())
+    packed["lepton-weights"] = packed.pop("lepton-arrays")
     return packed
 
 
@@ -141,8 +175,9 @@ def _with_extra_value() -> RecordDict:
     ("records", "why"),
     [
         (RecordDict(), "not a packed Lepton message"),
-        (_with_extra_record(), "exactly one record"),
-        (_with_extra_value(), "exactly one record"),
+        (_with_extra_record(), "not a packed Lepton message"),
+        (_with_extra_value(), "exactly the values"),
+        (_renamed(), "exactly one record 'weights'"),
         (_packed_as("numpy.ndarray"), "is not 'lepton.recorddict"),
         (_packed_in_an_array("numpy.ndarray"), "array record, not a packed message"),
         (_with_bad_bytes(), "Could not decode"),
@@ -152,6 +187,7 @@ def _with_extra_value() -> RecordDict:
         "empty",
         "extra-record",
         "extra-value",
+        "renamed",
         "foreign-stype",
         "foreign-array",
         "garbage",

@@ -17,6 +17,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from lepton_fl.wire import WireError, pack, unpack
+from lepton_fl.wire.packing import PackCache
 
 PULL_INTERVAL_S = 0.1
 LIVENESS_INTERVAL_S = 1.0
@@ -51,9 +52,10 @@ def exchange(
     online) while we waited: nobody waits out the timeout for a node that is gone.
     """
     node_ids = list(contents)
+    shared: PackCache = {}  # a record several messages carry is packed once
     messages = [
         Message(
-            pack(contents[node_id]),
+            pack(contents[node_id], cache=shared),
             dst_node_id=node_id,
             message_type=message_type,
             group_id=group_id,

@@ -1,8 +1,8 @@
 """The one place that converts Lepton's typed messages to and from Flower records.
 
 Everything else passes typed dataclasses. Between the ServerApp and a node's executor the
-records travel packed into one ConfigRecord (`lepton_fl.wire.packing`: fewer objects for Flower to
-move); the trainer's local socket service carries the same records as protobuf bytes.
+records travel packed, one ConfigRecord per record (`lepton_fl.wire.packing`: fewer objects
+for Flower to move); the trainer's local socket service carries the same records as protobuf bytes.
 
 - `lepton_fl.wire.rounds`: train/evaluate instructions and replies, the relay envelope
   (re-exported here);

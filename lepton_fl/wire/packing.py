@@ -1,21 +1,24 @@
-"""Three objects per message: a Lepton message's records travel as the bytes of one
-ConfigRecord.
+"""Packed messages: each record of a Lepton message travels as the bytes of one ConfigRecord.
 
 Flower moves every object of a message (the message, its RecordDict, each record, each array
-and each array chunk) in its own request through the SuperLink and the SuperNode, at most two
-at a time. A train instruction or reply is 12 to 14 objects. Packed into one array (wire
-version 3) it was 5: message, record dict, array record, array and one chunk per 5 MB.
-Packed into one ConfigRecord (wire version 4) it is 3 whatever its size: message, record dict
-and the record, one bytes value. With 20 nodes on one SuperLink, each object is a request the
-SuperLink's one Python process serves, so the two saved per message and direction show in the
-round time (bench/round_overhead.py). The packed bytes are the content's own Flower protobuf
-(`records_to_bytes`), so nothing is lost or re-encoded by hand.
+and each 5 MB array chunk) in its own request through the SuperLink and the SuperNode, at most
+two at a time. A train instruction or reply is 12 to 14 objects. Packed (wire version 4), each
+record becomes one ConfigRecord holding that record's own Flower protobuf bytes
+(`records_to_bytes` of a one-record RecordDict): 2 + the number of records, whatever the
+model's size (a train instruction: 4). With 20 nodes on one SuperLink, each object is a request
+the SuperLink's one Python process serves (bench/round_overhead.py).
+
+Flower names an object by the hash of its content and moves an object that several messages
+share once. One record per object keeps that: the model, identical in every node's train
+message of a secure round while each node's SecAgg request differs, is pushed and stored once,
+not once per node (wire version 3 packed a whole message into one array, so a secure wave
+moved the model N times). ``cache`` lets one batch of messages serialise a shared record once.
 
 Packing is the transport's business: the coordinator's `exchange` packs what it sends and
 unpacks what comes back, the node's executor unpacks what it receives and packs its reply.
-Decoders and handlers see the same RecordDicts as before. The record's ``wire`` value names the
-wire version, so a sender of another version (packed or not) is refused with a message saying
-which side to upgrade, before any field is read.
+Decoders and handlers see the same RecordDicts as before. Every packed record's ``wire`` value
+names the wire version, so a sender of another version (packed or not) is refused with a
+message saying which side to upgrade, before any field is read.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from lepton_fl.wire.records import WIRE_VERSION, WireError, records_from_bytes, records_to_bytes
 
+PACKED_PREFIX = "lepton-"
+"""Packed record ``x`` travels as record ``lepton-x``."""
 PACKED_RECORD = "lepton"
-"""The one record of a packed message."""
+"""Wire version 3's one record (an ArrayRecord): recognised only to name the version."""
 
 _WIRE_KEY = "wire"
 _RECORDS_KEY = "records"
 _STYPE_PREFIX = "lepton.recorddict.v"
 PACKED_STYPE = f"{_STYPE_PREFIX}{WIRE_VERSION}"
-"""What the packed record's ``wire`` value says: the records inside follow this wire version."""
+"""What each packed record's ``wire`` value says: its bytes follow this wire version."""
 
 
 class WireVersionError(WireError):
@@ -40,25 +45,61 @@ class WireVersionError(WireError):
     code = "wire_version_mismatch"
 
 
-def pack(records: RecordDict) -> RecordDict:
-    """``records`` as one RecordDict holding one ConfigRecord with their protobuf bytes."""
-    packed = ConfigRecord({_WIRE_KEY: PACKED_STYPE, _RECORDS_KEY: records_to_bytes(records)})
-    return RecordDict({PACKED_RECORD: packed})
+PackCache = dict[tuple[int, str], tuple[object, ConfigRecord]]
+"""(record identity, name) -> (the record, kept alive so that its identity stays its own;
+its packed form)."""
+
+
+def pack(records: RecordDict, *, cache: PackCache | None = None) -> RecordDict:
+    """``records`` with each record packed into one ConfigRecord of its protobuf bytes.
+
+    ``cache`` (one per batch of messages sent together) lets a record that several messages of
+    the batch carry be serialised once.
+    """
+    if not records:
+        raise WireError("An empty message cannot be packed: a Lepton message has records.")
+    packed = RecordDict()
+    for name, record in records.items():
+        key = (id(record), name)
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            data = records_to_bytes(RecordDict({name: record}))
+            hit = (record, ConfigRecord({_WIRE_KEY: PACKED_STYPE, _RECORDS_KEY: data}))
+            if cache is not None:
+                cache[key] = hit
+        packed[f"{PACKED_PREFIX}{name}"] = hit[1]
+    return packed
 
 
 def unpack(records: RecordDict) -> RecordDict:
     """The records `pack` packed; a `WireVersionError` for another version's message and a
     `WireError` for anything else that is not a packed Lepton message."""
-    record = records.get(PACKED_RECORD)
-    if isinstance(record, ArrayRecord):  # wire version 3 packed into one array
-        raise _array_packed_sender(record)
-    if not isinstance(record, ConfigRecord):
+    old = records.get(PACKED_RECORD)
+    if isinstance(old, ArrayRecord):  # wire version 3 packed into one array
+        raise _array_packed_sender(old)
+    if not records or not all(n.startswith(PACKED_PREFIX) for n in records):
         raise _unpacked_sender(records)
-    if len(records) != 1 or sorted(record.keys()) != sorted((_WIRE_KEY, _RECORDS_KEY)):
+    out = RecordDict()
+    for packed_name, record in records.items():
+        name = packed_name.removeprefix(PACKED_PREFIX)
+        inner = records_from_bytes(_packed_bytes(packed_name, record))
+        if list(inner.keys()) != [name]:
+            raise WireError(
+                f"The packed record {packed_name!r} must hold exactly one record {name!r}, not "
+                f"{sorted(inner.keys())}."
+            )
+        out[name] = inner[name]
+    return out
+
+
+def _packed_bytes(name: str, record: object) -> bytes:
+    """The bytes of one packed record, after its wire version was checked."""
+    if not isinstance(record, ConfigRecord) or sorted(record.keys()) != sorted(
+        (_WIRE_KEY, _RECORDS_KEY)
+    ):
         raise WireError(
-            f"A packed Lepton message holds exactly one record {PACKED_RECORD!r} with the "
-            f"values {_WIRE_KEY!r} and {_RECORDS_KEY!r}; this one holds records "
-            f"{sorted(records)} and values {sorted(record.keys())}."
+            f"A packed Lepton record is a ConfigRecord with exactly the values {_WIRE_KEY!r} and "
+            f"{_RECORDS_KEY!r}; {name!r} is not."
         )
     stype = record[_WIRE_KEY]
     if stype != PACKED_STYPE:
@@ -69,7 +110,7 @@ def unpack(records: RecordDict) -> RecordDict:
     data = record[_RECORDS_KEY]
     if not isinstance(data, bytes):
         raise WireError(f"The packed record's {_RECORDS_KEY!r} must be bytes, not {type(data)}.")
-    return records_from_bytes(data)
+    return data
 
 
 def _array_packed_sender(record: ArrayRecord) -> WireError:
@@ -88,8 +129,8 @@ def _unpacked_sender(records: RecordDict) -> WireError:
         if isinstance(record, ConfigRecord) and "wire-version" in record:
             return _mismatch(str(record["wire-version"]))
     return WireError(
-        f"The message is not a packed Lepton message (no record {PACKED_RECORD!r}; records "
-        f"{sorted(records)})."
+        f"The message is not a packed Lepton message (its records are not all named "
+        f"{PACKED_PREFIX}*: {sorted(records)})."
     )
 
 

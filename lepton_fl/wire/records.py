@@ -12,8 +12,9 @@ from google.protobuf.message import DecodeError
 WIRE_VERSION = 4
 """2: train replies carry no loss or evaluation, evaluations are DP releases; 3: every message
 travels packed (`lepton_fl.wire.packing`); 4: SecAgg session parameters carry
-``dropout-recovery`` (False: one-wave rounds), and a message packs into one ConfigRecord
-(three Flower objects) instead of one array (five)."""
+``dropout-recovery`` (False: one-wave rounds), and each record of a message packs into one
+ConfigRecord (2 + records Flower objects, a shared model moved once) instead of the whole
+message into one array (five objects, the model moved once per node in a secure wave)."""
 
 T = TypeVar("T")
 
