@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -105,11 +106,39 @@ def require_free_port(host: str, port: int, *, what: str) -> None:
         )
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+"""Where Linux keeps the range it draws the local ports of outgoing connections from."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """An ephemeral port that was free a moment ago (for tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port that was free a moment ago, below the ephemeral range (for tests and the demo).
+
+    A port the OS hands out for ``bind(0)`` comes from the range it also gives outgoing
+    connections; between our choosing it and a server binding it (a SuperNode's Runtime API,
+    a second later), a connection of another process may take it, and the server fails to
+    start (seen with 10 nodes starting at once). Ports below that range are never given to a
+    connection, so only another listener could take them."""
+    low = _ephemeral_low()
+    candidates = list(range(max(1024, low - 16384), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port not in _HANDED_OUT and port_is_free(host, port):
+            _HANDED_OUT.add(port)  # never twice in one process: it may not be bound yet
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: the OS picks
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the ephemeral range (32768 where it cannot be read)."""
+    try:
+        return max(2048, int(EPHEMERAL_RANGE_FILE.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass

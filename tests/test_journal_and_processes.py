@@ -21,10 +21,12 @@ from coordinator.fl.journal import (
     read_journal,
 )
 from lepton_fl.processes import (
+    EPHEMERAL_RANGE_FILE,
     QUIET_FLOWER_ENV,
     ManagedProcess,
     ProcessError,
     flower_env,
+    free_port,
     port_is_free,
     read_pid_file,
     require_free_port,
@@ -85,6 +87,17 @@ def test_require_free_port_names_the_port() -> None:
             require_free_port("127.0.0.1", port, what="SuperLink")
 
     assert caught.value.code == "port_in_use"
+
+
+def test_free_ports_are_never_ones_an_outgoing_connection_could_take() -> None:
+    """A port for a server we start a moment later: below the range Linux draws the local
+    ports of outgoing connections from, free, and never handed out twice."""
+    low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    ports = [free_port() for _ in range(300)]
+
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= port < low for port in ports)
+    assert all(port_is_free("127.0.0.1", port) for port in ports[:20])
 
 
 def test_wait_until_reports_a_dead_process_with_its_log(tmp_path: Path) -> None:
