@@ -320,7 +320,7 @@ class NodeExecutor:
                 str(err),
             )
         content = self.handler(envelope, records)
-        return Message(pack(content), reply_to=message), SubStatus.COMPLETED, ""
+        return Message(pack(content, per_record=False), reply_to=message), SubStatus.COMPLETED, ""
 
 
 STAGES_PREFIX = "task stages "

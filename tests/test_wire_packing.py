@@ -65,6 +65,17 @@ def test_packing_cuts_the_objects_flower_moves_per_message() -> None:
     assert (plain, packed) == (12, 4)
 
 
+def test_a_reply_packed_whole_is_three_objects_and_unpacks_the_same() -> None:
+    packed = wire.pack(_instruction(), per_record=False)
+    assert _objects(packed) == 3
+    got = wire.instruction_from_records(wire.unpack(packed))
+    assert all(np.array_equal(a, b) for a, b in zip(got.weights, WEIGHTS, strict=True))
+    mixed = wire.pack(_instruction())
+    mixed[PACKED_RECORD] = packed[PACKED_RECORD]
+    with pytest.raises(wire.WireError, match="packed whole holds only"):
+        wire.unpack(mixed)
+
+
 def test_a_large_model_still_travels_as_one_object() -> None:
     """Flower cuts an array into 5 MB chunks, one object each; a packed message does not grow
     in objects with the model (a MiniLM top layer is 7.7 MB)."""

@@ -80,7 +80,7 @@ def _serve(msg: Message, context: Context) -> Message:
     }
     with (settings.node.state_dir / "stock-stages.jsonl").open("a", encoding="utf-8") as out:
         out.write(json.dumps(stages) + "\n")
-    return Message(pack(reply), reply_to=msg)
+    return Message(pack(reply, per_record=False), reply_to=msg)
 
 
 app.train()(_serve)

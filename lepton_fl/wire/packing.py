@@ -5,8 +5,9 @@ and each 5 MB array chunk) in its own request through the SuperLink and the Supe
 two at a time. A train instruction or reply is 12 to 14 objects. Packed (wire version 4), each
 record becomes one ConfigRecord holding that record's own Flower protobuf bytes
 (`records_to_bytes` of a one-record RecordDict): 2 + the number of records, whatever the
-model's size (a train instruction: 4). With 20 nodes on one SuperLink, each object is a request
-the SuperLink's one Python process serves (bench/round_overhead.py).
+model's size (a train instruction: 4). A node's reply, which no other message shares, is
+packed whole into one ConfigRecord: 3 objects. With 20 nodes on one SuperLink, each object is
+a request the SuperLink's one Python process serves (bench/round_overhead.py).
 
 Flower names an object by the hash of its content and moves an object that several messages
 share once. One record per object keeps that: the model, identical in every node's train
@@ -30,7 +31,8 @@ from lepton_fl.wire.records import WIRE_VERSION, WireError, records_from_bytes, 
 PACKED_PREFIX = "lepton-"
 """Packed record ``x`` travels as record ``lepton-x``."""
 PACKED_RECORD = "lepton"
-"""Wire version 3's one record (an ArrayRecord): recognised only to name the version."""
+"""The one record of a message packed whole (a ConfigRecord; wire version 3's was an
+ArrayRecord, recognised only to name the version)."""
 
 _WIRE_KEY = "wire"
 _RECORDS_KEY = "records"
@@ -50,14 +52,21 @@ PackCache = dict[tuple[int, str], tuple[object, ConfigRecord]]
 its packed form)."""
 
 
-def pack(records: RecordDict, *, cache: PackCache | None = None) -> RecordDict:
-    """``records`` with each record packed into one ConfigRecord of its protobuf bytes.
+def pack(
+    records: RecordDict, *, cache: PackCache | None = None, per_record: bool = True
+) -> RecordDict:
+    """``records`` with each record packed into one ConfigRecord of its protobuf bytes, or
+    (``per_record=False``: a node's reply, which no other message shares) all of them into
+    one, ``lepton``: three Flower objects.
 
     ``cache`` (one per batch of messages sent together) lets a record that several messages of
     the batch carry be serialised once.
     """
     if not records:
         raise WireError("An empty message cannot be packed: a Lepton message has records.")
+    if not per_record:
+        whole = ConfigRecord({_WIRE_KEY: PACKED_STYPE, _RECORDS_KEY: records_to_bytes(records)})
+        return RecordDict({PACKED_RECORD: whole})
     packed = RecordDict()
     for name, record in records.items():
         key = (id(record), name)
@@ -74,9 +83,16 @@ def pack(records: RecordDict, *, cache: PackCache | None = None) -> RecordDict:
 def unpack(records: RecordDict) -> RecordDict:
     """The records `pack` packed; a `WireVersionError` for another version's message and a
     `WireError` for anything else that is not a packed Lepton message."""
-    old = records.get(PACKED_RECORD)
-    if isinstance(old, ArrayRecord):  # wire version 3 packed into one array
-        raise _array_packed_sender(old)
+    whole = records.get(PACKED_RECORD)
+    if isinstance(whole, ArrayRecord):  # wire version 3 packed into one array
+        raise _array_packed_sender(whole)
+    if whole is not None:
+        if len(records) != 1:
+            raise WireError(
+                f"A message packed whole holds only the record {PACKED_RECORD!r}, not "
+                f"{sorted(records)}."
+            )
+        return records_from_bytes(_packed_bytes(PACKED_RECORD, whole))
     if not records or not all(n.startswith(PACKED_PREFIX) for n in records):
         raise _unpacked_sender(records)
     out = RecordDict()
