@@ -408,6 +408,23 @@ def test_node_ledger_command_reports_what_the_history_gives(
     assert report["epsilon_budget"] == BUDGET
 
 
+def _kill_when_round_two_starts(cluster: LocalCluster, journal: Path, name: str) -> None:
+    """SIGKILL the node's trainer and SuperNode as soon as the run's round 2 has started.
+
+    Polled tightly: with fast rounds, the node can train and send its round-2 input within
+    the half second that `wait_until`'s growing backoff may sleep, and then it is no dropout."""
+
+    def round_two_started() -> bool:
+        cluster.check_alive()
+        return any(e.round == 2 for e in read_journal(journal).round_starts)
+
+    deadline = time.monotonic() + 300
+    while not round_two_started():
+        assert time.monotonic() < deadline, "round 2 did not start within 300 s"
+        time.sleep(0.02)
+    cluster.kill_node(name)
+
+
 def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
     cluster: LocalCluster, first_run: JournalView
 ) -> None:
@@ -422,17 +439,7 @@ def test_a_node_killed_mid_round_leaves_the_sum_of_the_others(
         )
     )
 
-    def round_two_started() -> bool:
-        cluster.check_alive()
-        return any(e.round == 2 for e in read_journal(journal).round_starts)
-
-    # poll tightly: with fast rounds, doomed can train and send its round-2 input within the
-    # half second that `wait_until`'s growing backoff may sleep, and then it is no dropout
-    deadline = time.monotonic() + 300
-    while not round_two_started():
-        assert time.monotonic() < deadline, "round 2 did not start within 300 s"
-        time.sleep(0.02)
-    cluster.kill_node("doomed")  # SIGKILL, trainer and SuperNode, in the middle of round 2
+    _kill_when_round_two_starts(cluster, journal, "doomed")
     view = cluster.wait_for_run(journal, timeout=400)
 
     assert view.failure is None
@@ -489,15 +496,7 @@ def test_a_node_killed_in_a_one_wave_round_voids_it_and_the_run_goes_on(
         RunSpec(federation=spec, members=members, journal_path=str(journal), round_timeout_s=150)
     )
 
-    def round_two_started() -> bool:
-        cluster.check_alive()
-        return any(e.round == 2 for e in read_journal(journal).round_starts)
-
-    deadline = time.monotonic() + 300
-    while not round_two_started():
-        assert time.monotonic() < deadline, "round 2 did not start within 300 s"
-        time.sleep(0.02)
-    cluster.kill_node("doomed")
+    _kill_when_round_two_starts(cluster, journal, "doomed")
     view = cluster.wait_for_run(journal, timeout=400)
 
     assert view.failure is None
