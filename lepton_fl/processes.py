@@ -108,6 +108,7 @@ def require_free_port(host: str, port: int, *, what: str) -> None:
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 """Where Linux keeps the range it draws the local ports of outgoing connections from."""
+_HANDED_OUT: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -128,9 +129,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: the OS picks
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-_HANDED_OUT: set[int] = set()
 
 
 def _ephemeral_low() -> int:

@@ -25,6 +25,7 @@ from flwr.superlink.grid import http_grid
 from flwr.superlink.servicer.fleet import fleet_handlers
 from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.runtime import run_clientapp
+from supernode_support import pull_one_message
 
 from client_node.executor import TASK_INPUT_WAIT_S, NodeExecutor
 from client_node.runner import (
@@ -353,48 +354,14 @@ def _pull_a_message_of_a_run_that_ends_mid_pull(patched: bool) -> tuple[list[str
     """Flower's own `_pull_and_store_message`, real node state and object store; the
     SuperLink answers the object pull as it does for a run it ended. Returns the statuses of
     the node's tasks and how many messages the state still holds."""
-    from flwr.app import ConfigRecord, RecordDict
-    from flwr.app.message.message import make_message
-    from flwr.app.metadata import Metadata
-    from flwr.supercore.inflatable.inflatable_object import get_object_tree
-    from flwr.supercore.run import Run
-    from flwr.supernode.nodestate import NodeStateFactory
-
     from client_node.supernode_launcher import pull_or_push
-
-    stores = ObjectStoreFactory()
-    store = stores.store()
-    state = NodeStateFactory(stores).state()
-    state.store_run(Run.create_empty(7))
-    content = RecordDict({"c": ConfigRecord({"round": 3})})
-    message = make_message(Metadata(7, "", 0, 1, "", "3", time.time(), 60.0, "train"), content)
-    message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's receive does
-    tree = get_object_tree(message)
 
     def ended(*_args: object) -> bytes:
         raise start_client_internal.RunNotRunningException
 
-    module = ModuleType("supernode_loop")
-    flower_pull = start_client_internal._pull_and_store_message
-    # Flower's own function, even where an earlier test installed the launcher in this process
-    module._pull_and_store_message = getattr(  # type: ignore[attr-defined]
-        flower_pull, "__wrapped__", flower_pull
-    )
-    if patched:
-        pull_or_push(module)
-    module._pull_and_store_message(  # type: ignore[attr-defined]
-        state=state,
-        object_store=store,
-        node_config={},
-        receive=lambda: (message, tree),
-        get_run=lambda run_id: None,
-        get_fab=lambda fab_hash, run_id: None,
-        pull_object=ended,
-        confirm_message_received=lambda run_id, message_id: None,
-        trusted_entities=None,
-    )
-    statuses = [task.status.status for task in state.get_tasks()]
-    return statuses, len(state.msg_store)  # type: ignore[attr-defined]
+    pulled = pull_one_message(pull_object=ended, wrap=pull_or_push if patched else None)
+    statuses = [task.status.status for task in pulled.state.get_tasks()]
+    return statuses, len(pulled.state.msg_store)
 
 
 def test_a_message_whose_run_ended_mid_pull_leaves_no_claimable_task() -> None:

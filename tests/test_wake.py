@@ -11,14 +11,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from flwr.app import ConfigRecord, RecordDict
-from flwr.app.message.message import make_message
-from flwr.app.metadata import Metadata
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 from flwr.supercore.object_store import ObjectStoreFactory
-from flwr.supercore.run import Run
-from flwr.supernode import start_client_internal
 from flwr.supernode.nodestate import NodeStateFactory
+from supernode_support import pull_one_message
 
 from client_node.executor import NodeExecutor, PollSchedule
 from client_node.supernode_launcher import pull_or_push
@@ -85,35 +80,12 @@ def test_the_executor_wakes_on_a_signal_not_on_its_fallback_poll(tmp_path: Path)
 def _store_a_message(on_message: list[int]) -> int | None:
     """Flower's own `_pull_and_store_message` wrapped by `pull_or_push`, with real node state
     and object store: one message of run 7, all of whose objects the SuperLink serves."""
-    stores = ObjectStoreFactory()
-    store = stores.store()
-    state = NodeStateFactory(stores).state()
-    state.store_run(Run.create_empty(7))
-    content = RecordDict({"c": ConfigRecord({"round": 3})})
-    message = make_message(Metadata(7, "", 0, 1, "", "3", time.time(), 60.0, "train"), content)
-    message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's receive does
-    tree = get_object_tree(message)
-    objects = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
-    module = ModuleType("supernode_loop")
-    flower_pull = start_client_internal._pull_and_store_message
-    module._pull_and_store_message = getattr(  # type: ignore[attr-defined]
-        flower_pull, "__wrapped__", flower_pull
+    pulled = pull_one_message(
+        wrap=lambda module: pull_or_push(module, on_message=lambda: on_message.append(1))
     )
-    pull_or_push(module, on_message=lambda: on_message.append(1))
-    pulled: int | None = module._pull_and_store_message(  # type: ignore[attr-defined]
-        state=state,
-        object_store=store,
-        node_config={},
-        receive=lambda: (message, tree),
-        get_run=lambda run_id: None,
-        get_fab=lambda fab_hash, run_id: None,
-        pull_object=lambda run_id, object_id: objects[object_id],
-        confirm_message_received=lambda run_id, message_id: None,
-        trusted_entities=None,
-    )
-    assert [task.status.status for task in state.get_tasks()] == ["pending"]  # claimable
-    assert store.get(message.object_id) is not None  # with its objects
-    return pulled
+    assert [task.status.status for task in pulled.state.get_tasks()] == ["pending"]  # claimable
+    assert pulled.store.get(pulled.message.object_id) is not None  # with its objects
+    return pulled.returned
 
 
 def test_the_launcher_wakes_the_executor_once_a_message_is_stored_whole() -> None:

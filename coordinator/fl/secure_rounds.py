@@ -162,14 +162,14 @@ class SecAggFedAvg:
                 session, by_id, instruction, outcomes, timeout, charged, in_round
             )
         except SecAggError as err:
-            voided = isinstance(err, RoundVoidedError)
+            voided = err if isinstance(err, RoundVoidedError) else None
             server = self._session.server if self._session is not None else None
-            if not voided or server is None or server.failed or server.done:
+            if voided is None or server is None or server.failed or server.done:
                 self._session = None  # the session is over; the next round re-keys
             details["failure"] = {"code": err.code.value, "reason": err.message}
-            if isinstance(err, RoundVoidedError):  # the session goes on without them
-                details["dropouts"] = [_name(by_id, n) for n in err.dropped]
-                _mark_dropped(outcomes, by_id, err.dropped)
+            if voided is not None:  # the session goes on without them
+                details["dropouts"] = [_name(by_id, n) for n in voided.dropped]
+                _mark_dropped(outcomes, by_id, voided.dropped)
             for m in members:
                 outcomes.setdefault(m.node_id, _failed(m, err, in_round=m.node_id in in_round))
             failed = [_keep_charge(outcomes[m.node_id], charged) for m in members]
@@ -179,7 +179,7 @@ class SecAggFedAvg:
                 failed,
                 time.monotonic() - started,
                 details,
-                voided=voided,
+                voided=voided is not None,
             )
         replies = charged
         scale = self._scale(session, result.active)
