@@ -27,6 +27,13 @@ Four measurements in one run, side by side:
     pays the trainers' first use of the model (the DP engine is built once per trainer) in its
     round 1: plain's inside ``node_seconds``, secure's in the setup waves; rounds 2..R are
     unaffected.
+    Per run, the stages of each round's last reply, per wave (medians of rounds 2..R, from
+    the executors' ``task stages`` log lines on the nodes' own clocks, as
+    bench/round_overhead.py reads them): to the node's executor (the ServerApp's push, the
+    SuperNode's pull), task input, the trainer, the reply to the SuperNode; for SecAgg+,
+    the time between the waves (the masked inputs' way back, the masked sum) and the same
+    four stages of the unmask wave; then back to the ServerApp. This is where a second
+    wave's time goes; the nodes' own logs stay on this host.
     SIGTERM (e.g. ``timeout``) stops the clusters and prints what was measured.
 (b) Node-side SecAgg+ crypto per round, in process, with bench/secagg_crypto.py's session
     measurement (imported, not copied) for the same vector (model parameters + weight) and
@@ -73,7 +80,7 @@ from typing import Any
 
 import numpy as np
 import secagg_crypto  # bench/ is sys.path[0] when this script runs
-from stock_flower import StockCluster
+from stock_flower import BACK_STAGE, OUR_STAGES, StockCluster, creation_groups, our_stage_rows
 
 from coordinator.fl.journal import RoundRecord, SecAggRound, read_journal
 from lepton.cluster import LocalCluster, NodePlan
@@ -262,6 +269,7 @@ def measure_cluster(
         for i in range(n)
     ]
     runs: list[dict[str, Any]] = []
+    windows: list[tuple[dict[str, Any], float]] = []  # each run and when it was submitted
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="lepton-bench-secagg-") as tmp,
@@ -274,6 +282,7 @@ def measure_cluster(
             fed = federation(hidden, rounds, kind=kind)
             run_started = time.perf_counter()
             entry: dict[str, Any] = {"kind": kind, "order": index}
+            windows.append((entry, time.time()))
             try:
                 cluster.submit(
                     RunSpec(federation=fed, members=cluster.members(), journal_path=str(journal))
@@ -293,6 +302,8 @@ def measure_cluster(
                 + (f", FAILED: {view.failure}" if view.failure else ""),
                 flush=True,
             )
+        if cluster_class is LocalCluster:  # stock nodes have no executor to log stages
+            add_wave_stages(windows, our_stage_rows(cluster, types=("train", "query")))
     result: dict[str, Any] = {
         "nodes": n,
         "order": [r["kind"] for r in runs],
@@ -302,6 +313,56 @@ def measure_cluster(
     }
     result.update(compare(runs, rounds))
     return result
+
+
+def add_wave_stages(
+    windows: Sequence[tuple[dict[str, Any], float]], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Give each run entry its ``stages_s``: `wave_stages` of the task rows created while it
+    ran (from its submission to the next run's)."""
+    bounds = [t for _, t in windows[1:]] + [math.inf]
+    for (entry, begin), end in zip(windows, bounds, strict=True):
+        mine = [r for r in rows if begin <= r["created"] < end]
+        entry["stages_s"] = wave_stages(entry.get("rounds", []), mine)
+
+
+def wave_stages(
+    rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Median seconds per stage of each round's last reply, per wave, rounds 2..R, from the
+    executors' task rows (`bench/stock_flower.py`'s `OUR_STAGES`, on each node's own clock).
+
+    Every round has one train wave (plain; wave A of a secure round: training and the
+    masked input); a SecAgg+ round then has its unmask wave, the first "query" after it (a
+    session's setup waves are queries too, created before its first train wave). Between
+    the waves: from the last wave-A reply reaching its SuperNode until the ServerApp created
+    the unmask wave (the reply's way to the ServerApp, the masked sum). `BACK_STAGE`: from
+    the round's last reply reaching its SuperNode until the round ended. Empty when the
+    task rows do not match the rounds (a round that failed or was voided)."""
+    trains = creation_groups(r for r in rows if r["type"] == "train")
+    queries = creation_groups(r for r in rows if r["type"] == "query")
+    if len(trains) != len(rounds):
+        return {}
+    starts = [min(r["created"] for r in group) for group in trains] + [math.inf]
+    per_stage: dict[str, list[float]] = defaultdict(list)
+    for i, (record, wave_a) in enumerate(zip(rounds, trains, strict=True)):
+        if record["round"] < 2:
+            continue
+        later = [g for g in queries if starts[i] < g[0]["created"] < starts[i + 1]]
+        last = max(wave_a, key=lambda r: r["pushed"])
+        prefix = "wave A: " if later else ""
+        for label, begin, finish in OUR_STAGES:
+            per_stage[prefix + label].append(last[finish] - last[begin])
+        if later:
+            unmask = later[0]  # a re-keyed session's setup queries would follow it
+            per_stage["between the waves (ServerApp: replies, masked sum)"].append(
+                min(r["created"] for r in unmask) - last["pushed"]
+            )
+            last = max(unmask, key=lambda r: r["pushed"])
+            for label, begin, finish in OUR_STAGES:
+                per_stage["wave B: " + label].append(last[finish] - last[begin])
+        per_stage[BACK_STAGE].append(starts[i] + record["seconds"] - last["pushed"])
+    return {k: round(statistics.median(v), 3) for k, v in per_stage.items()}
 
 
 def compare(runs: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
@@ -561,6 +622,12 @@ def print_report(
                 print(
                     f"    n={c['nodes']} {run['kind']:<8} round {r['round']}: {r['seconds']:.2f} s"
                     f" ({timings}, {r['ok']} ok)" + (f" [{'; '.join(notes)}]" if notes else "")
+                )
+            if run.get("stages_s"):
+                print(
+                    f"    n={c['nodes']} {run['kind']} stages of each round's last reply, "
+                    "medians of rounds 2..R (s): "
+                    + "; ".join(f"{k} {v:.3f}" for k, v in run["stages_s"].items())
                 )
             if run.get("failure"):
                 print(f"    n={c['nodes']} {run['kind']} run FAILED: {run['failure']}")

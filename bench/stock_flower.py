@@ -17,6 +17,7 @@ import json
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from client_node.executor import STAGES_PREFIX
 from client_node.settings import load_node_settings
@@ -42,6 +43,8 @@ STOCK_STAGES = (
     ("trainer (checks, DP-SGD, ledger)", "trainer_built", "handled"),
 )
 BACK_STAGE = "back to the ServerApp, aggregation"
+WAVE_SPREAD_S = 0.05
+"""The longest gap between the creation of two messages of one wave."""
 
 
 class StockCluster(LocalCluster):
@@ -86,8 +89,11 @@ class StockCluster(LocalCluster):
         self.check_alive()
 
 
-def our_stage_rows(cluster: LocalCluster) -> list[dict[str, float]]:
-    """Every train task's stage times, from the executors' log lines."""
+def our_stage_rows(
+    cluster: LocalCluster, types: Sequence[str] = ("train",)
+) -> list[dict[str, Any]]:
+    """Every completed task's stage times, from the executors' log lines, for the message
+    `types` ("train"; a SecAgg+ setup or unmask wave is a "query")."""
     rows = []
     for name in cluster.nodes:
         log = cluster.root / "logs" / f"node-{name}.log"
@@ -95,7 +101,7 @@ def our_stage_rows(cluster: LocalCluster) -> list[dict[str, float]]:
             _, found, payload = line.partition(STAGES_PREFIX)
             if found:
                 row = json.loads(payload)
-                if row.get("type") == "train" and "pushed" in row:
+                if row.get("type") in types and "pushed" in row:
                     rows.append(row)
     return rows
 
@@ -113,6 +119,18 @@ def stock_stage_rows(cluster: LocalCluster) -> list[dict[str, float]]:
     return rows
 
 
+def creation_groups(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Task rows grouped by the wave that sent them, in order: the ServerApp creates a wave's
+    messages together (within `WAVE_SPREAD_S`), and waves apart."""
+    groups: list[list[dict[str, Any]]] = []
+    for row in sorted(rows, key=lambda r: r["created"]):
+        if groups and row["created"] - groups[-1][0]["created"] < WAVE_SPREAD_S:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
 def breakdown(
     rounds: Sequence[RoundRecord],
     rows: Iterable[dict[str, float]],
@@ -127,12 +145,7 @@ def breakdown(
     ``seconds`` run from there to the aggregate), so the rows group by creation time, one
     group per round in order. What follows that last reply until the round's end is
     `BACK_STAGE`."""
-    groups: list[list[dict[str, float]]] = []
-    for row in sorted(rows, key=lambda r: r["created"]):
-        if groups and row["created"] - groups[-1][0]["created"] < 0.05:
-            groups[-1].append(row)
-        else:
-            groups.append([row])
+    groups = creation_groups(rows)
     if len(groups) != len(rounds):
         raise SystemExit(f"{len(groups)} groups of train messages for {len(rounds)} rounds")
     per_stage: dict[str, list[float]] = {label: [] for label, _, _ in stages}

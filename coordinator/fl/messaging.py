@@ -1,9 +1,11 @@
 """Sending messages to a set of nodes and collecting their replies.
 
 Flower's `Grid.send_and_receive` sleeps 3 s between pulls; a round here is a handful of
-seconds, so we push once and pull at a short interval instead. Contents travel packed (one
-array per message, `lepton_fl.wire.packing`); callers send and receive plain RecordDicts, and
-a reply that is an error or cannot be unpacked comes back as a `NodeFailure`.
+seconds, so we push once and pull at a short interval instead. Contents travel packed
+(`lepton_fl.wire.packing`: each record of a request as one ConfigRecord, so a record that
+several messages share, the model, is one object at the SuperLink; a reply whole). Callers
+send and receive plain RecordDicts, and a reply that is an error or cannot be unpacked comes
+back as a `NodeFailure`.
 """
 
 from __future__ import annotations
