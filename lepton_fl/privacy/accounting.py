@@ -77,6 +77,21 @@ def _finite_real(value: object, *, name: str, code: str, rule: str) -> float:
     return number
 
 
+def check_finite(value: object, *, name: str, code: str) -> float:
+    """Validate a finite real number (not a bool); ``code`` names the refusal."""
+    return _finite_real(value, name=name, code=code, rule="a finite number")
+
+
+def check_positive(value: object, *, name: str, code: str) -> float:
+    """Validate a finite number greater than 0 (an epsilon target, a budget); ``code`` names
+    the refusal."""
+    rule = "a finite number greater than 0"
+    number = _finite_real(value, name=name, code=code, rule=rule)
+    if number <= 0.0:
+        raise PrivacyAccountingError(f"{name} must be {rule}, got {value!r}.", code=code)
+    return number
+
+
 def check_delta(delta: object) -> float:
     """Validate delta: a finite number strictly between 0 and 1."""
     rule = "a number strictly between 0 and 1 (typically below 1/num_examples, e.g. 1e-5)"

@@ -8,7 +8,6 @@ round stays within the budget.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from lepton_fl.privacy.accounting import (
     PrivacyAccountingError,
     check_accountant,
     check_delta,
+    check_positive,
     epsilon_spent,
 )
 
@@ -52,21 +52,11 @@ def check_round(
     """
     name = check_accountant(accountant)
     delta_value = check_delta(delta)
-    if (
-        isinstance(budget, bool)
-        or not isinstance(budget, numbers.Real)
-        or not math.isfinite(float(budget))
-        or float(budget) <= 0
-    ):
-        raise PrivacyAccountingError(
-            f"budget must be a finite epsilon greater than 0, got {budget!r}.",
-            code="invalid_budget",
-        )
+    limit = check_positive(budget, name="budget", code="invalid_budget")
     if not isinstance(planned, AccountantStep):
         raise PrivacyAccountingError(
             f"planned must be an AccountantStep, got {planned!r}.", code="invalid_history"
         )
-    limit = float(budget)
     before = epsilon_spent(history, delta=delta_value, accountant=name)
     after = epsilon_spent([*history, planned], delta=delta_value, accountant=name)
     if after <= limit:
@@ -110,7 +100,7 @@ def planned_run_epsilon(target_epsilon: float) -> float:
     """The epsilon one run plans at each node: its ``target_epsilon``, which covers its
     training rounds **and** its scheduled evaluation release, composed by the federation's
     accountant (``lepton_fl.privacy.evaluation.calibrate_run`` calibrates both to it)."""
-    return _check_budget(target_epsilon, name="target_epsilon")
+    return check_positive(target_epsilon, name="target_epsilon", code="invalid_budget")
 
 
 def run_fits_budget(spent: float, *, target_epsilon: float, budget: float) -> BudgetDecision:
@@ -122,7 +112,7 @@ def run_fits_budget(spent: float, *, target_epsilon: float, budget: float) -> Bu
     evaluation exactly (:func:`check_round`, under its own accountant as well).
     """
     planned = planned_run_epsilon(target_epsilon)
-    limit = _check_budget(budget, name="budget")
+    limit = check_positive(budget, name="budget", code="invalid_budget")
     after = spent + planned
     if after <= limit + 1e-12:
         return BudgetDecision(True, spent, after, limit, "")
@@ -135,17 +125,3 @@ def run_fits_budget(spent: float, *, target_epsilon: float, budget: float) -> Bu
         f"the node has spent {spent:.4g} of its budget {limit:g} (remaining "
         f"{max(0.0, limit - spent):.4g}).",
     )
-
-
-def _check_budget(value: float, *, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or float(value) <= 0
-    ):
-        raise PrivacyAccountingError(
-            f"{name} must be a finite epsilon greater than 0, got {value!r}.",
-            code="invalid_budget",
-        )
-    return float(value)

@@ -28,6 +28,7 @@ from lepton_fl.privacy.accounting import (
     PrivacyAccountingError,
     check_accountant,
     check_delta,
+    check_positive,
     epsilon_spent,
     rdp_epsilon_floor,
 )
@@ -78,7 +79,7 @@ def calibrate_noise_multiplier(
             "optimiser steps spends no privacy and needs no noise.",
             code="invalid_steps",
         )
-    target = _check_target(target_epsilon)
+    target = check_positive(target_epsilon, name="target_epsilon", code="invalid_target_epsilon")
     if isinstance(tolerance, bool) or not (
         isinstance(tolerance, numbers.Real) and 0.0 < float(tolerance) < 0.5
     ):
@@ -208,20 +209,6 @@ def _extrapolate(values: dict[int, float], low: int, high: int, target: float, g
 
 def _log(value: float) -> float | None:
     return math.log(value) if 0.0 < value < math.inf else None
-
-
-def _check_target(target_epsilon: object) -> float:
-    if (
-        isinstance(target_epsilon, bool)
-        or not isinstance(target_epsilon, numbers.Real)
-        or not math.isfinite(float(target_epsilon))
-        or float(target_epsilon) <= 0
-    ):
-        raise PrivacyAccountingError(
-            f"target_epsilon must be a finite number greater than 0, got {target_epsilon!r}.",
-            code="invalid_target_epsilon",
-        )
-    return float(target_epsilon)
 
 
 def _failed(target: float, where: str, why: str) -> PrivacyAccountingError:

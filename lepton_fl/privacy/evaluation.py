@@ -27,8 +27,6 @@ still spends at most ``target_epsilon``. No torch here; Opacus is imported lazil
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +38,8 @@ from lepton_fl.privacy.accounting import (
     PrivacyAccountingError,
     check_accountant,
     check_delta,
+    check_finite,
+    check_positive,
 )
 from lepton_fl.privacy.calibration import calibrate_noise_multiplier
 
@@ -66,10 +66,12 @@ def evaluation_epsilon_share(target_epsilon: float, evaluation_epsilon: float | 
     ``0`` means the run schedules no evaluation. Raises :class:`PrivacyAccountingError`
     (``invalid_evaluation_epsilon``) unless ``0 <= share < target_epsilon``.
     """
-    target = _positive(target_epsilon, name="target_epsilon", code="invalid_target_epsilon")
+    target = check_positive(target_epsilon, name="target_epsilon", code="invalid_target_epsilon")
     if evaluation_epsilon is None:
         return DEFAULT_EVALUATION_SHARE * target
-    share = _finite(evaluation_epsilon, name="evaluation_epsilon")
+    share = check_finite(
+        evaluation_epsilon, name="evaluation_epsilon", code="invalid_evaluation_epsilon"
+    )
     if not 0.0 <= share < target:
         raise PrivacyAccountingError(
             f"evaluation_epsilon must be at least 0 and below target_epsilon = {target:g} (it "
@@ -131,7 +133,7 @@ def calibrate_run(
             f"evaluations must be a whole number >= 0, got {evaluations!r}.",
             code="invalid_steps",
         )
-    target = _positive(target_epsilon, name="target_epsilon", code="invalid_target_epsilon")
+    target = check_positive(target_epsilon, name="target_epsilon", code="invalid_target_epsilon")
     share = evaluation_epsilon_share(target, evaluation_epsilon) if evaluations else 0.0
     sigma = calibrate_noise_multiplier(
         sample_rate=sample_rate,
@@ -171,7 +173,9 @@ def release_confusion(
     released. ``rng`` defaults to a generator seeded from the operating system; pass one
     only in tests.
     """
-    sigma = _positive(noise_multiplier, name="noise_multiplier", code="invalid_noise_multiplier")
+    sigma = check_positive(
+        noise_multiplier, name="noise_multiplier", code="invalid_noise_multiplier"
+    )
     counts = np.asarray(confusion, dtype=np.float64)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 2:
         raise ValueError(f"the confusion matrix must be square, at least 2 x 2, got {counts.shape}")
@@ -193,25 +197,3 @@ def release_confusion(
         roc_auc=None,
         confusion=matrix,
     )
-
-
-def _finite(value: object, *, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PrivacyAccountingError(
-            f"{name} must be a finite number, got {value!r}.", code=f"invalid_{name}"
-        )
-    number = float(value)
-    if not math.isfinite(number):
-        raise PrivacyAccountingError(
-            f"{name} must be a finite number, got {value!r}.", code=f"invalid_{name}"
-        )
-    return number
-
-
-def _positive(value: object, *, name: str, code: str) -> float:
-    number = _finite(value, name=name)
-    if number <= 0.0:
-        raise PrivacyAccountingError(
-            f"{name} must be a finite number greater than 0, got {value!r}.", code=code
-        )
-    return number
