@@ -56,7 +56,6 @@ import hmac
 import json
 import math
 import numbers
-import os
 import secrets
 import sqlite3
 import sys
@@ -68,6 +67,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from lepton_fl.files import write_file
 from lepton_fl.privacy.accounting import AccountantStep, PrivacyAccountingError
 
 SCHEMA_VERSION = 5
@@ -824,11 +824,7 @@ class Ledger:
             if self.read_only:
                 return None
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_bytes(32))
-                out.flush()
-                os.fsync(out.fileno())
+            write_file(path, secrets.token_bytes(32), mode=0o600)
             return path.read_bytes()
         except OSError as err:
             raise LedgerError(

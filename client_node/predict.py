@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from lepton_fl.config import FederationSpec, describe_validation_error
 from lepton_fl.crypto.release import MANIFEST_FILE, MODEL_FILE, ReleaseError, verify_release
 from lepton_fl.datasets.registry import TaskInfo, get_task
 from lepton_fl.datasets.tabular import DatasetError
+from lepton_fl.files import write_file
 
 __all__ = [
     "PredictionError",
@@ -246,24 +245,14 @@ def _write_csv_atomic(path: Path, header: list[str], rows: list[list[str]]) -> N
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        write_file(path, buffer.getvalue().encode("utf-8"), mode=0o640, replace=True)
     except OSError as err:
         raise PredictionError(
             "output-unwritable",
             f"The output {path} cannot be written ({err.strerror or err}). Check that this "
             "user may write to its folder, or choose another file with --output.",
         ) from err
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def predict_file(

@@ -11,13 +11,13 @@ another local process cannot steal the node's tasks.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import sys
 from pathlib import Path
 
 from client_node.settings import NodeSettings
 from client_node.wake import WAKE_ENV, wake_socket_path
+from lepton_fl.files import write_file
 from lepton_fl.processes import ManagedProcess, flower_env, require_free_port
 
 RUNTIME_HOST = "127.0.0.1"
@@ -47,9 +47,7 @@ def new_superexec_secret(settings: NodeSettings) -> bytes:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # the previous start's secret; never reuse or widen it
     secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(secret)
+    write_file(path, secret, mode=0o600)
     return secret
 
 

@@ -31,9 +31,7 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from lepton_fl.files import write_file
 
 __all__ = [
     "CA_CERTIFICATE_FILE",
@@ -243,32 +243,18 @@ def _ensure_nodes_directory(path: Path) -> None:
 def _write_file(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
     """Write ``data`` to ``path`` with permissions ``mode`` from the first byte on.
 
-    The file is created by ``os.open`` with ``mode`` (and ``fchmod`` to undo the umask)
-    before any content is written, so a key is never readable by others. Without
-    ``overwrite`` the file is created with ``O_EXCL``; with it, a temporary file is
-    written and atomically renamed over ``path``.
+    `lepton_fl.files.write_file`: a key is never readable by others. Without ``overwrite``
+    an existing file is refused (``pki_exists``); with it, the new file replaces the old
+    atomically.
     """
-    target = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp") if overwrite else path
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(target, flags, mode)
+        write_file(path, data, mode=mode, replace=overwrite)
     except FileExistsError as err:
         raise PKIError(
             "pki_exists",
             f"{path} already exists: remove it, or pass overwrite=True "
             "(--overwrite on the command line)",
         ) from err
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(target, path)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
 
 
 def _write_private(path: Path, data: bytes, *, overwrite: bool) -> None:

@@ -30,9 +30,7 @@ import binascii
 import hashlib
 import json
 import math
-import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from safetensors import SafetensorError
 from safetensors.numpy import load as _safetensors_load
 from safetensors.numpy import save as _safetensors_save
+
+from lepton_fl.files import write_file
 
 __all__ = [
     "MANIFEST_FILE",
@@ -113,24 +113,14 @@ def generate_signing_key(path: Path) -> Ed25519PrivateKey:
         encryption_algorithm=serialization.NoEncryption(),
     )
     path.parent.mkdir(mode=_DIRECTORY_MODE, parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags, _PRIVATE_MODE)
+        write_file(path, pem, mode=_PRIVATE_MODE)
     except FileExistsError as err:
         raise ReleaseError(
             "signing-key-exists",
             f"{path} already exists: refusing to replace a release-signing key (nodes trust "
             "its public key). Use load_signing_key to sign with it, or choose another path.",
         ) from err
-    try:
-        os.fchmod(fd, _PRIVATE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
     return key
 
 
@@ -434,18 +424,7 @@ def verify_signed_manifest(signed: Mapping[str, Any], public_key_pem: str) -> di
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(temporary, flags, _FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_file(path, data, mode=_FILE_MODE, replace=True)
 
 
 def write_release(
