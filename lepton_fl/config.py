@@ -135,10 +135,11 @@ class ModelConfig(_Frozen):
     tokenizer): ``trainable_layers`` top transformer layers plus the head are trained and
     exchanged, the rest stays frozen as shipped (``None``: every layer is trained).
     ``minilm_embeddings``: frozen MiniLM sentence embeddings and a trained head of widths
-    ``hidden`` (``()``: a linear head). ``dropout`` is the dropout of the MLP heads. Options
-    left unset are omitted from the canonical JSON, so specs written before they existed keep
-    their digest; an option the model does not have is refused (``lepton_fl.models.catalog``
-    lists each model's options).
+    ``hidden`` (``()``: a linear head). ``mobilenet_features``: frozen ImageNet MobileNetV2
+    image features and a trained head of widths ``hidden``. ``dropout`` is the dropout of the
+    MLP heads. Options left unset are omitted from the canonical JSON, so specs written before
+    they existed keep their digest; an option the model does not have is refused
+    (``lepton_fl.models.catalog`` lists each model's options).
     """
 
     name: ModelName = "tabular_mlp"

