@@ -148,7 +148,8 @@ SECTORS: Mapping[str, Sector] = {
         ),
         tuned=(
             "features: final 1280 pooled vs block 13, 64 px upsampled vs 128 px, L2 vs "
-            "centred L2 (non-private logistic regression, then fed DP); then lr {0.03, 0.1, "
+            "centred L2, norm sqrt(1280) vs 1 (non-private logistic regression, then fed "
+            "DP); then lr {0.03, 0.1, "
             "0.3} x local epochs {5, 10} at batch 128 " + _GRID_NOTE + " (the tempered cnn "
             "before it: 0.754 at eps 8, 0.720 at eps 3). Beyond the demo's 5 rounds (one "
             "--rounds for every sector): 20 rounds x 1 local epoch gave a mean of 0.800 "

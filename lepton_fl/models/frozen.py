@@ -22,6 +22,7 @@ import threading
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
 
 __all__ = ["FrozenEncoder"]
 
@@ -32,18 +33,37 @@ _CHUNK = 64  # rows encoded per forward pass of the network
 class FrozenEncoder(ABC):
     """A frozen network as a feature map: rows of inputs -> ``(n, width)`` float32 features.
 
-    Subclasses give :meth:`_encode` (a chunk of rows, on CPU, to features) and the dtype each
-    input is read as; this class caches, chunks and moves tensors between devices.
+    Subclasses give :meth:`_load` (the pretrained network), :meth:`_encode` (a chunk of rows,
+    on CPU, to features) and the dtype each input is read as; this class loads and freezes the
+    network once, caches, chunks and moves tensors between devices.
     """
 
     def __init__(self, width: int, dtypes: tuple[torch.dtype, ...]) -> None:
         self.width = width
         self._dtypes = dtypes
+        self._net: nn.Module | None = None
         self._cache: dict[bytes, torch.Tensor] = {}
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict[int, object]) -> FrozenEncoder:
         return self  # frozen and stateless but for its cache: one per process
+
+    @abstractmethod
+    def _load(self) -> nn.Module:
+        """The pretrained network, as shipped (called once, on the first encoding)."""
+
+    def network(self, device: torch.device) -> nn.Module:
+        """The network on ``device``: loaded on first use, in ``eval`` mode (no dropout;
+        BatchNorm uses its stored statistics, never the batch's), without gradients."""
+        if self._net is None:
+            net = self._load()
+            net.train(False)
+            for parameter in net.parameters():
+                parameter.requires_grad_(False)
+            self._net = net
+        if next(self._net.parameters()).device != device:
+            self._net.to(device)
+        return self._net
 
     @abstractmethod
     def _encode(self, rows: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:

@@ -50,6 +50,7 @@ __all__ = [
     "MIN_SIZE",
     "MOBILENET_SHA256",
     "MobileNetEncoder",
+    "ImageFeatureClassifier",
     "MobileNetV2Features",
     "build_mobilenet_features",
     "mobilenet_checkpoint",
@@ -167,18 +168,9 @@ class MobileNetEncoder(FrozenEncoder):
 
     def __init__(self) -> None:
         super().__init__(MOBILENET_WIDTH, (torch.float32,))
-        self._net: MobileNetV2Features | None = None
 
-    def _network(self, device: torch.device) -> MobileNetV2Features:
-        if self._net is None:
-            net = _load_mobilenet()
-            net.train(False)  # BatchNorm uses its ImageNet statistics, never the batch's
-            for parameter in net.parameters():
-                parameter.requires_grad_(False)
-            self._net = net
-        if next(self._net.parameters()).device != device:
-            self._net.to(device)
-        return self._net
+    def _load(self) -> nn.Module:
+        return _load_mobilenet()
 
     def _encode(self, rows: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
         (pixels,) = rows
@@ -193,7 +185,7 @@ class MobileNetEncoder(FrozenEncoder):
             scale = MIN_SIZE / min(x.shape[2:])
             size = (round(x.shape[2] * scale), round(x.shape[3] * scale))
             x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        pooled = self._network(device)(x).mean(dim=(2, 3))
+        pooled = self.network(device)(x).mean(dim=(2, 3))
         centred = pooled - pooled.mean(dim=1, keepdim=True)
         features = nn.functional.normalize(centred, dim=1) * math.sqrt(MOBILENET_WIDTH)
         return features.to("cpu", dtype=torch.float32)

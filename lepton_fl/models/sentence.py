@@ -51,25 +51,16 @@ class SentenceEncoder(FrozenEncoder):
 
     def __init__(self, load: functools.partial[BertModel], layers: tuple[int, ...]) -> None:
         super().__init__(MINILM_WIDTH * len(layers), (torch.int64,) * 3)
-        self._load = load
-        self._bert: BertModel | None = None
+        self._load_bert = load
         self.layers = layers
         self._scale = math.sqrt(MINILM_WIDTH)
 
-    def _encoder(self, device: torch.device) -> BertModel:
-        if self._bert is None:
-            bert = self._load()
-            bert.train(False)
-            for parameter in bert.parameters():
-                parameter.requires_grad_(False)
-            self._bert = bert
-        if next(self._bert.parameters()).device != device:
-            self._bert.to(device)  # type: ignore[arg-type]
-        return self._bert
+    def _load(self) -> nn.Module:
+        return self._load_bert()
 
     def _encode(self, rows: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
         ids, mask, types = rows
-        bert = self._encoder(device)
+        bert = self.network(device)
         out = bert(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
