@@ -10,16 +10,20 @@ other in the same invocation, on the same federation and data:
 * ours-file: the same with the SuperLink's state in a SQLite file instead of Flower's
   in-memory state (`bench/hooks/sitecustomize.py`: what the file would cost per round; the
   product keeps the state in memory and registers the node keys again at every start);
+* ours-poll: the same with Flower's own `flower-superlink`, whose pulls are answered at once
+  (`bench/hooks/sitecustomize.py`), instead of `coordinator.superlink_launcher`'s long polls:
+  what they buy;
 * stock: Flower's default path (`bench/stock_flower.py`): `flower-supernode --isolation
   subprocess` with Flower's own waits, one spawned `flwr-clientapp` per message that installs
   the bundle and builds the node's trainer before answering.
 
 For each it prints the rounds, the median overhead and the median stages of the last reply
-of each round (both sides' clocks on this host), then the ratio stock / ours, and one JSON
-object on the last line. After our run it samples an idle node's CPU (``--idle-s``), and
-at the end it runs our path again with 4, 10 and 20 breast-cancer sites (``--curve``) for
-the overhead against the node count.
-    .venv/bin/python bench/round_overhead.py [--rounds 6] [--only PATH] [--curve 4 10 20]
+of each round (both sides' clocks on this host), then the ratios stock / ours and ours-poll
+/ ours, and one JSON object on the last line. After our run it samples an idle node's CPU
+(``--idle-s``), and at the end it runs our path (or each ``--curve-path``) again with 4, 10
+and 20 breast-cancer sites (``--curve``) for the overhead against the node count.
+    .venv/bin/python bench/round_overhead.py [--rounds 6] [--only PATH ...] [--curve 4 10 20]
+        [--curve-path ours ours-poll]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from lepton_fl.config import (
 GOAL_S = 1.0
 CURVE_GOAL_S = 3.0  # 20 nodes on one SuperLink
 IDLE_GOAL = 0.02  # of one core, per idle node
-PATHS = ("ours", "ours-file", "stock")
+PATHS = ("ours", "ours-file", "ours-poll", "stock")
 
 QUIET_AFTER_S = 15.0  # past the SuperNode's and the executor's 10 s busy windows
 
@@ -111,8 +115,8 @@ def run_path(
     ``idle_s``) the nodes' CPU share while idle after the run."""
     plans = plans or hospital_plans()
     kind = StockCluster if path == "stock" else LocalCluster
-    file_state = {"PYTHONPATH": str(HOOKS), "LEPTON_BENCH_HOOK": "file_state"}
-    env = file_state if path == "ours-file" else None
+    hook = {"ours-file": "file_state", "ours-poll": "polled_superlink"}.get(path)
+    env = {"PYTHONPATH": str(HOOKS), "LEPTON_BENCH_HOOK": hook} if hook else None
     with (
         tempfile.TemporaryDirectory(prefix=f"lepton-bench-{path}-") as tmp,
         kind(Path(tmp), plans, coordinator_env=env) as cluster,
@@ -215,7 +219,9 @@ def print_path(path: str, result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--only", choices=PATHS, help="run one path only (no ratio)")
+    parser.add_argument(
+        "--only", choices=PATHS, nargs="+", help="run these paths only (ratios among them)"
+    )
     parser.add_argument(
         "--curve",
         type=int,
@@ -223,13 +229,19 @@ def main() -> None:
         default=[4, 10, 20],
         help="node counts for our path's overhead curve (breast-cancer sites); none: skip",
     )
-    parser.add_argument("--curve-path", choices=PATHS[:2], default="ours", help="the curve's path")
+    parser.add_argument(
+        "--curve-path",
+        choices=PATHS[:3],
+        nargs="+",
+        default=["ours"],
+        help="the curve's paths (each node count on each path, one after the other)",
+    )
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU sample (0: skip)")
     args = parser.parse_args()
     results = {
         path: run_path(path, args.rounds, idle_s=args.idle_s if path == "ours" else 0.0)
         for path in PATHS
-        if args.only in (None, path)
+        if args.only is None or path in args.only
     }
     for path, result in results.items():
         print_path(path, result)
@@ -256,25 +268,36 @@ def main() -> None:
             f"{summary['stock_over_ours_overhead_s']}x; ours {ours['median_overhead_s']:.2f} s "
             f"against the goal of <= {GOAL_S} s"
         )
+    if "ours" in results and "ours-poll" in results:
+        ours, polled = results["ours"], results["ours-poll"]
+        summary["poll_over_ours_overhead"] = round(
+            polled["median_overhead_s"] / ours["median_overhead_s"], 2
+        )
+        print(
+            f"long polls: overhead {ours['median_overhead_s']:.2f} s against "
+            f"{polled['median_overhead_s']:.2f} s with pulls answered at once (ours-poll), "
+            f"{summary['poll_over_ours_overhead']}x"
+        )
     if "ours" in results and results["ours"]["idle_core_share_per_node"] is not None:
         share = results["ours"]["idle_core_share_per_node"]
         print(
             f"idle node (trainer, executor, SuperNode), {QUIET_AFTER_S:.0f} s after the run: "
             f"{100 * share:.2f}% of a core (goal < {100 * IDLE_GOAL:.0f}%)"
         )
-    curve = {
-        n: run_path(args.curve_path, args.rounds, plans=site_plans(n), task="breast_cancer")
-        for n in args.curve or []
-    }
-    if curve:
-        print(f"{args.curve_path}, breast-cancer sites: nodes, median round wall, median overhead")
+    for path in args.curve_path if args.curve else []:
+        curve = {
+            n: run_path(path, args.rounds, plans=site_plans(n), task="breast_cancer")
+            for n in args.curve
+        }
+        print(f"{path}, breast-cancer sites: nodes, median round wall, median overhead")
         for n, result in curve.items():
             print(
                 f"  {n:>3} {result['median_round_wall_s']:>8.2f} s "
                 f"{result['median_overhead_s']:>8.2f} s"
             )
         print(f"  goal at 20 nodes: overhead <= {CURVE_GOAL_S} s")
-        summary["curve"] = {
+        key = "curve" if path == "ours" else f"curve_{path}"
+        summary[key] = {
             str(n): {k: r[k] for k in ("median_round_wall_s", "median_overhead_s", "stages_s")}
             for n, r in curve.items()
         }

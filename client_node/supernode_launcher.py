@@ -20,6 +20,11 @@ runs Flower's own `flower_supernode()` entry point, unchanged:
 * a wait for a reply or an object sleeps ``ACTIVE_S`` instead of 0.5 s, and counts as
   activity.
 
+The wait after an empty pull counts from the start of that pull: our SuperLink holds an
+empty pull open until a message for the node is stored or up to 2 s pass
+(`coordinator.superlink_launcher`), and the pull after such a wait starts at once. Against
+a SuperLink that answers at once, the schedule above is what the node waits.
+
 Once a pulled message is stored with all its objects, it wakes the node's executor
 (`client_node.wake`, the socket named by ``LEPTON_EXECUTOR_WAKE``), which then claims the task
 at once instead of polling the Runtime API for it.
@@ -93,7 +98,14 @@ class AdaptiveWaits(ModuleType):
         self.busy_s = IDLE_MIN_S
         self.busy_window_s = busy_window_s
         self._last_active = float("-inf")
+        self._pull_started: float | None = None
         self._lock = threading.Lock()
+
+    def pull_started(self) -> None:
+        """The loop starts a pull now: the wait after it, if it finds nothing, counts from
+        here (a pull our SuperLink held open for seconds is followed by the next at once)."""
+        with self._lock:
+            self._pull_started = time.monotonic()
 
     def sleep(self, seconds: float) -> None:  # noqa: D102 - time.sleep's contract
         time.sleep(self.delay_for(seconds))
@@ -108,6 +120,8 @@ class AdaptiveWaits(ModuleType):
                 else:
                     delay = self.idle_s
                     self.idle_s = min(self.idle_s * 1.5, IDLE_MAX_S)
+                if self._pull_started is not None:
+                    delay = max(0.0, delay - (time.monotonic() - self._pull_started))
             elif seconds == ACTIVE_SLEEP_S:
                 delay = ACTIVE_S
                 self.idle_s = IDLE_MIN_S
@@ -115,6 +129,7 @@ class AdaptiveWaits(ModuleType):
                 self._last_active = time.monotonic()
             else:
                 delay = seconds
+            self._pull_started = None
         return delay
 
 
@@ -211,11 +226,17 @@ def _ended_run_is_a_failed_pull(call: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def pull_or_push(module: ModuleType, *, on_message: Callable[[], None] | None = None) -> None:
+def pull_or_push(
+    module: ModuleType,
+    *,
+    on_message: Callable[[], None] | None = None,
+    on_pull: Callable[[], None] | None = None,
+) -> None:
     """Make Flower's SuperNode loop go on to its push stage whenever a reply waits, also
     after a pull that found no message; drop a message whose run ended mid-pull; and call
     `on_message` once a message is stored with all its objects (`client_node.wake`: the
-    executor claims it at once instead of polling for it).
+    executor claims it at once instead of polling for it). `on_pull` is called as each pull
+    starts (`AdaptiveWaits.pull_started`).
 
     Flower 1.42's loop skips the push stage after an empty pull, so a reply that comes after
     the push that followed its own message was taken (a stale reply of a dead run took it)
@@ -240,6 +261,8 @@ def pull_or_push(module: ModuleType, *, on_message: Callable[[], None] | None = 
         for name in ("pull_object", "confirm_message_received"):
             if name in kwargs:
                 kwargs[name] = _ended_run_is_a_failed_pull(kwargs[name])
+        if on_pull is not None:
+            on_pull()
         run_id: int | None = base(**kwargs)
         if run_id is None and pending_replies(kwargs["state"]):
             return 0
@@ -263,7 +286,7 @@ def install(wake_path: str | None = None) -> AdaptiveWaits:
     shorten_heartbeat()
     push_every_reply(start_client_internal)
     on_message = functools.partial(send_wake, wake_path) if wake_path else None
-    pull_or_push(start_client_internal, on_message=on_message)
+    pull_or_push(start_client_internal, on_message=on_message, on_pull=waits.pull_started)
     return waits
 
 

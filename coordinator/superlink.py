@@ -19,6 +19,7 @@ import dataclasses
 import fcntl
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -151,11 +152,15 @@ class SuperLink:
     # -- lifecycle ------------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        """The exact `flower-superlink` command line (loopback, process isolation)."""
+        """The exact `flower-superlink` command line (loopback, process isolation): Flower's
+        own entry point, run through `coordinator.superlink_launcher`, whose pulls wait for
+        what they ask for instead of being polled."""
         s = self.settings
         pki = s.loopback_pki
         return [
-            executable("flower-superlink"),
+            sys.executable,
+            "-m",
+            "coordinator.superlink_launcher",
             "--ssl-ca-certfile",
             str(pki / "ca.pem"),
             "--ssl-certfile",

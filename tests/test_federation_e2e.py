@@ -20,6 +20,8 @@ import pytest
 import torch
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
+from flwr.proto.node_pb2 import Node
 
 from client_node.ledger import Ledger
 from client_node.trainer.evaluation import evaluate
@@ -288,6 +290,28 @@ def test_outsiders_and_nodes_cannot_reach_the_control_or_runtime_api(
     assert list(cwd.iterdir()) == []
 
 
+def test_a_node_can_neither_pull_nor_wait_for_another_nodes_messages(
+    cluster: LocalCluster, first_run: JournalView
+) -> None:
+    """The SuperLink holds a node's empty pull open until a message for it comes
+    (coordinator.superlink_launcher), one waiting pull per node. An enrolled node that asks
+    for another node's messages, to take them or to take its waiting slot, is refused by
+    Flower's node authentication before any handler runs; its own pull is answered."""
+    victim = cluster.members(["site-b"])[0].node_id
+    own = cluster.members(["site-a"])[0].node_id
+    path = "/v1/fleet/pull-messages"
+
+    def pull(node_id: int) -> httpx.Response:
+        request = PullMessagesRequest(node=Node(node_id=node_id))
+        return _as_enrolled_node(cluster, "site-a", path, request.SerializeToString())
+
+    stolen = pull(victim)
+    assert stolen.status_code == 401, (stolen.status_code, stolen.text)
+    answered = pull(own)  # no run is active: an empty answer after the wait
+    assert answered.status_code == 200, (answered.status_code, answered.text)
+    assert list(PullMessagesResponse.FromString(answered.content).messages_list) == []
+
+
 def test_a_hand_made_app_bundle_never_runs_on_the_coordinator(
     cluster: LocalCluster, first_run: JournalView, tmp_path: Path
 ) -> None:
@@ -337,8 +361,11 @@ def _registered_ids(cluster: LocalCluster) -> set[str]:
     }
 
 
-def _as_enrolled_node(cluster: LocalCluster, name: str, path: str) -> httpx.Response:
-    """POST to the public port with `name`'s valid SuperNode authentication headers."""
+def _as_enrolled_node(
+    cluster: LocalCluster, name: str, path: str, content: bytes = b""
+) -> httpx.Response:
+    """POST `content` to the public port with `name`'s valid SuperNode authentication
+    headers."""
     assert cluster.superlink is not None
     assert cluster.pki is not None
     key = serialization.load_ssh_private_key(
@@ -358,7 +385,7 @@ def _as_enrolled_node(cluster: LocalCluster, name: str, path: str) -> httpx.Resp
     }
     settings = cluster.superlink.settings
     with httpx.Client(verify=str(settings.ca_certificate)) as client:
-        return client.post(f"https://{settings.address}{path}", headers=headers, content=b"")
+        return client.post(f"https://{settings.address}{path}", headers=headers, content=content)
 
 
 def _serverapp_environment(cluster: LocalCluster) -> tuple[dict[str, str], Path]:

@@ -182,6 +182,19 @@ def test_empty_pulls_back_off_to_a_second_and_activity_resets() -> None:
     assert waits.delay_for(3) < waits.delay_for(3) < waits.delay_for(3)
 
 
+def test_the_wait_after_an_empty_pull_counts_from_the_start_of_that_pull() -> None:
+    # Our SuperLink holds an empty pull open (coordinator.superlink_launcher): the next pull
+    # starts at once after a pull that took longer than the schedule's wait.
+    waits = AdaptiveWaits()
+    waits.pull_started()
+    time.sleep(IDLE_MIN_S + 0.05)  # the pull waited at the SuperLink
+    assert waits.delay_for(3) == 0.0
+
+    waits.pull_started()  # a pull answered at once (another SuperLink): the schedule holds
+    assert 0.0 < waits.delay_for(3) <= IDLE_MIN_S * 1.5
+    assert waits.delay_for(3) == pytest.approx(IDLE_MIN_S * 1.5**2)  # no pull marked: all of it
+
+
 def test_the_executor_shortens_the_backoff_of_its_task_input_pulls() -> None:
     # A task is claimable before the SuperNode holds its objects: with Flower's 1 s first
     # retry, pulling the task input took 1.2 s of a 2 s round (bench/round_overhead.py).

@@ -13,6 +13,9 @@ directory is on their PYTHONPATH there); ``LEPTON_BENCH_HOOK`` picks one:
     directory) instead of Flower's in-memory state, to measure what the file would cost per
     round. The product keeps the state in memory and registers the node keys again at every
     start (`coordinator.runner`).
+``polled_superlink`` (the coordinator): `coordinator.superlink.SuperLink.command` starts
+    Flower's own `flower-superlink` instead of `coordinator.superlink_launcher`: every pull is
+    answered at once and both sides poll, as before the long polls, to measure what they buy.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,20 +56,35 @@ def _file_state(module: ModuleType) -> None:
     module.SuperLink.command = command
 
 
+def _polled_superlink(module: ModuleType) -> None:
+    original = module.SuperLink.command
+
+    def command(self: Any) -> list[str]:
+        argv: list[str] = original(self)
+        launcher = argv.index("coordinator.superlink_launcher")
+        return [module.executable("flower-superlink"), *argv[launcher + 1 :]]
+
+    module.SuperLink.command = command
+
+
 class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, inner: importlib.abc.Loader) -> None:
+    def __init__(self, inner: importlib.abc.Loader, patch: Callable[[ModuleType], None]) -> None:
         self.inner = inner
+        self.patch = patch
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self.inner.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self.inner.exec_module(module)
-        _file_state(module)
+        self.patch(module)
 
 
-class _FileStateFinder(importlib.abc.MetaPathFinder):
+class _SuperLinkFinder(importlib.abc.MetaPathFinder):
     """``coordinator.superlink``, loaded as usual, then patched."""
+
+    def __init__(self, patch: Callable[[ModuleType], None]) -> None:
+        self.patch = patch
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -78,14 +96,15 @@ class _FileStateFinder(importlib.abc.MetaPathFinder):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
+                spec.loader = _PatchingLoader(spec.loader, self.patch)
                 return spec
         return None
 
 
 _HOOKS: dict[str, importlib.abc.MetaPathFinder] = {
     "stock_clientapp": _StockRelayFinder(),
-    "file_state": _FileStateFinder(),
+    "file_state": _SuperLinkFinder(_file_state),
+    "polled_superlink": _SuperLinkFinder(_polled_superlink),
 }
 _chosen = os.environ.get(HOOK_ENV)
 if _chosen in _HOOKS:

@@ -1,7 +1,9 @@
 """Sending messages to a set of nodes and collecting their replies.
 
 Flower's `Grid.send_and_receive` sleeps 3 s between pulls; a round here is a handful of
-seconds, so we push once and pull at a short interval instead. Contents travel packed
+seconds, so we push once and pull again at most every ``PULL_INTERVAL_S`` instead (our
+SuperLink holds an empty pull open until a reply comes, `coordinator.superlink_launcher`, so
+the next pull starts at once after such a pull). Contents travel packed
 (`lepton_fl.wire.packing`: each record of a request as one ConfigRecord, so a record that
 several messages share, the model, is one object at the SuperLink; a reply whole). Callers
 send and receive plain RecordDicts, and a reply that is an error or cannot be unpacked comes
@@ -70,6 +72,7 @@ def exchange(
     deadline = time.monotonic() + timeout
     next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
     while pending and time.monotonic() < deadline:
+        pulled_at = time.monotonic()
         for reply in grid.pull_messages(list(pending)):
             node_id = pending.pop(reply.metadata.reply_to_message_id, None)
             if node_id is None:
@@ -82,7 +85,7 @@ def exchange(
             pending = {mid: n for mid, n in pending.items() if n in online}
             next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
         if pending:
-            time.sleep(PULL_INTERVAL_S)
+            time.sleep(max(0.0, PULL_INTERVAL_S - (time.monotonic() - pulled_at)))
     return replies
 
 
