@@ -100,7 +100,7 @@ CONFIDENCE = 0.95
 TASK = "heart_disease"
 TEST_FRACTION = 0.25  # the node's default held-out share (client_node.settings.DataSpec)
 SPLIT_SEED = 0  # the node's default data seed
-DEMO_ROUNDS = 5  # `lepton demo --rounds` default (lepton.demo.DemoOptions.rounds)
+DEMO_ROUNDS = 5  # the hospital sector's rounds, `lepton demo`'s default (lepton.sectors)
 #: Guess counts tried, per side, as shares of the canaries; Bonferroni over all of them.
 GUESS_SHARES: tuple[float, ...] = (0.1, 0.25, 0.5)
 

@@ -38,7 +38,15 @@ def demo(
     summary: Annotated[
         Path | None, typer.Option(help="Write the JSON summary of the run to this file.")
     ] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=50, help="Federated rounds.")] = 5,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=50,
+            help="Federated rounds (default: each sector's own, the number its "
+            "hyperparameters were tuned for; lepton/sectors.py).",
+        ),
+    ] = None,
     target_epsilon: Annotated[
         float, typer.Option(min=0.1, max=50, help="Epsilon the run is calibrated to.")
     ] = 3.0,

@@ -66,12 +66,21 @@ POLL_S = 0.25
 class DemoOptions:
     """What `lepton demo` was asked for."""
 
-    rounds: int = 5
+    rounds: int | None = None  # None: each sector's own (`Sector.rounds`)
     target_epsilon: float = 3.0
     epsilon_budget: float = 8.0
     summary_path: Path | None = None
     workdir: Path | None = None
     sector: str = "hospital"
+
+
+def demo_federation(sector: Sector, opts: DemoOptions) -> FederationSpec:
+    """The federation the demo defines for `sector`: the rounds its hyperparameters were
+    tuned for (`Sector.rounds`, as bench/utility.py measures them) unless `--rounds` names
+    a number for every sector."""
+    return sector.federation_spec(
+        rounds=opts.rounds or sector.rounds, target_epsilon=opts.target_epsilon
+    )
 
 
 def demo_plans(sector: Sector, opts: DemoOptions) -> list[NodePlan]:
@@ -229,7 +238,7 @@ def _start(
     concurrent: int,
 ) -> _Tracked:
     """Create the sector's federation and start its run (and its local-only baselines)."""
-    fed = sector.federation_spec(rounds=opts.rounds, target_epsilon=opts.target_epsilon)
+    fed = demo_federation(sector, opts)
     federation = platform.create_federation(
         federation_definition(fed), [sites[p.name].node.id for p in plans]
     )
