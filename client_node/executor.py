@@ -106,7 +106,10 @@ class PollSchedule:
     busy_s: float = 0.1
     idle_s: float = 1.0
     busy_window_s: float = 10.0  # a round's next wave usually follows within a few seconds
-    woken_s: float = 1.0  # with the SuperNode's wake-ups: a fallback poll, should one be lost
+    # With the SuperNode's wake-ups: a fallback poll, should one be lost. Each poll costs the
+    # executor and the SuperNode's Runtime API a request: every 1 s that was about 1% of a
+    # core per idle node (bench/round_overhead.py's idle sample: 2.15% -> 1.69% per node).
+    woken_s: float = 5.0
 
     def wait_after(self, since_last_task_s: float, *, woken: bool = False) -> float:
         """Seconds to wait before the next poll, given the time since the last task (and

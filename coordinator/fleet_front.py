@@ -29,6 +29,11 @@ from lepton_fl.processes import ManagedProcess, ProcessError
 FLEET_PREFIX = "/v1/fleet/"
 NGINX_SEARCH_PATH = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 PID_FILE = "front.pid"  # ours (nginx writes its own nginx.pid beside it)
+UPSTREAM_KEEPALIVE = 64
+"""Idle TLS connections to the SuperLink that nginx keeps open for reuse. The SuperLink holds
+each node's empty pull open (`coordinator.superlink_launcher`), so with 20 nodes 20 or more
+connections are busy at once; beyond this many, each request would close its connection and
+the next pay a new TLS handshake with the SuperLink's Python server."""
 MAX_BODY = "1024m"  # a MiniLM top layer is 7.7 MB per message; Flower caps FABs and objects
 
 
@@ -86,7 +91,7 @@ http {{
     client_max_body_size {MAX_BODY};
     upstream superlink {{
         server 127.0.0.1:{s.upstream_port};
-        keepalive 16;
+        keepalive {UPSTREAM_KEEPALIVE};
     }}
     server {{
         listen {_listen_address(s.listen_host, s.listen_port)} ssl;

@@ -7,7 +7,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -24,7 +24,7 @@ from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-from flwr.supercore.inflatable.inflatable_object import get_object_tree
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink import main as superlink_main
 from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
@@ -35,6 +35,7 @@ from flwr.superlink.servicer.runtime import runtime_handlers
 from coordinator import superlink_launcher
 from coordinator.superlink import SuperLink, SuperLinkSettings
 from coordinator.superlink_launcher import (
+    OBJECT_METHOD,
     STATE_METHOD,
     Doorbells,
     ring_on_store,
@@ -57,13 +58,15 @@ class Link:
     bells: Doorbells
     fleet: ModuleType
     runtime: ModuleType
+    session: str = ""
+    pending: dict[str, bytes] = field(default_factory=dict)
 
-    def instruct(self, node_id: int) -> Message:
+    def instruct(self, node_id: int, *, objects: bool = True) -> Message:
         """Store a message for `node_id` as the Runtime API's push does."""
         metadata = Metadata(
             self.run_id, "", SUPERLINK_NODE_ID, node_id, "", "1", time.time(), 600.0, "train"
         )
-        return self._store(metadata)
+        return self._store(metadata, objects=objects)
 
     def reply(self, to: Message) -> Message:
         """Store the node's reply to `to` as the Fleet API's push does."""
@@ -80,15 +83,25 @@ class Link:
         )
         return self._store(metadata)
 
-    def _store(self, metadata: Metadata) -> Message:
+    def _store(self, metadata: Metadata, *, objects: bool = True) -> Message:
+        """Store the message and its tree, then (with `objects`) push its objects, as both
+        APIs' pushes do."""
         message = make_message(metadata, RecordDict({"c": ConfigRecord({"n": time.time()})}))
         message.metadata.__dict__["_message_id"] = message.object_id
-        session = self.state.start_session(self.run_id)
-        stored, _ = self.state.store_message_and_object_tree(
-            message, get_object_tree(message), session
+        self.session = self.state.start_session(self.run_id)
+        stored, missing = self.state.store_message_and_object_tree(
+            message, get_object_tree(message), self.session
         )
         assert stored
+        assert missing  # the objects the sender pushes next
+        self.pending = {oid: o.deflate() for oid, o in get_all_nested_objects(message).items()}
+        if objects:
+            self.push_objects()
         return message
+
+    def push_objects(self) -> None:
+        for object_id, content in self.pending.items():
+            assert self.state.store_object(self.run_id, self.session, object_id, content)
 
     def pull(self, node_id: int) -> PullMessagesResponse:
         request = PullMessagesRequest(node=Node(node_id=node_id))
@@ -178,6 +191,36 @@ def test_a_nodes_empty_pull_waits_and_returns_the_message_stored_meanwhile(link:
     assert link.bells.waiting == 0
 
 
+def test_a_pull_that_found_a_message_answers_once_its_objects_are_there(link: Link) -> None:
+    # The ServerApp pushes a message's objects right after the message: the node's pull
+    # returns when they are stored, so the node pulls them at once instead of backing off.
+    node = link.nodes[0]
+    pull = Background(lambda: link.pull(node))
+    until(lambda: link.bells.waiting == 1)
+    sent = link.instruct(node, objects=False)
+
+    time.sleep(0.1)
+    assert pull.waiting  # the message is there, its objects are not
+    link.push_objects()
+
+    response = pull.join()
+    assert [m.metadata.message_id for m in response.messages_list] == [sent.metadata.message_id]
+    assert all(link.state.object_store.get(oid) for oid in link.pending)
+
+
+def test_objects_that_never_come_hold_a_pull_only_briefly(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(superlink_launcher, "OBJECTS_WAIT_S", 0.2)
+    sent = link.instruct(link.nodes[0], objects=False)
+
+    response = Background(lambda: link.pull(link.nodes[0])).join()
+
+    # Answered with the message after the bounded wait: the node's own backoff takes over.
+    assert [m.metadata.message_id for m in response.messages_list] == [sent.metadata.message_id]
+    assert link.bells.waiting == 0
+
+
 def test_a_waiting_pull_with_nothing_for_it_answers_empty_when_its_time_is_up(
     link: Link, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,8 +293,11 @@ def test_both_pushes_store_through_the_state_method_that_rings() -> None:
 
     assert "state.store_message_and_object_tree(" in runtime_push
     assert "state.store_message_and_object_tree(" in fleet_push
+    for push_object in (runtime_handlers.push_object, fleet_handlers.push_object):
+        assert "state.store_object(" in inspect.getsource(push_object)
     for state_class in (InMemoryLinkState, SqlLinkState):
         assert STATE_METHOD in vars(state_class)
+        assert callable(getattr(state_class, OBJECT_METHOD))
 
 
 def test_the_routers_call_the_pull_handlers_through_their_modules() -> None:
