@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +61,7 @@ from client_node.wake import WAKE_ENV, send_wake
 from lepton_fl.flower_pins import (
     FlowerVersionError,
     check_flower_version,
+    run_flower_command,
     shorten_object_pull_backoff,
 )
 
@@ -290,17 +290,17 @@ def install(wake_path: str | None = None) -> AdaptiveWaits:
     return waits
 
 
-def main() -> None:
-    """Run `flower-supernode` with the given arguments and the adaptive waits."""
-    try:
-        install(os.environ.get(WAKE_ENV))
-    except FlowerVersionError as err:
-        print(f"error [flower_version]: {err}", file=sys.stderr)
-        sys.exit(2)
+def _flower_supernode() -> Callable[[], None]:
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    sys.argv[0] = "flower-supernode"
-    flower_supernode()
+    return flower_supernode
+
+
+def main() -> None:
+    """Run `flower-supernode` with the given arguments and the adaptive waits."""
+    run_flower_command(
+        "flower-supernode", lambda: install(os.environ.get(WAKE_ENV)), _flower_supernode
+    )
 
 
 if __name__ == "__main__":

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
-from lepton_fl.flower_pins import FlowerVersionError, check_flower_version
+from lepton_fl.flower_pins import FlowerVersionError, check_flower_version, run_flower_command
 
 FLEET_WAIT_S = 2.0
 """How long a node's empty pull waits at the SuperLink for a message. An idle node then asks
@@ -267,17 +266,15 @@ def install(bells: Doorbells = BELLS) -> None:
     wait_in_runtime_pulls(runtime_handlers, bells)
 
 
-def main() -> None:
-    """Run `flower-superlink` with the given arguments and the long polls."""
-    try:
-        install()
-    except FlowerVersionError as err:
-        print(f"error [flower_version]: {err}", file=sys.stderr)
-        sys.exit(2)
+def _flower_superlink() -> Callable[[], None]:
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
-    sys.argv[0] = "flower-superlink"
-    flower_superlink()
+    return flower_superlink
+
+
+def main() -> None:
+    """Run `flower-superlink` with the given arguments and the long polls."""
+    run_flower_command("flower-superlink", install, _flower_superlink)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ misbehaving; `tests/test_supernode_launcher.py` pins the behaviours themselves.
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from types import ModuleType
 
 import flwr
@@ -68,3 +70,18 @@ def shorten_object_pull_backoff(module: ModuleType, *, max_time_s: float | None 
             **bounded,
         )
         setattr(module, name, shortened)
+
+
+def run_flower_command(
+    name: str, install: Callable[[], object], entry_point: Callable[[], Callable[[], None]]
+) -> None:
+    """Run Flower's command `name` after `install()` has changed what it must in this process;
+    `entry_point()` imports the command's function only then. A `FlowerVersionError` from
+    `install` exits 2 with its message instead."""
+    try:
+        install()
+    except FlowerVersionError as err:
+        print(f"error [flower_version]: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv[0] = name
+    entry_point()()
