@@ -107,8 +107,8 @@ class PollSchedule:
     idle_s: float = 1.0
     busy_window_s: float = 10.0  # a round's next wave usually follows within a few seconds
     # With the SuperNode's wake-ups: a fallback poll, should one be lost. Each poll costs the
-    # executor and the SuperNode's Runtime API a request: every 1 s that was about 1% of a
-    # core per idle node (bench/round_overhead.py's idle sample: 2.15% -> 1.69% per node).
+    # executor and the SuperNode's Runtime API a request: every 1 s an idle node cost 2.31-3.00%
+    # of a core, every 5 s 1.63% (bench/round_overhead.py's idle sample, 2026-12-06).
     woken_s: float = 5.0
 
     def wait_after(self, since_last_task_s: float, *, woken: bool = False) -> float:

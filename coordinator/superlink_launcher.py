@@ -144,8 +144,10 @@ class Doorbells:
                 answer = ask()
                 if bell is None:
                     return answer
-                if whole(answer) is not None:
-                    self.wait_whole(functools.partial(whole, answer), OBJECTS_WAIT_S)
+                complete = whole(answer)
+                if complete is not None:  # found something: return it once it is whole
+                    if not complete:
+                        self.wait_whole(functools.partial(whole, answer), OBJECTS_WAIT_S)
                     return answer
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -118,7 +118,8 @@ class Link:
 @pytest.fixture
 def link(monkeypatch: pytest.MonkeyPatch) -> Link:
     # ring_on_store patches the state class: put Flower's method back afterwards
-    monkeypatch.setattr(InMemoryLinkState, STATE_METHOD, getattr(InMemoryLinkState, STATE_METHOD))
+    for method in (STATE_METHOD, OBJECT_METHOD):
+        monkeypatch.setattr(InMemoryLinkState, method, getattr(InMemoryLinkState, method))
     monkeypatch.setattr(superlink_launcher, "FLEET_WAIT_S", LONG)
     monkeypatch.setattr(superlink_launcher, "RUNTIME_WAIT_S", LONG)
     bells = Doorbells(max_waiting=3)
