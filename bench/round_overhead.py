@@ -13,17 +13,21 @@ other in the same invocation, on the same federation and data:
 * ours-poll: the same with Flower's own `flower-superlink`, whose pulls are answered at once
   (`bench/hooks/sitecustomize.py`), instead of `coordinator.superlink_launcher`'s long polls:
   what they buy;
+* ours-unscoped: the same with every request through all eight of Flower's middleware layers
+  (`bench/hooks/sitecustomize.py`), instead of only those that act on it
+  (`coordinator.superlink_middleware`): what scoping them saves;
 * stock: Flower's default path (`bench/stock_flower.py`): `flower-supernode --isolation
   subprocess` with Flower's own waits, one spawned `flwr-clientapp` per message that installs
   the bundle and builds the node's trainer before answering.
 
 For each it prints the rounds, the median overhead and the median stages of the last reply
-of each round (both sides' clocks on this host), then the ratios stock / ours and ours-poll
-/ ours, and one JSON object on the last line. After our run it samples an idle node's CPU
-(``--idle-s``), and at the end it runs our path (or each ``--curve-path``) again with 4, 10
-and 20 breast-cancer sites (``--curve``) for the overhead against the node count.
+of each round (both sides' clocks on this host), then the ratios stock / ours, ours-poll /
+ours and ours-unscoped / ours, and one JSON object on the last line. After our run it samples
+an idle node's CPU (``--idle-s``), and at the end it runs our path (or each
+``--curve-path``) again with 4, 10 and 20 breast-cancer sites (``--curve``) for the overhead
+against the node count.
     .venv/bin/python bench/round_overhead.py [--rounds 6] [--only PATH ...] [--curve 4 10 20]
-        [--curve-path ours ours-poll]
+        [--curve-path ours ours-poll ours-unscoped]
 """
 
 from __future__ import annotations
@@ -61,7 +65,15 @@ from lepton_fl.config import (
 GOAL_S = 1.0
 CURVE_GOAL_S = 3.0  # 20 nodes on one SuperLink
 IDLE_GOAL = 0.02  # of one core, per idle node
-PATHS = ("ours", "ours-file", "ours-poll", "stock")
+PATHS = ("ours", "ours-file", "ours-poll", "ours-unscoped", "stock")
+VARIANTS = {
+    "ours-poll": ("poll_over_ours_overhead", "long polls (ours-poll: pulls answered at once)"),
+    "ours-unscoped": (
+        "unscoped_over_ours_overhead",
+        "scoped middlewares (ours-unscoped: all eight layers on every request)",
+    ),
+}
+"""Our path beside one part of it undone: the summary key and what the ratio shows."""
 
 QUIET_AFTER_S = 15.0  # past the SuperNode's and the executor's 10 s busy windows
 
@@ -115,7 +127,11 @@ def run_path(
     ``idle_s``) the nodes' CPU share while idle after the run."""
     plans = plans or hospital_plans()
     kind = StockCluster if path == "stock" else LocalCluster
-    hook = {"ours-file": "file_state", "ours-poll": "polled_superlink"}.get(path)
+    hook = {
+        "ours-file": "file_state",
+        "ours-poll": "polled_superlink",
+        "ours-unscoped": "unscoped_middleware",
+    }.get(path)
     env = {"PYTHONPATH": str(HOOKS), "LEPTON_BENCH_HOOK": hook} if hook else None
     with (
         tempfile.TemporaryDirectory(prefix=f"lepton-bench-{path}-") as tmp,
@@ -231,7 +247,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--curve-path",
-        choices=PATHS[:3],
+        choices=[p for p in PATHS if p != "stock"],
         nargs="+",
         default=["ours"],
         help="the curve's paths (each node count on each path, one after the other)",
@@ -268,16 +284,14 @@ def main() -> None:
             f"{summary['stock_over_ours_overhead_s']}x; ours {ours['median_overhead_s']:.2f} s "
             f"against the goal of <= {GOAL_S} s"
         )
-    if "ours" in results and "ours-poll" in results:
-        ours, polled = results["ours"], results["ours-poll"]
-        summary["poll_over_ours_overhead"] = round(
-            polled["median_overhead_s"] / ours["median_overhead_s"], 2
-        )
-        print(
-            f"long polls: overhead {ours['median_overhead_s']:.2f} s against "
-            f"{polled['median_overhead_s']:.2f} s with pulls answered at once (ours-poll), "
-            f"{summary['poll_over_ours_overhead']}x"
-        )
+    for variant, (key, what) in VARIANTS.items():
+        if "ours" in results and variant in results:
+            ours, other = results["ours"], results[variant]
+            summary[key] = round(other["median_overhead_s"] / ours["median_overhead_s"], 2)
+            print(
+                f"{what}: overhead {ours['median_overhead_s']:.2f} s against "
+                f"{other['median_overhead_s']:.2f} s ({variant}), {summary[key]}x"
+            )
     if "ours" in results and results["ours"]["idle_core_share_per_node"] is not None:
         share = results["ours"]["idle_core_share_per_node"]
         print(

@@ -46,6 +46,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+from coordinator.superlink_middleware import scope_middlewares
 from lepton_fl.flower_pins import FlowerVersionError, check_flower_version, run_flower_command
 
 FLEET_WAIT_S = 2.0
@@ -253,6 +254,8 @@ def install(bells: Doorbells = BELLS) -> None:
     check_flower_version(who="The SuperLink launcher")
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+    from flwr.superlink import main as superlink_app
+    from flwr.superlink.routers.control import middlewares as control_middlewares
     from flwr.superlink.servicer.fleet import fleet_handlers
     from flwr.superlink.servicer.runtime import runtime_handlers
 
@@ -266,6 +269,7 @@ def install(bells: Doorbells = BELLS) -> None:
         ring_on_store(state_class, bells)
     wait_in_fleet_pulls(fleet_handlers, bells)
     wait_in_runtime_pulls(runtime_handlers, bells)
+    scope_middlewares(superlink_app, control_middlewares)
 
 
 def _flower_superlink() -> Callable[[], None]:

@@ -16,6 +16,10 @@ directory is on their PYTHONPATH there); ``LEPTON_BENCH_HOOK`` picks one:
 ``polled_superlink`` (the coordinator): `coordinator.superlink.SuperLink.command` starts
     Flower's own `flower-superlink` instead of `coordinator.superlink_launcher`: every pull is
     answered at once and both sides poll, as before the long polls, to measure what they buy.
+``unscoped_middleware`` (the coordinator's SuperLink process): `coordinator.superlink_launcher`
+    leaves Flower's eight middleware layers on every request
+    (`coordinator.superlink_middleware.scope_middlewares` does nothing), to measure what
+    scoping them saves.
 """
 
 from __future__ import annotations
@@ -80,16 +84,24 @@ class _PatchingLoader(importlib.abc.Loader):
         self.patch(module)
 
 
-class _SuperLinkFinder(importlib.abc.MetaPathFinder):
-    """``coordinator.superlink``, loaded as usual, then patched."""
+def _unscoped_middleware(module: ModuleType) -> None:
+    def keep_flowers(main: ModuleType, control: ModuleType) -> None:
+        """Flower's eight middleware layers for every request, as `flower-superlink`."""
 
-    def __init__(self, patch: Callable[[ModuleType], None]) -> None:
+    module.scope_middlewares = keep_flowers  # type: ignore[attr-defined]
+
+
+class _PatchedModuleFinder(importlib.abc.MetaPathFinder):
+    """``name``, loaded as usual, then patched."""
+
+    def __init__(self, name: str, patch: Callable[[ModuleType], None]) -> None:
+        self.name = name
         self.patch = patch
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "coordinator.superlink":
+        if fullname != self.name:
             return None
         for finder in sys.meta_path:
             if finder is self:
@@ -103,8 +115,11 @@ class _SuperLinkFinder(importlib.abc.MetaPathFinder):
 
 _HOOKS: dict[str, importlib.abc.MetaPathFinder] = {
     "stock_clientapp": _StockRelayFinder(),
-    "file_state": _SuperLinkFinder(_file_state),
-    "polled_superlink": _SuperLinkFinder(_polled_superlink),
+    "file_state": _PatchedModuleFinder("coordinator.superlink", _file_state),
+    "polled_superlink": _PatchedModuleFinder("coordinator.superlink", _polled_superlink),
+    "unscoped_middleware": _PatchedModuleFinder(
+        "coordinator.superlink_middleware", _unscoped_middleware
+    ),
 }
 _chosen = os.environ.get(HOOK_ENV)
 if _chosen in _HOOKS:
