@@ -10,20 +10,20 @@ event-log plugin is set (none is: we do not enable Flower's event log). Each
 layer still costs what `BaseHTTPMiddleware` costs per request (a task group, memory streams,
 a wrapped response), and that machinery, not Flower's handlers, is where the SuperLink's one
 Python process spent its time: sampled with ``py-spy --gil`` over steady rounds of 20 nodes,
-98% of the time it held the GIL was the event loop's Starlette/anyio request machinery, and
-the SuperLink used 1.3 to 1.6 s of CPU per round, the largest share of the round (see
-bench/round_overhead.py).
+98% of the time it held the GIL was the event loop's Starlette/anyio request machinery.
+What scoping saves per round is measured side by side by bench/round_overhead.py (path
+``ours-unscoped``).
 
 `scope_middlewares` replaces those five classes, in the module `create_app` reads them from,
 with subclasses that pass a request that their own first condition would pass on straight
 to the next layer, before any `BaseHTTPMiddleware` machinery, and run the middleware
 unchanged otherwise. Each test is the middleware's own (Flower's predicate, or the same
-path prefix Flower tests). What a Fleet request goes through is then the error translator,
-the protobuf translation and the node authentication; a Runtime request, the first two.
-Nothing is skipped that could act on a request: the node authentication, the protobuf
-translation and the error translator always run. It must run before `create_app` (the launcher
-installs it before Flower's entry point); on any other Flower version the launcher refuses to
-start, and `tests/test_superlink_middleware.py` pins the classes and predicates it relies on.
+path prefix Flower tests). Every request then goes through three layers: the error
+translator, the protobuf translation and the node authentication (which acts on Fleet
+requests). Nothing is skipped that could act on a request. It must run before
+`create_app` (the launcher installs it before Flower's entry point); on any other Flower
+version the launcher refuses to start, and `tests/test_superlink_middleware.py` pins the
+classes and predicates it relies on.
 Upstream we would propose pure ASGI middlewares, or mounting the Control middlewares on the
 Control router only.
 """
@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import ModuleType
 from typing import Any
 
+from coordinator.fleet_front import FLEET_PREFIX
 from lepton_fl.flower_pins import FlowerVersionError
 
 Scope = MutableMapping[str, Any]
@@ -42,8 +43,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 AppliesTo = Callable[[Any], bool]
 """``applies(request) -> bool``: whether the middleware may act on the request."""
 
-CONTROL_PREFIX = "/v1/control/"
-FLEET_PREFIX = "/v1/fleet/"
 SCOPED = (
     "ControlSensitiveResponseMiddleware",
     "ControlAuthenticationMiddleware",
